@@ -1,0 +1,36 @@
+# One entry point for people and CI. `make demo` sets up and runs the main job on built-in sample data;
+# `make test` runs the test suite (what .ci/run calls).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q -c .ci/constraints.txt
+
+.PHONY: setup test lint demo bench clean
+
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, from the pinned CPU wheel, so nothing can pull the multi-GB CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# pytest exits 5 when it collects nothing; that is reported, not hidden as a pass.
+test: setup
+	@$(PY) -m pytest; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+demo: setup
+	$(VENV)/bin/flair-deploy demo --out demo-output
+
+bench: setup
+	$(PY) -m pytest benchmarks --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,297 @@
+"""Load networks from checkpoints: ours (self-describing) and IGN's released FLAIR weights.
+
+Every load is safe (``torch.load(weights_only=True)`` or safetensors) and strict: keys are mapped
+explicitly and any missing or unexpected key is an error that lists them, never a silent
+``strict=False``.
+
+Supported layouts:
+
+* ``flair-deploy``: a Lightning checkpoint written by ``flair-deploy train`` (``hyper_parameters`` holds
+  the description; weights under ``model.*``), or a ``.safetensors``/``.pt`` state dict of
+  :class:`~flair_deploy.models.FlairSegmenter` plus a description given by the caller.
+* ``ign-lightning``: IGN's ``.ckpt`` (``state_dict`` with ``model.seg_model.*``, optional ``model.enc.*``
+  and ``criterion.weight``).
+* ``ign-state-dict`` / ``smp-state-dict``: IGN's released ``*_weights.pth`` (bare SMP keys, or prefixed
+  ``model.seg_model.`` / ``seg_model.``).
+
+IGN's files carry no description, so one must come from a preset (:data:`PRESETS`), an IGN config
+file, or explicit arguments. The number of logits is read from the weights and checked against it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from flair_deploy.description import (
+    FLAIR_RVBIE_MEAN,
+    FLAIR_RVBIE_STD,
+    ArchitectureSpec,
+    ModelDescription,
+    Normalization,
+    class_preset,
+    file_sha256,
+)
+from flair_deploy.errors import CheckpointError
+from flair_deploy.models import FlairSegmenter, build_model
+
+__all__ = [
+    "PRESETS",
+    "CheckpointLayout",
+    "LoadedModel",
+    "load_checkpoint",
+    "map_ign_state_dict",
+    "preset_description",
+    "read_state",
+]
+
+CheckpointLayout = Literal["flair-deploy", "ign-lightning", "ign-state-dict", "smp-state-dict"]
+
+_BANDS = {"rgbie": ("R", "G", "B", "NIR", "E"), "rgbi": ("R", "G", "B", "NIR"), "rgb": ("R", "G", "B")}
+
+
+def _ign_preset(bands: str, ncl: int) -> ModelDescription:
+    names = _BANDS[bands]
+    n = len(names)
+    return ModelDescription(
+        name=f"FLAIR-INC_{bands}_{ncl}cl_resnet34-unet",
+        bands=names,
+        normalization=Normalization(mean=FLAIR_RVBIE_MEAN[:n], std=FLAIR_RVBIE_STD[:n]),
+        classes=class_preset(f"flair{ncl}"),
+        architecture=ArchitectureSpec(arch="unet", encoder="resnet34"),
+    )
+
+
+#: IGN's published FLAIR-INC models (19 logits; "15cl"/"12cl" say which are active), with the
+#: normalisation of their model cards (FLAIR #1 statistics restricted to the bands used).
+PRESETS: dict[str, ModelDescription] = {
+    f"flair-inc-{b}-{n}cl-resnet34-unet": _ign_preset(b, n) for b in _BANDS for n in (15, 12)
+}
+
+
+def preset_description(name: str) -> ModelDescription:
+    """Return the description of a named preset.
+
+    Raises:
+        CheckpointError: For an unknown preset, listing the known ones.
+    """
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise CheckpointError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A network ready for inference and the description it came with.
+
+    Attributes:
+        model: The network, in eval mode, on the CPU.
+        description: Its description; ``provenance.source_sha256`` is the checkpoint's SHA-256.
+        layout: The checkpoint layout that was recognised.
+        sha256: SHA-256 of the checkpoint file.
+    """
+
+    model: FlairSegmenter
+    description: ModelDescription
+    layout: CheckpointLayout
+    sha256: str
+
+
+def read_state(path: Path) -> Mapping[str, Any]:
+    """Read a checkpoint file safely (no arbitrary unpickling).
+
+    Raises:
+        CheckpointError: If the file is missing, corrupt, or needs unsafe unpickling.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(path)))
+        except Exception as exc:  # safetensors raises several unrelated types for corrupt files
+            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {first}; expected a PyTorch/Lightning checkpoint or a "
+            ".safetensors file (only tensors and plain values are loaded, never arbitrary objects)"
+        ) from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    return obj
+
+
+def _detect(state: Mapping[str, Any]) -> tuple[CheckpointLayout, Mapping[str, Tensor]]:
+    if "state_dict" in state and isinstance(state["state_dict"], Mapping):
+        sd = state["state_dict"]
+        hp = state.get("hyper_parameters")
+        if isinstance(hp, Mapping) and "description" in hp:
+            return "flair-deploy", sd
+        if any(k.startswith("model.seg_model.") for k in sd):
+            return "ign-lightning", sd
+        if any(k.startswith("model.net.") for k in sd):
+            return "flair-deploy", sd
+        raise CheckpointError(
+            "Lightning checkpoint has neither flair-deploy keys (model.net.*) nor IGN keys "
+            f"(model.seg_model.*); first keys: {list(sd)[:4]}"
+        )
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError("checkpoint holds no tensors; expected a state dict or a Lightning checkpoint")
+    if any(k.startswith("net.") for k in tensors):
+        return "flair-deploy", tensors
+    if any(k.startswith(("model.seg_model.", "seg_model.")) for k in tensors):
+        return "ign-state-dict", tensors
+    if any(k.startswith("encoder.") for k in tensors):
+        return "smp-state-dict", tensors
+    raise CheckpointError(
+        "unknown checkpoint key layout; expected flair-deploy keys (net.*), IGN keys "
+        f"(model.seg_model.*) or SMP keys (encoder.*, decoder.*); first keys: {list(tensors)[:4]}"
+    )
+
+
+def map_ign_state_dict(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Tensor | None]:
+    """Map IGN/SMP keys to :class:`FlairSegmenter` keys.
+
+    ``model.seg_model.X``, ``seg_model.X`` and bare ``X`` become ``net.X``; ``criterion.weight`` is
+    returned separately (it says which classes were trained).
+
+    Returns:
+        The mapped state dict and the criterion weights (or None).
+
+    Raises:
+        CheckpointError: For IGN metadata-encoder weights (``model.enc.*``), which IGN's released code
+            cannot produce and whose fusion differs from ours.
+    """
+    out: dict[str, Tensor] = {}
+    criterion: Tensor | None = None
+    for key, value in sd.items():
+        if key == "criterion.weight":
+            criterion = value
+            continue
+        if key.startswith("model.enc."):
+            raise CheckpointError(
+                "checkpoint has IGN metadata-encoder weights (model.enc.*); IGN's metadata fusion is "
+                "not supported, export the image-only part by retraining without use_metadata"
+            )
+        for prefix in ("model.seg_model.", "seg_model."):
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        out["net." + key] = value
+    return out, criterion
+
+
+def _logits_in_weights(sd: Mapping[str, Tensor]) -> int | None:
+    for key in ("net.segmentation_head.0.weight", "net.segmentation_head.weight"):
+        if key in sd:
+            return int(sd[key].shape[0])
+    return None
+
+
+def _strict_load(model: FlairSegmenter, sd: Mapping[str, Tensor], *, source: str) -> None:
+    expected = model.state_dict()
+    # Normalisation buffers are rebuilt from the description; a checkpoint that also has them must agree.
+    own = {"normalize.scale", "normalize.offset"}
+    missing = sorted(k for k in expected if k not in sd and k not in own)
+    unexpected = sorted(k for k in sd if k not in expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not match the described architecture; "
+            f"missing {len(missing)} keys {missing[:5]}, unexpected {len(unexpected)} keys {unexpected[:5]}; "
+            "check --preset / arch / encoder / bands"
+        )
+    bad = [k for k in sd if tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if bad:
+        k = bad[0]
+        raise CheckpointError(
+            f"{source}: {len(bad)} tensors have the wrong shape, e.g. {k}: checkpoint "
+            f"{tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}; check bands, classes and encoder"
+        )
+    for k in own & sd.keys():
+        if not torch.allclose(sd[k].float(), expected[k], rtol=1e-5, atol=1e-6):
+            raise CheckpointError(
+                f"{source}: stored normalisation ({k}) differs from the description's; "
+                "the checkpoint and its description disagree"
+            )
+    merged = dict(expected)
+    merged.update(sd)
+    model.load_state_dict(merged, strict=True)
+
+
+def load_checkpoint(
+    path: Path,
+    *,
+    description: ModelDescription | None = None,
+    preset: str | None = None,
+) -> LoadedModel:
+    """Load a network and its description from *path*.
+
+    Args:
+        path: ``.ckpt`` (ours or IGN's), ``.pth``/``.pt`` state dict, or ``.safetensors``.
+        description: Description for files that carry none (IGN weights, bare state dicts).
+        preset: Name of a preset description (see :data:`PRESETS`), alternative to *description*.
+
+    Returns:
+        The loaded model in eval mode with its description.
+
+    Raises:
+        CheckpointError: For unreadable files, unknown layouts, key or class-count mismatches.
+    """
+    state = read_state(path)
+    layout, sd = _detect(state)
+    if preset is not None:
+        if description is not None:
+            raise CheckpointError("give either a preset or a description, not both")
+        description = preset_description(preset)
+    sd = dict(sd)
+    if layout == "flair-deploy":
+        hp = state.get("hyper_parameters")
+        stored = hp.get("description") if isinstance(hp, Mapping) else None
+        if stored is not None:
+            stored_desc = ModelDescription.from_dict(stored, source=str(path))
+            if description is not None and description != stored_desc:
+                raise CheckpointError(
+                    f"{path} describes itself; do not pass --preset or a description for it"
+                )
+            description = stored_desc
+        sd = {k.removeprefix("model."): v for k, v in sd.items() if not k.startswith("criterion.")}
+        criterion = None
+    else:
+        sd, criterion = map_ign_state_dict(sd)
+    if description is None:
+        raise CheckpointError(
+            f"{path} ({layout}) carries no model description; give --preset "
+            f"({', '.join(PRESETS)}) or an IGN config with --config"
+        )
+    n_logits = _logits_in_weights(sd)
+    if n_logits is not None and n_logits != description.num_classes:
+        raise CheckpointError(
+            f"class-count mismatch: {path} has {n_logits} logits but the description has "
+            f"{description.num_classes} classes; choose a preset or class table with {n_logits} classes"
+        )
+    if criterion is not None and criterion.numel() == description.num_classes:
+        # IGN disables classes with loss weight 0: they are untrained and must never be predicted.
+        active = [bool(w > 0) for w in criterion.tolist()]
+        classes = tuple(
+            c.model_copy(update={"active": a}) for c, a in zip(description.classes, active, strict=True)
+        )
+        description = description.model_copy(update={"classes": classes})
+    model = build_model(description)
+    _strict_load(model, sd, source=str(path))
+    model.eval()
+    sha = file_sha256(path)
+    description = description.with_provenance(source=path.name, source_sha256=sha)
+    return LoadedModel(model=model, description=description, layout=layout, sha256=sha)

@@ -1,0 +1,139 @@
+"""The only place a network is constructed: :func:`build_model` turns a description into a module.
+
+:class:`FlairSegmenter` takes **raw band values** (float32, in the description's band order) and, for
+metadata models, the encoded metadata vector; it normalises inside the network, so the checkpoint, the
+ONNX graph and every runtime are fed the same way. Its state-dict keys are
+
+* ``normalize.scale`` / ``normalize.offset`` (buffers rebuilt from the description),
+* ``net.*`` (the SMP model: ``net.encoder.*``, ``net.decoder.*``, ``net.segmentation_head.*``),
+* ``metadata_mlp.*`` (metadata models only).
+
+Metadata fusion: the MLP maps the vector to as many values as the deepest encoder feature map has
+channels, and that vector is added to every position of the map. Unlike IGN's
+``repeat(1, 512, 1, 16)``, this works for any tile size that is a multiple of the output stride and
+exports to ONNX with dynamic height and width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from flair_deploy._compat import ensure_torchvision_importable
+from flair_deploy.description import ModelDescription
+from flair_deploy.errors import ConfigError
+
+__all__ = ["BandNormalization", "FlairSegmenter", "MetadataMLP", "build_model"]
+
+
+class BandNormalization(nn.Module):
+    """Per-band affine normalisation ``x * scale + offset`` with the values as buffers."""
+
+    scale: Tensor
+    offset: Tensor
+
+    def __init__(self, scale: Sequence[float], offset: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("offset", torch.tensor(offset, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise a ``(N, C, H, W)`` batch of raw band values."""
+        return x * self.scale + self.offset
+
+
+class MetadataMLP(nn.Module):
+    """Map the encoded aerial-metadata vector to one value per channel of the deepest feature map."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, out_features))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, metadata: Tensor) -> Tensor:
+        """Return ``(N, out_features)`` from ``(N, in_features)``."""
+        out: Tensor = self.layers(metadata)
+        return out
+
+
+class FlairSegmenter(nn.Module):
+    """SMP segmentation network with in-graph normalisation and optional metadata fusion."""
+
+    def __init__(self, description: ModelDescription) -> None:
+        super().__init__()
+        ensure_torchvision_importable()
+        import segmentation_models_pytorch as smp
+
+        arch = description.architecture
+        kwargs: dict[str, object] = {"encoder_depth": arch.encoder_depth}
+        if arch.decoder_channels is not None:
+            kwargs["decoder_channels"] = list(arch.decoder_channels)
+        try:
+            self.net = smp.create_model(
+                arch.arch,
+                encoder_name=arch.encoder,
+                encoder_weights=None,  # never download: weights come from checkpoints or local files
+                in_channels=description.in_channels,
+                classes=description.num_classes,
+                **kwargs,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"cannot build SMP model arch={arch.arch!r} encoder={arch.encoder!r}: {exc}; "
+                "see segmentation_models_pytorch's list of architectures and encoders"
+            ) from None
+        scale, offset = description.normalization.affine(description.in_channels)
+        self.normalize = BandNormalization(scale, offset)
+        self.metadata_mlp: MetadataMLP | None = None
+        if description.metadata is not None:
+            deepest = int(self.net.encoder.out_channels[-1])
+            self.metadata_mlp = MetadataMLP(description.metadata.dim, description.metadata.hidden, deepest)
+        self.in_channels = description.in_channels
+        self.num_classes = description.num_classes
+
+    @property
+    def uses_metadata(self) -> bool:
+        """Whether the network takes a metadata vector as second input."""
+        return self.metadata_mlp is not None
+
+    def forward(self, image: Tensor, metadata: Tensor | None = None) -> Tensor:
+        """Return logits ``(N, K, H, W)`` for raw band values ``(N, C, H, W)``.
+
+        Args:
+            image: Raw band values as float32.
+            metadata: ``(N, D)`` encoded metadata; required exactly when the model uses metadata.
+        """
+        x = self.normalize(image)
+        if self.metadata_mlp is None:
+            logits: Tensor = self.net(x)
+            return logits
+        if metadata is None:
+            raise ValueError("this model fuses aerial metadata: pass a (N, D) metadata tensor")
+        features = list(self.net.encoder(x))
+        bias = self.metadata_mlp(metadata)
+        features[-1] = features[-1] + bias[:, :, None, None]
+        decoded = self.net.decoder(features)
+        out: Tensor = self.net.segmentation_head(decoded)
+        return out
+
+
+def build_model(description: ModelDescription) -> FlairSegmenter:
+    """Build an untrained network for *description* (no weight download, ever).
+
+    Args:
+        description: The model description.
+
+    Returns:
+        The network in training mode, on the CPU.
+
+    Raises:
+        ConfigError: If SMP does not know the architecture or encoder.
+    """
+    return FlairSegmenter(description)

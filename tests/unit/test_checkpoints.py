@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from flair_deploy.checkpoints import PRESETS, load_checkpoint
+from flair_deploy.description import class_preset
+from flair_deploy.errors import CheckpointError
+from flair_deploy.models import build_model
+
+
+@pytest.fixture
+def reference(tiny_description):
+    model = build_model(tiny_description).eval()
+    x = torch.rand(1, 5, 64, 64) * 255
+    with torch.no_grad():
+        y = model(x)
+    return model, x, y
+
+
+@pytest.mark.parametrize("prefix", ["model.seg_model.", "seg_model.", ""])
+def test_ign_layouts_reproduce_logits_exactly(tmp_path, tiny_description, reference, prefix):
+    model, x, y = reference
+    sd = {prefix + k: v for k, v in model.net.state_dict().items()}
+    path = tmp_path / "weights.pth"
+    torch.save(sd, path)
+    loaded = load_checkpoint(path, description=tiny_description)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), y)
+    assert loaded.description.provenance.source_sha256 == loaded.sha256
+
+
+def test_ign_lightning_ckpt_reads_active_classes_from_criterion(tmp_path, tiny_description, reference):
+    model, x, y = reference
+    sd = {"model.seg_model." + k: v for k, v in model.net.state_dict().items()}
+    w = torch.ones(19)
+    w[[12, 13, 17]] = 0
+    sd["criterion.weight"] = w
+    path = tmp_path / "ign.ckpt"
+    torch.save({"state_dict": sd, "epoch": 1}, path)
+    desc19 = tiny_description.model_copy(update={"classes": class_preset("flair19")})
+    loaded = load_checkpoint(path, description=desc19)
+    assert [c.code for c in loaded.description.classes if not c.active] == [13, 14, 18]
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), y)
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path, tiny_description, reference):
+    model, _, _ = reference
+    sd = dict(model.net.state_dict())
+    sd.pop("encoder.conv1.weight")
+    sd["encoder.extra.weight"] = torch.zeros(1)
+    path = tmp_path / "w.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"missing 1 keys \['net.encoder.conv1.weight'\].*unexpected 1"):
+        load_checkpoint(path, description=tiny_description)
+
+
+def test_class_count_mismatch(tmp_path, tiny_description, reference):
+    model, _, _ = reference
+    path = tmp_path / "w.pth"
+    torch.save(model.net.state_dict(), path)
+    desc13 = tiny_description.model_copy(update={"classes": class_preset("flair13")})
+    with pytest.raises(CheckpointError, match="class-count mismatch: .* 19 logits .* 13 classes"):
+        load_checkpoint(path, description=desc13)
+
+
+def test_corrupt_and_undescribed_files(tmp_path, reference):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(bad)
+    model, _, _ = reference
+    path = tmp_path / "w.pth"
+    torch.save(model.net.state_dict(), path)
+    with pytest.raises(CheckpointError, match="carries no model description; give --preset"):
+        load_checkpoint(path)
+
+
+class Evil:
+    """Stands for any non-tensor object a malicious checkpoint could smuggle in."""
+
+
+def test_unsafe_pickles_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="never arbitrary objects"):
+        load_checkpoint(path)
+
+
+def test_presets_cover_ign_inc_models():
+    assert PRESETS["flair-inc-rgb-12cl-resnet34-unet"].in_channels == 3
+    assert PRESETS["flair-inc-rgbie-15cl-resnet34-unet"].num_classes == 19
