@@ -1,0 +1,442 @@
+"""The one contract every inference runtime implements.
+
+A :class:`Backend` runs a segmentation network on batches of tiles of *raw* band values (normalisation is
+inside every artifact's graph) and returns logits, class probabilities or a class map. It is an ABC with
+template methods rather than a ``Protocol`` because the lifecycle (resources exist only inside
+``with backend:``) and the input validation are shared code: each runtime only implements ``_activate``,
+``_infer`` and, where it can do better than the numpy fallback, ``_predict_probabilities`` /
+``_predict_classes`` on its device.
+
+Class indices returned by :meth:`Backend.predict_classes` are *logit indices* (0-based positions in
+``description.classes``), never FLAIR codes: mapping to codes is the writer's job.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from flair_deploy.description import ModelDescription, Precision
+from flair_deploy.errors import BackendError, InputSpecError
+
+__all__ = [
+    "Backend",
+    "BackendName",
+    "Batch",
+    "Classes",
+    "Confidence",
+    "Logits",
+    "MetadataBatch",
+    "Probabilities",
+    "StageTimes",
+    "check_options",
+    "masked_argmax",
+    "masked_softmax",
+    "parse_device",
+    "parse_precision",
+    "physical_cores",
+]
+
+Batch = npt.NDArray[np.float32]
+"""``(N, C, H, W)`` raw band values (not normalised: the graph does it)."""
+MetadataBatch = npt.NDArray[np.float32]
+"""``(N, D)`` encoded aerial metadata, for models with a metadata input."""
+Logits = npt.NDArray[np.float32]
+"""``(N, K, H, W)`` one logit per class of the description, in its order."""
+Probabilities = npt.NDArray[np.float32]
+"""``(N, K, H, W)`` softmax over the active classes; 0 for inactive classes."""
+Classes = npt.NDArray[np.uint8]
+"""``(N, H, W)`` logit index of the most probable active class."""
+Confidence = npt.NDArray[np.float32]
+"""``(N, H, W)`` probability of the chosen class."""
+
+
+class BackendName(StrEnum):
+    """The inference runtimes flair-deploy knows (the ``--backend`` choices)."""
+
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    """Wall-clock seconds spent in each stage of the last call, for the benchmark's breakdown.
+
+    On asynchronous devices the stage boundaries are only exact when the backend synchronises at them
+    (the torch backend's ``timing=True`` option); otherwise ``compute`` also absorbs queued work.
+
+    Attributes:
+        h2d: Host-to-device copy of the inputs (0 on CPU).
+        compute: The network (and on-device softmax/argmax).
+        d2h: Device-to-host copy of the results (0 on CPU).
+    """
+
+    h2d: float = 0.0
+    compute: float = 0.0
+    d2h: float = 0.0
+
+    @property
+    def total(self) -> float:
+        """Sum of the three stages."""
+        return self.h2d + self.compute + self.d2h
+
+
+class Backend(abc.ABC):
+    """Run a land-cover segmentation network on batches of tiles.
+
+    Use it as a context manager: sessions, engines and device buffers exist only inside
+    ``with backend:``. Every public call is synchronous: results are numpy arrays on the host when it
+    returns.
+
+    Attributes:
+        name: Which runtime this is.
+        description: What the artifact says about itself (bands, classes, normalisation...).
+        precision: Numerical precision the network runs at.
+        device: ``"cpu"`` or ``"cuda:<i>"``.
+        last_times: Stage times of the last call.
+        supports_dynamic_hw: Whether any tile height/width (multiple of the output stride) is accepted;
+            when False only ``fixed_hw`` is.
+        fixed_hw: The only accepted ``(H, W)`` when ``supports_dynamic_hw`` is False.
+        max_batch: Largest accepted batch, or None for no limit.
+        activation_seconds: Time the last ``__enter__`` took (session creation, engine load,
+            compilation happens later, on the first call).
+    """
+
+    name: ClassVar[BackendName]
+
+    def __init__(
+        self,
+        description: ModelDescription,
+        *,
+        precision: Precision = Precision.FP32,
+        device: str = "cpu",
+    ) -> None:
+        if description.num_classes > 255:
+            raise BackendError(
+                f"model has {description.num_classes} classes but class maps are uint8 with 255 as "
+                "nodata; use at most 255 classes"
+            )
+        self.description = description
+        self.precision = precision
+        self.device = device
+        self.last_times = StageTimes()
+        self.supports_dynamic_hw: bool = True
+        self.fixed_hw: tuple[int, int] | None = None
+        self.max_batch: int | None = None
+        self.activation_seconds: float = 0.0
+        self._active = False
+        mask = np.asarray(description.active_mask, dtype=bool)
+        self._active_mask: npt.NDArray[np.bool_] = mask
+        self._active_index: npt.NDArray[np.intp] = np.flatnonzero(mask)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_artifact(
+        cls,
+        artifact: Path,
+        *,
+        device: str = "cpu",
+        precision: Precision | None = None,
+        options: Mapping[str, Any] | None = None,
+        preset: str | None = None,
+    ) -> Self:
+        """Create the backend for a model file (used by :func:`create_backend`).
+
+        Args:
+            artifact: The model file.
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
+            precision: Requested precision, or None for the artifact's own.
+            options: Backend-specific options; unknown keys are an error.
+            preset: Description preset for artifacts that carry none.
+
+        Raises:
+            BackendError: If this backend cannot be created from files.
+        """
+        raise BackendError(f"the {cls.name} backend cannot be created from a file ({artifact})")
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Self:
+        if self._active:
+            raise BackendError(f"{self.name} backend is already active; do not nest `with backend:`")
+        start = time.perf_counter()
+        self._activate()
+        self.activation_seconds = time.perf_counter() - start
+        self._active = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._active = False
+        self._deactivate()
+
+    @property
+    def active(self) -> bool:
+        """Whether the backend is inside ``with backend:`` (resources allocated)."""
+        return self._active
+
+    def summary(self) -> str:
+        """Return a one-line description for logs and output tags, e.g. ``onnxruntime fp32 cpu``."""
+        return f"{self.name} {self.precision} {self.device}"
+
+    # ------------------------------------------------------------------ public calls
+    def infer(self, images: Batch, metadata: MetadataBatch | None = None) -> Logits:
+        """Return the logits for a batch.
+
+        Args:
+            images: ``(N, C, H, W)`` float32 raw band values, in the description's band order.
+            metadata: ``(N, D)`` float32 metadata vectors; required exactly when the description has a
+                metadata spec.
+
+        Returns:
+            ``(N, K, H, W)`` float32 logits.
+
+        Raises:
+            InputSpecError: If the batch does not match the model's input specification.
+            BackendError: Outside ``with backend:`` or when the runtime fails.
+        """
+        images, metadata = self._validate(images, metadata)
+        return self._infer(images, metadata)
+
+    def predict_probabilities(self, images: Batch, metadata: MetadataBatch | None = None) -> Probabilities:
+        """Return class probabilities: a softmax over the *active* classes, 0 for inactive ones.
+
+        Args:
+            images: As for :meth:`infer`.
+            metadata: As for :meth:`infer`.
+
+        Returns:
+            ``(N, K, H, W)`` float32 probabilities summing to 1 over the active classes.
+
+        Raises:
+            InputSpecError: If the batch does not match the model's input specification.
+            BackendError: Outside ``with backend:`` or when the runtime fails.
+        """
+        images, metadata = self._validate(images, metadata)
+        return self._predict_probabilities(images, metadata)
+
+    def predict_classes(
+        self, images: Batch, metadata: MetadataBatch | None = None
+    ) -> tuple[Classes, Confidence]:
+        """Return the most probable active class and its probability.
+
+        Args:
+            images: As for :meth:`infer`.
+            metadata: As for :meth:`infer`.
+
+        Returns:
+            ``(N, H, W)`` uint8 logit indices (never an inactive class) and ``(N, H, W)`` float32
+            probabilities of those classes.
+
+        Raises:
+            InputSpecError: If the batch does not match the model's input specification.
+            BackendError: Outside ``with backend:`` or when the runtime fails.
+        """
+        images, metadata = self._validate(images, metadata)
+        return self._predict_classes(images, metadata)
+
+    # ------------------------------------------------------------------ hooks
+    @abc.abstractmethod
+    def _activate(self) -> None:
+        """Load the model and allocate resources."""
+
+    def _deactivate(self) -> None:  # noqa: B027  (optional hook: not every runtime holds resources)
+        """Release resources; the default does nothing."""
+
+    @abc.abstractmethod
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        """Run the network on an already-validated batch and fill :attr:`last_times`."""
+
+    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
+        """Host fallback: logits from :meth:`_infer`, softmax in numpy."""
+        logits = self._infer(images, metadata)
+        return masked_softmax(logits, self._active_mask)
+
+    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
+        """Host fallback: logits from :meth:`_infer`, masked argmax in numpy."""
+        logits = self._infer(images, metadata)
+        return masked_argmax(logits, self._active_mask)
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self, images: Any, metadata: Any) -> tuple[Batch, MetadataBatch | None]:
+        """Check a batch once against the description; raise one-line InputSpecErrors."""
+        if not self._active:
+            raise BackendError(f"the {self.name} backend is not active; run inference inside `with backend:`")
+        d = self.description
+        c = d.in_channels
+        if not isinstance(images, np.ndarray):
+            raise InputSpecError(
+                f"images must be a numpy array, got {type(images).__name__}; pass np.ndarray (N, {c}, H, W) "
+                "float32"
+            )
+        if images.dtype != np.float32:
+            raise InputSpecError(
+                f"images have dtype {images.dtype}, expected float32 raw band values; convert with "
+                ".astype(np.float32) (normalisation happens inside the model)"
+            )
+        if images.ndim != 4 or images.shape[1] != c or images.shape[0] < 1:
+            raise InputSpecError(
+                f"images have shape {images.shape}, expected (N>=1, {c}, H, W) with bands "
+                f"{list(d.bands)}; select and order the raster bands to match"
+            )
+        n, _, h, w = images.shape
+        if self.max_batch is not None and n > self.max_batch:
+            raise InputSpecError(
+                f"batch of {n} tiles exceeds this {self.name} model's maximum batch {self.max_batch}; "
+                f"use a batch size <= {self.max_batch} or rebuild it with a larger profile"
+            )
+        if not self.supports_dynamic_hw and self.fixed_hw is not None and (h, w) != self.fixed_hw:
+            fh, fw = self.fixed_hw
+            raise InputSpecError(
+                f"tiles of {h}x{w} px given to a {self.name} model built for {fh}x{fw} px only; "
+                f"use --tile {fh} or re-export with dynamic shapes"
+            )
+        stride = d.architecture.output_stride
+        if h % stride or w % stride:
+            raise InputSpecError(
+                f"tiles of {h}x{w} px are not multiples of the network's output stride {stride}; "
+                f"use tile sizes like {max(stride, h // stride * stride)}"
+            )
+        if d.metadata is None:
+            if metadata is not None:
+                raise InputSpecError(
+                    f"metadata given to model {d.name!r}, which takes no metadata input; pass metadata=None"
+                )
+        else:
+            dim = d.metadata.dim
+            if metadata is None:
+                raise InputSpecError(
+                    f"model {d.name!r} needs a ({n}, {dim}) float32 metadata batch "
+                    f"({d.metadata.encoding}) but none was given; pass metadata= alongside the images"
+                )
+            if not isinstance(metadata, np.ndarray) or metadata.dtype != np.float32:
+                got = metadata.dtype if isinstance(metadata, np.ndarray) else type(metadata).__name__
+                raise InputSpecError(f"metadata has type {got}, expected a float32 numpy array ({n}, {dim})")
+            if metadata.shape != (n, dim):
+                raise InputSpecError(
+                    f"metadata has shape {metadata.shape}, expected ({n}, {dim}): one "
+                    f"{d.metadata.encoding} vector per tile"
+                )
+            metadata = np.ascontiguousarray(metadata)
+        # Runtimes read raw memory (IOBinding, pinned copies): hand them C-contiguous arrays.
+        return np.ascontiguousarray(images), metadata
+
+
+# ---------------------------------------------------------------------- numpy helpers
+def masked_softmax(logits: Logits, active: npt.ArrayLike) -> Probabilities:
+    """Softmax over the active classes along axis 1; inactive classes get probability 0.
+
+    Args:
+        logits: ``(N, K, H, W)`` logits.
+        active: ``K`` booleans, True for trained classes.
+
+    Returns:
+        ``(N, K, H, W)`` float32 probabilities.
+    """
+    mask = np.asarray(active, dtype=bool)
+    sub = logits[:, mask].astype(np.float32, copy=True)
+    sub -= sub.max(axis=1, keepdims=True)
+    np.exp(sub, out=sub)
+    sub /= sub.sum(axis=1, keepdims=True)
+    if mask.all():
+        return sub
+    out = np.zeros(logits.shape, dtype=np.float32)
+    out[:, mask] = sub
+    return out
+
+
+def masked_argmax(logits: Logits, active: npt.ArrayLike) -> tuple[Classes, Confidence]:
+    """Most probable active class (logit index) and its softmax probability.
+
+    Args:
+        logits: ``(N, K, H, W)`` logits.
+        active: ``K`` booleans, True for trained classes.
+
+    Returns:
+        ``(N, H, W)`` uint8 logit indices and ``(N, H, W)`` float32 confidences.
+    """
+    mask = np.asarray(active, dtype=bool)
+    index = np.flatnonzero(mask)
+    sub = logits[:, mask].astype(np.float32, copy=False)
+    arg = sub.argmax(axis=1)
+    top = np.take_along_axis(sub, arg[:, None], axis=1)
+    # max softmax probability = 1 / sum_k exp(l_k - l_max): no need to materialise the softmax.
+    conf = 1.0 / np.exp(sub - top).sum(axis=1)
+    return index[arg].astype(np.uint8), conf.astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------- option parsing
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """Split ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"`` into ``(kind, index)``.
+
+    Raises:
+        BackendError: For anything else.
+    """
+    m = _DEVICE_RE.match(device.strip().lower())
+    if m is None or (m.group(1) == "cpu" and m.group(2) is not None):
+        raise BackendError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:<index>'")
+    return m.group(1), int(m.group(2) or 0)
+
+
+def parse_precision(precision: Precision | str | None) -> Precision | None:
+    """Parse a precision name (None stays None: the artifact's own precision).
+
+    Raises:
+        BackendError: For an unknown precision, listing the choices.
+    """
+    if precision is None or isinstance(precision, Precision):
+        return precision
+    try:
+        return Precision(str(precision).lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Precision)
+        raise BackendError(f"unknown precision {precision!r}; choose one of: {choices}") from None
+
+
+def check_options(backend: str, options: Mapping[str, Any] | None, allowed: Iterable[str]) -> dict[str, Any]:
+    """Return *options* as a dict, refusing keys the backend does not know.
+
+    Raises:
+        BackendError: For an unknown key, listing the known ones.
+    """
+    opts = dict(options or {})
+    known = sorted(allowed)
+    unknown = sorted(set(opts) - set(known))
+    if unknown:
+        raise BackendError(
+            f"unknown {backend} backend option(s) {unknown}; known options: {', '.join(known) or '(none)'}"
+        )
+    return opts
+
+
+def physical_cores() -> int:
+    """Number of physical CPU cores available to this process (logical count if unknown)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
+
+        phys = psutil.cpu_count(logical=False)
+    except ImportError:
+        phys = None
+    if not phys:
+        return max(1, logical)
+    # Affinity may restrict us below the machine's core count (containers, taskset).
+    return max(1, min(int(phys), logical))
