@@ -32,14 +32,14 @@ def ensure_torchvision_importable() -> None:
         return
     for lib_path in sorted(Path(next(iter(spec.submodule_search_locations))).glob("_C*.so")):
         try:
-            torch.ops.load_library(str(lib_path))
+            torch.ops.load_library(str(lib_path))  # type: ignore[no-untyped-call]
         except (OSError, RuntimeError):
             continue
         if _ops_present(torch):
             return
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib = torch.library.Library("torchvision", "DEF")  # type: ignore[no-untyped-call]
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
     _KEEP.append(lib)
 
 

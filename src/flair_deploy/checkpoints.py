@@ -118,7 +118,7 @@ def read_state(path: Path) -> Mapping[str, Any]:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path)))
-        except Exception as exc:  # safetensors raises several unrelated types for corrupt files
+        except Exception as exc:  # noqa: BLE001  (safetensors raises several unrelated types for corrupt files)
             raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

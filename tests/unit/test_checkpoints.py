@@ -59,7 +59,7 @@ def test_class_count_mismatch(tmp_path, tiny_description, reference):
     path = tmp_path / "w.pth"
     torch.save(model.net.state_dict(), path)
     desc13 = tiny_description.model_copy(update={"classes": class_preset("flair13")})
-    with pytest.raises(CheckpointError, match="class-count mismatch: .* 19 logits .* 13 classes"):
+    with pytest.raises(CheckpointError, match=r"class-count mismatch: .* 19 logits .* 13 classes"):
         load_checkpoint(path, description=desc13)
 
 

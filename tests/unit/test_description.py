@@ -3,7 +3,6 @@ import json
 import pytest
 
 from flair_deploy.description import (
-    ONNX_KEY,
     ArchitectureSpec,
     ClassInfo,
     ModelDescription,
@@ -67,7 +66,7 @@ def test_missing_onnx_key_is_a_clear_error():
 def test_normalization_affine_matches_definition():
     n = Normalization(kind=NormalizationKind.MEANSTD, mean=(10.0, 20.0), std=(2.0, 4.0))
     scale, offset = n.affine(2)
-    assert [30 * s + o for s, o in zip(scale, offset)] == [10.0, 2.5]
+    assert [30 * s + o for s, o in zip(scale, offset, strict=False)] == [10.0, 2.5]
     assert Normalization(kind="scale", max_value=255).affine(1) == ([1 / 255], [0.0])
 
 
