@@ -47,7 +47,9 @@ class BandNormalization(nn.Module):
 class MetadataMLP(nn.Module):
     """Map the encoded aerial-metadata vector to one value per channel of the deepest feature map."""
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.1):
+    def __init__(
+        self, in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         width = in_features
