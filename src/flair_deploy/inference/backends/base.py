@@ -109,6 +109,7 @@ class Backend(abc.ABC):
         supports_dynamic_hw: Whether any tile height/width (multiple of the output stride) is accepted;
             when False only ``fixed_hw`` is.
         fixed_hw: The only accepted ``(H, W)`` when ``supports_dynamic_hw`` is False.
+        hw_multiple: Tile height and width must be multiples of this (the network's output stride).
         max_batch: Largest accepted batch, or None for no limit.
         activation_seconds: Time the last ``__enter__`` took (session creation, engine load,
             compilation happens later, on the first call).
@@ -135,6 +136,7 @@ class Backend(abc.ABC):
         self.supports_dynamic_hw: bool = True
         self.fixed_hw: tuple[int, int] | None = None
         self.max_batch: int | None = None
+        self.hw_multiple: int = description.architecture.output_stride
         self.activation_seconds: float = 0.0
         self._active = False
         mask = np.asarray(description.active_mask, dtype=bool)
@@ -306,7 +308,7 @@ class Backend(abc.ABC):
                 f"tiles of {h}x{w} px given to a {self.name} model built for {fh}x{fw} px only; "
                 f"use --tile {fh} or re-export with dynamic shapes"
             )
-        stride = d.architecture.output_stride
+        stride = self.hw_multiple
         if h % stride or w % stride:
             raise InputSpecError(
                 f"tiles of {h}x{w} px are not multiples of the network's output stride {stride}; "

@@ -1,0 +1,105 @@
+"""Test doubles: an inference backend whose output is a known function of its input.
+
+``EchoBackend`` lets tiling, stitching, writing and benchmarking code be tested exactly, with no
+runtime and no network weights:
+
+* logit ``k`` at a pixel is ``-|v - centre_k| / spacing`` where ``v`` is the pixel's band-0 value
+  (plus ``metadata_weight * metadata.sum()`` of its tile, for metadata models), and the centres are
+  evenly spaced over ``[0, value_range)``. The most probable class is therefore a step function of band 0:
+  ``value_to_class(v)`` (restricted to active classes).
+* The output at a pixel depends on that pixel only (no receptive field, no position): a tiled pass and a
+  whole-image pass give identical logits, so stitching tests can compare exactly.
+* Any tile height/width and batch size is accepted (unless ``max_batch``/``fixed_hw`` are set to
+  emulate a static engine).
+
+Example::
+
+    with EchoBackend(tiny_description) as backend:
+        classes, conf = backend.predict_classes(tiles)
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from flair_deploy.description import ModelDescription, Precision
+from flair_deploy.inference.backends.base import (
+    Backend,
+    BackendName,
+    Batch,
+    Logits,
+    MetadataBatch,
+    StageTimes,
+)
+
+__all__ = ["EchoBackend"]
+
+
+class EchoBackend(Backend):
+    """Deterministic, position-independent backend (see the module docstring).
+
+    Args:
+        description: Model description (bands, classes, metadata spec).
+        value_range: Band-0 values are mapped onto classes over ``[0, value_range)``.
+        metadata_weight: How much the sum of a tile's metadata vector shifts its band-0 value.
+        max_batch: Emulate a backend with a batch limit.
+        fixed_hw: Emulate a static-shape backend accepting only this ``(H, W)``.
+        delay: Seconds to sleep per call (emulates compute time for pipeline tests).
+    """
+
+    name = BackendName.TORCH  # a stand-in: reports itself as the reference backend
+
+    def __init__(
+        self,
+        description: ModelDescription,
+        *,
+        value_range: float = 256.0,
+        metadata_weight: float = 0.0,
+        max_batch: int | None = None,
+        fixed_hw: tuple[int, int] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        super().__init__(description, precision=Precision.FP32, device="cpu")
+        k = description.num_classes
+        self.spacing = value_range / k
+        self.centres = (np.arange(k, dtype=np.float32) + 0.5) * np.float32(self.spacing)
+        self.metadata_weight = metadata_weight
+        self.max_batch = max_batch
+        self.hw_multiple = 1
+        if fixed_hw is not None:
+            self.supports_dynamic_hw = False
+            self.fixed_hw = fixed_hw
+        self.delay = delay
+        #: Shapes of every batch run, in order (for batching tests).
+        self.calls: list[tuple[int, ...]] = []
+        self.activations = 0
+
+    def _activate(self) -> None:
+        self.activations += 1
+
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        start = time.perf_counter()
+        self.calls.append(images.shape)
+        v = images[:, 0].astype(np.float32)
+        if metadata is not None and self.metadata_weight:
+            v = v + np.float32(self.metadata_weight) * metadata.sum(axis=1, dtype=np.float32)[:, None, None]
+        logits = -np.abs(v[:, None] - self.centres[None, :, None, None]) / np.float32(self.spacing)
+        if self.delay:
+            time.sleep(self.delay)
+        self.last_times = StageTimes(compute=time.perf_counter() - start)
+        return logits.astype(np.float32, copy=False)
+
+    def value_to_class(self, values: npt.ArrayLike) -> npt.NDArray[np.uint8]:
+        """Return the logit index ``predict_classes`` gives for band-0 *values* (active classes only)."""
+        v = np.asarray(values, dtype=np.float32)
+        active = np.flatnonzero(self._active_mask)
+        dist = np.abs(v[..., None] - self.centres[active])
+        out: npt.NDArray[np.uint8] = active[dist.argmin(axis=-1)].astype(np.uint8)
+        return out
+
+    def class_value(self, index: int) -> float:
+        """Return a band-0 value that ``predict_classes`` maps to logit *index*."""
+        return float(self.centres[index])
