@@ -1,0 +1,279 @@
+"""Class maps made readable: colour tables, class-name tags, PNG previews and QGIS styles.
+
+Every class map flair-deploy writes (evaluation predictions, ``detect`` outputs) is a single-band
+uint8 raster whose values are either FLAIR **codes** (the default, as in the FLAIR masks) or logit
+**indices** (``indices=True``, as IGN's predict writes them), with the description's ``nodata``
+(255) where there is no prediction. The helpers here make such a map self-explanatory wherever it
+is opened:
+
+* :func:`write_class_map_tags` embeds a GDAL colour table (QGIS renders it as a paletted layer and
+  ``gdalinfo`` lists it), a band description and tags naming every class;
+* :func:`write_qgis_style` writes a ``.qml`` paletted style with class names as labels (QGIS loads
+  ``NAME.qml`` automatically for ``NAME.tif``);
+* :func:`render_preview_png` draws a PNG quick-look with a legend.
+
+All helpers are pure functions of a :class:`~flair_deploy.description.ModelDescription`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from flair_deploy.description import ModelDescription
+from flair_deploy.errors import InputDataError, OutputError
+
+__all__ = [
+    "NODATA_RGBA",
+    "RGBA",
+    "class_name_tags",
+    "colormap",
+    "colour_lut",
+    "render_preview_png",
+    "write_class_map_tags",
+    "write_qgis_style",
+]
+
+RGBA = tuple[int, int, int, int]
+#: Colour of nodata in colour tables: fully transparent.
+NODATA_RGBA: RGBA = (0, 0, 0, 0)
+# Nodata is drawn light grey in previews so that "no prediction" is visible on any background.
+_PREVIEW_NODATA_RGBA: RGBA = (217, 217, 217, 255)
+_PREVIEW_NODATA_HEX = "#d9d9d9"
+
+
+def _values(description: ModelDescription, *, indices: bool) -> list[tuple[int, int]]:
+    """Return ``(map value, logit index)`` for every class."""
+    return [(i if indices else c.code, i) for i, c in enumerate(description.classes)]
+
+
+def colormap(description: ModelDescription, *, indices: bool = False) -> dict[int, RGBA]:
+    """Return the class map's colour table: map value → ``(r, g, b, a)``.
+
+    Args:
+        description: The model description (classes and nodata value).
+        indices: Key by logit index (0..K-1) instead of FLAIR class code.
+
+    Returns:
+        One opaque entry per class and a transparent entry for ``description.nodata``, as
+        ``rasterio``'s ``write_colormap`` takes it.
+    """
+    table: dict[int, RGBA] = {}
+    for value, i in _values(description, indices=indices):
+        table[value] = (*description.classes[i].rgb(), 255)
+    table[description.nodata] = NODATA_RGBA
+    return table
+
+
+def colour_lut(description: ModelDescription, *, indices: bool = False) -> NDArray[np.uint8]:
+    """Return a ``(256, 4)`` uint8 RGBA lookup table (unknown values and nodata transparent)."""
+    lut = np.zeros((256, 4), dtype=np.uint8)
+    for value, rgba in colormap(description, indices=indices).items():
+        lut[value] = rgba
+    return lut
+
+
+def class_name_tags(description: ModelDescription, *, indices: bool = False) -> dict[str, str]:
+    """Return GDAL metadata tags that name the classes of a class map.
+
+    ``gdalinfo`` shows them under "Metadata". Keys:
+
+    * ``CLASS_<value>``: the class name for each map value (inactive classes marked "(untrained)");
+    * ``CLASS_NAMES``: JSON object ``{"<value>": "<name>"}`` for programs;
+    * ``CLASS_VALUES``: ``"FLAIR class codes"`` or ``"logit indices"``;
+    * ``NODATA_MEANING``: what the nodata value stands for;
+    * ``MODEL``: the model name.
+
+    Args:
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+    """
+    tags: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for value, i in _values(description, indices=indices):
+        cls = description.classes[i]
+        names[str(value)] = cls.name
+        tags[f"CLASS_{value}"] = cls.name if cls.active else f"{cls.name} (untrained)"
+    tags["CLASS_NAMES"] = json.dumps(names, ensure_ascii=False)
+    tags["CLASS_VALUES"] = "logit indices" if indices else "FLAIR class codes"
+    tags["NODATA_MEANING"] = f"{description.nodata} = no prediction (input nodata or outside the image)"
+    tags["MODEL"] = description.name
+    return tags
+
+
+def write_class_map_tags(dataset: Any, description: ModelDescription, *, indices: bool = False) -> None:
+    """Embed the colour table, band description and class-name tags in an open class map.
+
+    Args:
+        dataset: A ``rasterio`` dataset open for writing (``"w"`` or ``"r+"``), uint8, band 1 the map.
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+    """
+    dataset.write_colormap(1, colormap(description, indices=indices))
+    what = "logit index" if indices else "FLAIR class code"
+    dataset.set_band_description(1, f"land-cover class ({what}; {description.nodata} = nodata)")
+    dataset.update_tags(**class_name_tags(description, indices=indices))
+
+
+@contextmanager
+def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path beside *path*, renamed onto it only if the block succeeds."""
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputError(f"folder {path.parent} does not exist; create it or choose another output path")
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def render_preview_png(
+    class_map: NDArray[np.integer[Any]],
+    description: ModelDescription,
+    path: Path,
+    *,
+    indices: bool = False,
+    legend: bool = True,
+    max_size: int = 2048,
+    title: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG quick-look of a class map, with a legend of the classes it contains.
+
+    Large maps are downsampled by striding (nearest neighbour, so no invented classes) until the
+    longer side is at most *max_size*; small maps are enlarged by an integer factor to stay legible.
+    Nodata is drawn light grey. The file is written under a temporary name and renamed when complete.
+
+    Args:
+        class_map: ``(H, W)`` integer map of class codes (or logit indices with ``indices=True``).
+        description: The model description (colours, names, nodata).
+        path: Output ``.png`` path.
+        indices: Whether *class_map* holds logit indices rather than class codes.
+        legend: Draw a legend of the classes present.
+        max_size: Longest side of the map in the image, in pixels.
+        title: Optional title above the legend.
+        overwrite: Replace an existing file.
+
+    Returns:
+        *path*.
+
+    Raises:
+        InputDataError: If the map is not 2-D or holds values outside 0-255.
+        OutputError: If *path* exists without *overwrite*, or its folder does not exist.
+    """
+    arr = np.asarray(class_map)
+    if arr.ndim != 2 or arr.size == 0:
+        raise InputDataError(f"class map must be a non-empty 2-D array, got shape {arr.shape}")
+    if arr.min() < 0 or arr.max() > 255:
+        raise InputDataError(
+            f"class map values must lie in 0-255, got {int(arr.min())}..{int(arr.max())}; "
+            "give class codes or logit indices"
+        )
+    arr = arr.astype(np.uint8, copy=False)
+    step = max(1, math.ceil(max(arr.shape) / max_size))
+    small = arr[::step, ::step]
+    grow = max(1, 384 // max(small.shape))
+    if grow > 1:
+        small = np.repeat(np.repeat(small, grow, axis=0), grow, axis=1)
+    lut = colour_lut(description, indices=indices)
+    lut[description.nodata] = _PREVIEW_NODATA_RGBA
+    rgba = lut[small]
+
+    # Object-oriented Agg API: no pyplot global state, safe in threads and headless machines.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    handles: list[Patch] = []
+    if legend:
+        counts = np.bincount(arr.ravel(), minlength=256)
+        for value, i in _values(description, indices=indices):
+            if counts[value]:
+                cls = description.classes[i]
+                label = cls.name if indices else f"{cls.code} {cls.name}"
+                handles.append(Patch(facecolor=cls.color, edgecolor="black", linewidth=0.3, label=label))
+        if counts[description.nodata]:
+            handles.append(
+                Patch(facecolor=_PREVIEW_NODATA_HEX, edgecolor="black", linewidth=0.3, label="nodata")
+            )
+    dpi = 100
+    h, w = rgba.shape[:2]
+    legend_w = 230 if handles else 0
+    legend_h = 22 * (len(handles) + (2 if title else 1))
+    fig_w, fig_h = w + legend_w, max(h, legend_h)
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.0, 1.0 - h / fig_h, w / fig_w, h / fig_h))
+    ax.imshow(rgba, interpolation="nearest")
+    ax.set_axis_off()
+    if handles:
+        fig.legend(
+            handles=handles,
+            loc="upper left",
+            bbox_to_anchor=(w / fig_w, 1.0),
+            frameon=False,
+            fontsize=9,
+            title=title,
+            title_fontsize=10,
+            alignment="left",
+        )
+    with _atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return path
+
+
+def write_qgis_style(
+    path: Path, description: ModelDescription, *, indices: bool = False, overwrite: bool = False
+) -> Path:
+    """Write a QGIS ``.qml`` paletted style with class names and colours.
+
+    Name it like the raster (``map.qml`` beside ``map.tif``) and QGIS applies it on loading; otherwise
+    load it from Layer Properties → Symbology → Style → Load Style.
+
+    Args:
+        path: Output ``.qml`` path.
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+        overwrite: Replace an existing file.
+
+    Returns:
+        *path*.
+
+    Raises:
+        OutputError: If *path* exists without *overwrite*, or its folder does not exist.
+    """
+    root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {"type": "paletted", "band": "1", "opacity": "1", "alphaBand": "-1", "nodataColor": ""},
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    palette = ET.SubElement(renderer, "colorPalette")
+    for value, i in _values(description, indices=indices):
+        cls = description.classes[i]
+        ET.SubElement(
+            palette,
+            "paletteEntry",
+            {"value": str(value), "color": cls.color.lower(), "alpha": "255", "label": cls.name},
+        )
+    ET.indent(root)
+    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
+        root, encoding="unicode"
+    )
+    with _atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return path
