@@ -39,21 +39,9 @@ app.command("demo")(demo.command)
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 1."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: Typer/Click handle --help and usage errors (exit 2) themselves; our own
+        # errors propagate out of the command and are reported here.
+        app(args=argv, prog_name="flair-deploy")
     except FlairDeployError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; no partial output was kept", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
