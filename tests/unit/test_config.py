@@ -41,7 +41,7 @@ def test_bad_yaml_and_bad_override(tmp_path: Path):
     bad.write_text("a: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Outer, bad)
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         apply_overrides({}, ["novalue"])
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(Outer, tmp_path / "missing.yaml")
