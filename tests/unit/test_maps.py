@@ -1,0 +1,85 @@
+"""Class-map helpers: colour tables, tags readable through rasterio, PNG previews, QGIS styles."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import rasterio
+
+from flair_deploy.errors import InputDataError, OutputError
+from flair_deploy.maps import (
+    NODATA_RGBA,
+    class_name_tags,
+    colormap,
+    render_preview_png,
+    write_class_map_tags,
+    write_qgis_style,
+)
+
+
+def test_colormap_by_code_and_by_index(tiny_description):
+    by_code = colormap(tiny_description)
+    assert by_code[1] == (0xDB, 0x0E, 0x9A, 255)  # building, as published for FLAIR #1
+    assert by_code[19] == (0, 0, 0, 255)
+    assert by_code[255] == NODATA_RGBA
+    assert 0 not in by_code
+    by_index = colormap(tiny_description, indices=True)
+    assert by_index[0] == by_code[1] and by_index[18] == by_code[19]
+    assert len(by_index) == tiny_description.num_classes + 1
+
+
+def test_class_name_tags_name_every_value_and_mark_untrained(tiny_description):
+    tags = class_name_tags(tiny_description)
+    assert tags["CLASS_1"] == "building"
+    assert tags["CLASS_15"] == "clear cut (untrained)"  # inactive in the flair15 preset
+    assert json.loads(tags["CLASS_NAMES"])["5"] == "water"
+    assert class_name_tags(tiny_description, indices=True)["CLASS_4"] == "water"
+
+
+def test_written_tags_and_colour_table_are_visible_through_rasterio(tiny_description, write_geotiff):
+    data = np.full((8, 8), 255, dtype=np.uint8)
+    data[:4] = 5
+    path = write_geotiff(data, "map.tif", nodata=255)
+    with rasterio.open(path, "r+") as ds:
+        write_class_map_tags(ds, tiny_description)
+    with rasterio.open(path) as ds:
+        assert ds.colormap(1)[5] == (0x15, 0x53, 0xAE, 255)
+        assert ds.colormap(1)[255] == NODATA_RGBA
+        assert ds.tags()["CLASS_5"] == "water"
+        assert "FLAIR class code" in ds.descriptions[0]
+        assert ds.colorinterp[0] == rasterio.enums.ColorInterp.palette
+
+
+def test_preview_png_is_written_downsampled_with_nodata(tiny_description, tmp_path):
+    m = np.ones((600, 900), dtype=np.uint8)
+    m[:, 450:] = 5
+    m[:100] = 255
+    out = render_preview_png(m, tiny_description, tmp_path / "p.png", max_size=300, title="demo")
+    import matplotlib.image
+
+    img = matplotlib.image.imread(out)
+    assert img.shape[1] > 300 and img.shape[0] >= 200  # 300x200 map + legend panel
+    assert not list(tmp_path.glob("*.part"))
+    with pytest.raises(OutputError, match="--overwrite"):
+        render_preview_png(m, tiny_description, out)
+    render_preview_png(m, tiny_description, out, overwrite=True, legend=False)
+
+
+def test_preview_rejects_bad_maps(tiny_description, tmp_path):
+    with pytest.raises(InputDataError, match="2-D"):
+        render_preview_png(np.zeros((2, 2, 2), dtype=np.uint8), tiny_description, tmp_path / "x.png")
+    with pytest.raises(InputDataError, match="0-255"):
+        render_preview_png(np.full((2, 2), 300), tiny_description, tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_qgis_style_lists_classes_with_names(tiny_description, tmp_path):
+    path = write_qgis_style(tmp_path / "map.qml", tiny_description)
+    root = ET.fromstring(path.read_text().split("\n", 1)[1])
+    entries = root.findall("./pipe/rasterrenderer/colorPalette/paletteEntry")
+    assert root.find("./pipe/rasterrenderer").get("type") == "paletted"
+    assert len(entries) == tiny_description.num_classes
+    assert entries[0].attrib == {"value": "1", "color": "#db0e9a", "alpha": "255", "label": "building"}
