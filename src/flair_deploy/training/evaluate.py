@@ -1,0 +1,472 @@
+"""Evaluate a checkpoint on a labelled FLAIR patch list: metrics, confusion matrix, optional predictions.
+
+:func:`evaluate` loads any checkpoint :func:`~flair_deploy.checkpoints.load_checkpoint` understands,
+predicts every listed patch (inactive logits masked before argmax), accumulates one confusion matrix
+and scores it under every named convention of :mod:`flair_deploy.training.metrics`. It writes into
+``out_dir``:
+
+* ``metrics.json``: one block per convention (``present``, ``ign``, ``challenge``), each with
+  mIoU, overall accuracy, macro F-score/precision/recall, per-class values and support;
+* ``confusion_matrix.csv``: the full ``K×K`` pixel counts in logit order, rows = ground truth,
+  columns = prediction, class names as header (inactive classes included, as IGN's ``confmat.npy``);
+* ``confusion_matrix.png``: the row-normalised matrix over the active classes;
+* with ``save_predictions``: ``predictions/PRED_<stem>.tif``, one georeferenced uint8 GeoTIFF per
+  patch holding FLAIR class codes, nodata 255, a colour table and class-name tags, plus
+  ``predictions/classes.qml`` (a QGIS style with class names).
+
+Every file is written under a temporary name and renamed when complete; predictions are gathered in a
+temporary folder and moved in only after the whole list was evaluated, so a failure leaves nothing
+half-written. Existing outputs are refused unless ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import Tensor
+
+from flair_deploy.checkpoints import load_checkpoint
+from flair_deploy.description import ModelDescription
+from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.maps import _atomic_path, write_class_map_tags, write_qgis_style
+from flair_deploy.training.metrics import (
+    CONVENTIONS,
+    ConfusionMatrix,
+    Convention,
+    FlairMetrics,
+    challenge_applicable,
+    compute_metrics,
+    masked_argmax,
+)
+
+__all__ = [
+    "CONVENTION_NOTES",
+    "EvaluationResult",
+    "evaluate",
+    "write_confusion_matrix_csv",
+    "write_confusion_matrix_png",
+]
+
+METRICS_FILE = "metrics.json"
+MATRIX_CSV = "confusion_matrix.csv"
+MATRIX_PNG = "confusion_matrix.png"
+PREDICTIONS_DIR = "predictions"
+# Mask value for codes outside the class table when they are ignored; never a logit index (K <= 254).
+_IGNORE = 255
+
+#: One-line explanation of each convention, written into ``metrics.json``.
+CONVENTION_NOTES: dict[Convention, str] = {
+    "present": (
+        "flair-deploy default: active classes only; ground-truth pixels of inactive classes ignored; "
+        "classes absent from ground truth and predictions (IoU NaN, null here) left out of the means"
+    ),
+    "ign": (
+        "IGN's current flair code: rows and columns of inactive (weight-0) classes deleted; "
+        "NaN set to 0, so absent classes count as 0 in the means"
+    ),
+    "challenge": (
+        "FLAIR #1 challenge: codes 13-19 folded into 'other' in ground truth and predictions (13x13); "
+        "means over the first 12 classes, NaN excluded; 'other' reported, never averaged"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` computed and wrote.
+
+    Attributes:
+        metrics: Scores per convention; ``"challenge"`` is absent for non-FLAIR class tables.
+        confusion_matrix: ``K×K`` int64 pixel counts in logit order, rows = ground truth.
+        description: The evaluated model's description.
+        patches: Number of patches evaluated.
+        seconds: Wall time of the prediction loop.
+        files: Every file written, metrics first.
+    """
+
+    metrics: Mapping[Convention, FlairMetrics]
+    confusion_matrix: NDArray[np.int64]
+    description: ModelDescription
+    patches: int
+    seconds: float
+    files: tuple[Path, ...]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in logit order (the confusion matrix's order)."""
+        return tuple(c.name for c in self.description.classes)
+
+
+def evaluate(
+    checkpoint: Path,
+    csv_path: Path,
+    out_dir: Path,
+    *,
+    preset: str | None = None,
+    description: ModelDescription | None = None,
+    band_indexes: Sequence[int] | None = None,
+    aerial_json: Path | None = None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str | None = None,
+    ignore_unknown: bool = False,
+    save_predictions: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Evaluate a checkpoint on the patches listed in a FLAIR CSV and write the reports.
+
+    Args:
+        checkpoint: A flair-deploy or IGN checkpoint / state dict.
+        csv_path: FLAIR patch list (``image,mask`` rows, no header).
+        out_dir: Output folder (created if missing).
+        preset: Preset description for checkpoints that carry none (IGN weights).
+        description: Explicit description for checkpoints that carry none (alternative to *preset*).
+        band_indexes: 1-based raster bands in the model's band order; default ``1..C``.
+        aerial_json: FLAIR aerial metadata JSON, required for models that fuse metadata.
+        batch_size: Patches per forward pass.
+        num_workers: DataLoader worker processes (0 reads in the main process).
+        device: Torch device (``"cpu"``, ``"cuda"``); default CUDA when available.
+        ignore_unknown: Skip mask codes outside the class table instead of failing.
+        save_predictions: Also write ``predictions/PRED_<stem>.tif`` for every patch.
+        overwrite: Replace existing outputs.
+        progress: Show a progress bar.
+
+    Returns:
+        The metrics, the confusion matrix and the written files.
+
+    Raises:
+        InputDataError: Unreadable CSV/patches, bad masks, patches of different sizes in one batch.
+        CheckpointError: Unreadable or mismatching checkpoint.
+        ConfigError: Bad batch size, band selection, or missing aerial metadata.
+        OutputError: Outputs exist without *overwrite*, or the folder cannot be written.
+    """
+    from torch.utils.data import DataLoader
+
+    from flair_deploy.training.data import FlairPatchDataset, read_patch_csv
+
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    out_dir = Path(out_dir)
+    _check_outputs(out_dir, save_predictions=save_predictions, overwrite=overwrite)
+
+    pairs = read_patch_csv(Path(csv_path), require_masks=True)
+    loaded = load_checkpoint(Path(checkpoint), description=description, preset=preset)
+    desc = loaded.description
+    bands = tuple(band_indexes) if band_indexes is not None else tuple(range(1, desc.in_channels + 1))
+    aerial = None
+    if desc.metadata is not None:
+        if aerial_json is None:
+            raise ConfigError(
+                f"{checkpoint} fuses aerial metadata ({desc.metadata.encoding}); give the FLAIR "
+                "metadata JSON with --aerial"
+            )
+        from flair_deploy.aerial import load_aerial_json
+
+        aerial = load_aerial_json(Path(aerial_json))
+    if save_predictions:
+        stems = [p.image.stem for p in pairs]
+        if len(set(stems)) != len(stems):
+            dupes = sorted({s for s in stems if stems.count(s) > 1})[:3]
+            raise InputDataError(
+                f"{csv_path} lists several images with the same name {dupes}; predictions are named "
+                "PRED_<name>.tif, so names must be unique"
+            )
+    dataset = FlairPatchDataset(
+        pairs,
+        description=desc,
+        band_indexes=bands,
+        ignore_index=_IGNORE if ignore_unknown else None,
+        aerial=aerial,
+    )
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = loaded.model.to(dev).eval()
+    active = torch.tensor(desc.active_mask, device=dev)
+    stride = desc.architecture.output_stride
+    codes = np.array([c.code for c in desc.classes], dtype=np.uint8)
+    cm = ConfusionMatrix(desc.num_classes, ignore_index=_IGNORE)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / f".{PREDICTIONS_DIR}.part"
+    if save_predictions:
+        shutil.rmtree(staging, ignore_errors=True)  # leftover of an interrupted run of ours
+        staging.mkdir()
+    written: list[Path] = []
+    try:
+        start = time.perf_counter()
+        index = 0
+        for batch in _progress(loader, enabled=progress, total=len(loader)):
+            image: Tensor = batch["image"].to(dev)
+            metadata = batch["metadata"].to(dev) if "metadata" in batch else None
+            with torch.inference_mode():
+                logits = _predict(model, image, metadata, stride)
+                pred = masked_argmax(logits, active)
+            cm.update(pred, batch["mask"].to(dev))
+            if save_predictions:
+                for pred_i in pred.cpu().numpy():
+                    pair = pairs[index]
+                    index += 1
+                    _write_prediction(
+                        staging / f"PRED_{pair.image.stem}.tif", codes[pred_i], pair.image, desc
+                    )
+            else:
+                index += image.shape[0]
+        seconds = time.perf_counter() - start
+
+        matrix = cm.matrix
+        names = [c.name for c in desc.classes]
+        metrics: dict[Convention, FlairMetrics] = {}
+        for conv in CONVENTIONS:
+            if conv == "challenge" and not challenge_applicable(codes.tolist()):
+                continue
+            metrics[conv] = compute_metrics(
+                matrix, class_names=names, active=desc.active_mask, convention=conv
+            )
+
+        report = _metrics_report(metrics, desc, csv_path=Path(csv_path), patches=len(pairs), seconds=seconds)
+        path = out_dir / METRICS_FILE
+        with _atomic_path(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(path)
+        written.append(write_confusion_matrix_csv(out_dir / MATRIX_CSV, matrix, names))
+        written.append(write_confusion_matrix_png(out_dir / MATRIX_PNG, matrix, names, desc.active_mask))
+        if save_predictions:
+            write_qgis_style(staging / "classes.qml", desc)
+            written.extend(_publish(staging, out_dir / PREDICTIONS_DIR))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return EvaluationResult(
+        metrics=metrics,
+        confusion_matrix=matrix,
+        description=desc,
+        patches=len(pairs),
+        seconds=seconds,
+        files=tuple(written),
+    )
+
+
+def _check_outputs(out_dir: Path, *, save_predictions: bool, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"output folder {out_dir} is an existing file; choose a folder path")
+    if overwrite:
+        return
+    names = [METRICS_FILE, MATRIX_CSV, MATRIX_PNG]
+    clash = [n for n in names if (out_dir / n).exists()]
+    pred_dir = out_dir / PREDICTIONS_DIR
+    if save_predictions and pred_dir.is_dir() and any(pred_dir.glob("PRED_*.tif")):
+        clash.append(f"{PREDICTIONS_DIR}/PRED_*.tif")
+    if clash:
+        raise OutputError(
+            f"{out_dir} already holds {', '.join(clash)}; pass --overwrite or choose another --out"
+        )
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    shapes = {tuple(s["image"].shape) for s in samples}
+    if len(shapes) > 1:
+        raise InputDataError(
+            f"patches {[s['name'] for s in samples]} have different sizes {sorted(shapes)}; "
+            "use --batch-size 1 for lists of mixed patch sizes"
+        )
+    out: dict[str, Any] = {"name": [s["name"] for s in samples]}
+    for key in ("image", "mask", "metadata"):
+        if key in samples[0]:
+            out[key] = torch.stack([s[key] for s in samples])
+    return out
+
+
+def _predict(model: torch.nn.Module, image: Tensor, metadata: Tensor | None, stride: int) -> Tensor:
+    """Run the model, padding H and W up to the output stride and cropping the logits back."""
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        # Edge replication: no artificial zero border for the network to react to.
+        image = F.pad(image, (0, pw, 0, ph), mode="replicate")
+    logits: Tensor = model(image) if metadata is None else model(image, metadata)
+    return logits[..., :h, :w]
+
+
+def _progress(loader: Iterable[Any], *, enabled: bool, total: int) -> Iterable[Any]:
+    if not enabled:
+        return loader
+    from rich.progress import track
+
+    # Transient: the bar disappears once done, leaving the CLI's summary table alone on screen.
+    return track(loader, total=total, description="evaluate", transient=True)
+
+
+def _write_prediction(path: Path, codes: NDArray[np.uint8], image_path: Path, desc: ModelDescription) -> None:
+    import rasterio
+
+    with rasterio.open(image_path) as src:
+        crs, transform, src_nodata = src.crs, src.transform, src.nodata
+        nodata_mask = None
+        if src_nodata is not None:
+            # A pixel is "no data" when every band is; the map says so instead of inventing a class.
+            nodata_mask = (src.read() == src_nodata).all(axis=0)
+    if nodata_mask is not None and nodata_mask.any():
+        codes = codes.copy()
+        codes[nodata_mask] = desc.nodata
+    profile = {
+        "driver": "GTiff",
+        "width": codes.shape[1],
+        "height": codes.shape[0],
+        "count": 1,
+        "dtype": "uint8",
+        "nodata": desc.nodata,
+        "crs": crs,
+        "transform": transform,
+        "compress": "lzw",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(codes, 1)
+        write_class_map_tags(dst, desc)
+
+
+def _publish(staging: Path, target: Path) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for src in sorted(staging.iterdir()):
+        dst = target / src.name
+        os.replace(src, dst)
+        moved.append(dst)
+    return moved
+
+
+def _metrics_report(
+    metrics: Mapping[Convention, FlairMetrics],
+    desc: ModelDescription,
+    *,
+    csv_path: Path,
+    patches: int,
+    seconds: float,
+) -> dict[str, Any]:
+    conventions: dict[str, Any] = {}
+    for conv in CONVENTIONS:
+        m = metrics.get(conv)
+        conventions[conv] = (
+            {"note": CONVENTION_NOTES[conv], **m.to_dict()}
+            if m is not None
+            else {"note": "not applicable: the class table is not FLAIR's (logits 0-11 must be codes 1-12)"}
+        )
+    return {
+        "model": {
+            "name": desc.name,
+            "source": desc.provenance.source,
+            "sha256": desc.provenance.source_sha256,
+            "classes": [
+                {"index": i, "code": c.code, "name": c.name, "active": c.active}
+                for i, c in enumerate(desc.classes)
+            ],
+        },
+        "data": {"csv": str(csv_path), "patches": patches},
+        "seconds": round(seconds, 3),
+        "values": "fractions in [0, 1]; null where undefined (class absent), see each convention's note",
+        "default_convention": "present",
+        "conventions": conventions,
+        "confusion_matrix": {
+            "file": MATRIX_CSV,
+            "rows": "ground truth",
+            "columns": "prediction",
+            "order": "logit",
+        },
+    }
+
+
+def write_confusion_matrix_csv(
+    path: Path, matrix: NDArray[np.integer[Any]], class_names: Sequence[str]
+) -> Path:
+    """Write pixel counts with class names as header and first column (rows = ground truth).
+
+    Args:
+        path: Output ``.csv`` path (replaced atomically).
+        matrix: ``K×K`` counts.
+        class_names: ``K`` names in matrix order.
+
+    Returns:
+        *path*.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["ground truth \\ prediction", *class_names])
+    for name, row in zip(class_names, np.asarray(matrix), strict=True):
+        writer.writerow([name, *(int(v) for v in row)])
+    with _atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    return path
+
+
+def write_confusion_matrix_png(
+    path: Path,
+    matrix: NDArray[np.integer[Any]],
+    class_names: Sequence[str],
+    active: Sequence[bool] | None = None,
+) -> Path:
+    """Draw the row-normalised confusion matrix (each ground-truth row sums to 100 %).
+
+    Only active classes are drawn (rows and columns); rows without ground truth stay blank.
+
+    Args:
+        path: Output ``.png`` path (replaced atomically).
+        matrix: ``K×K`` counts, rows = ground truth.
+        class_names: ``K`` names in matrix order.
+        active: ``K`` flags; default all active.
+
+    Returns:
+        *path*.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = np.asarray(matrix, dtype=np.float64)
+    keep = np.flatnonzero(np.asarray(active if active is not None else [True] * len(class_names), dtype=bool))
+    sub = m[np.ix_(keep, keep)]
+    names = [class_names[int(i)] for i in keep]
+    rows = sub.sum(axis=1, keepdims=True)
+    norm = np.divide(sub, rows, out=np.full_like(sub, math.nan), where=rows > 0)
+    k = len(names)
+    side = max(4.0, 0.55 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm * 100.0, cmap="Blues", vmin=0.0, vmax=100.0)
+    ax.set_xticks(range(k), names, rotation=45, ha="right", rotation_mode="anchor", fontsize=8)
+    ax.set_yticks(range(k), names, fontsize=8)
+    ax.set_xlabel("prediction")
+    ax.set_ylabel("ground truth")
+    ax.set_title("Confusion matrix (% of each ground-truth row)", fontsize=10)
+    if k <= 20:
+        for r in range(k):
+            for c in range(k):
+                v = norm[r, c]
+                if not math.isnan(v) and v >= 0.005:
+                    ax.text(
+                        c,
+                        r,
+                        f"{100 * v:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v > 0.5 else "black",
+                    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
+    with _atomic_path(path, overwrite=True) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
