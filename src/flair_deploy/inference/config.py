@@ -1,0 +1,313 @@
+"""``detect`` configuration: :class:`DetectConfig`, and IGN's ``flair-1-config-detect.yaml`` mapped onto it.
+
+A :class:`DetectConfig` is frozen and validated once (unknown keys are errors). Values that depend on the
+model (tile size, overlap, margin default to the model description's) are resolved by
+:meth:`DetectConfig.resolve_tiling` and checked against the network's output stride.
+
+IGN compatibility (:func:`from_ign_detect`): IGN's detect config is accepted as it is. IGN writes
+0-based class indices and stitches by cropping a margin, so an IGN config maps to ``indices=True`` and
+``stitching="crop"`` with IGN's margin: IGN users get the semantics they know (without IGN's
+off-by-one write window). Keys with no equivalent are reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, model_validator
+
+from flair_deploy.config import FrozenConfig, read_yaml
+from flair_deploy.description import ModelDescription, Precision
+from flair_deploy.errors import ConfigError
+
+__all__ = [
+    "IGN_DETECT_KEYS",
+    "DetectConfig",
+    "IgnDetectMapping",
+    "TilingPlan",
+    "from_ign_detect",
+    "is_ign_detect_config",
+]
+
+#: Every key of IGN's ``flair-1-config-detect.yaml`` (flair-1 ``main``, ``configs/``).
+IGN_DETECT_KEYS = (
+    "output_path",
+    "output_name",
+    "input_img_path",
+    "channels",
+    "img_pixels_detection",
+    "margin",
+    "output_type",
+    "n_classes",
+    "model_weights",
+    "model_framework",
+    "batch_size",
+    "num_worker",
+    "use_gpu",
+    "write_dataframe",
+    "norma_task",
+)
+
+
+class DetectConfig(FrozenConfig):
+    """Everything one ``detect`` run needs.
+
+    Attributes:
+        inputs: Input rasters (GeoTIFF, VRT, any GDAL raster); one output set per input.
+        output: Output ``.tif`` (one input) or folder.
+        model: Model file (``.onnx``, ``.ckpt``/``.pth``/``.safetensors``, ``.engine``).
+        backend: ``torch``, ``onnxruntime`` or ``tensorrt``; None chooses from the model file.
+        device: ``cpu``, ``cuda`` or ``cuda:<i>``.
+        precision: Requested precision; None = the artifact's own.
+        preset: Description preset for weights that carry none (IGN's).
+        backend_options: Backend-specific options (e.g. ``threads``).
+        bands: 1-based raster bands for the model's bands, in the model's order; None = first N.
+        tile_size: Tile edge in pixels; None = the model's.
+        overlap: Blend overlap in pixels; None = the model's.
+        margin: Crop margin in pixels; None = the model's overlap (IGN: 128).
+        stitching: ``blend`` (weighted probabilities, no seams) or ``crop`` (IGN's grid).
+        blend_border: Pixels of zero weight on inner tile sides; None = overlap // 8.
+        pad_mode: Fill of pixels outside the raster: ``reflect`` or ``constant`` (0, as IGN).
+        batch_size: Tiles per inference call.
+        readers: Reader threads (each opens its own dataset handle).
+        prefetch: Tiles read ahead of inference (bounds memory: back-pressure).
+        indices: Write 0-based logit indices instead of FLAIR codes.
+        probabilities: Also write per-class uint8 probabilities.
+        confidence: Also write the uint8 confidence of the chosen class.
+        compress: Output compression (with predictor 2).
+        block_size: Output tile size, multiple of 16.
+        overviews: Build overviews (mode resampling for classes).
+        cog: Write Cloud-Optimised GeoTIFFs.
+        overwrite: Replace existing outputs.
+        resume: Skip inputs whose outputs already exist (finished by an earlier run).
+        allow_gsd_mismatch: Proceed when the raster's GSD differs from the model's.
+        assume_crs: CRS of rasters that have none.
+        date: Acquisition date (metadata models).
+        time: Acquisition time of day, ``HH:MM`` or ``HHhMM`` (metadata models).
+        camera: Camera name (metadata models).
+        altitude: Altitude of the scene in metres (metadata models).
+        metadata_json: JSON sidecar with ``date``, ``time``, ``camera``, ``altitude`` (or a FLAIR record).
+        expected_classes: Number of logits the model must have (IGN's ``n_classes``).
+    """
+
+    inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
+    output: Path
+    model: Path | None = None
+    backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
+    device: str = "cpu"
+    precision: Precision | None = None
+    preset: str | None = None
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    bands: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+    tile_size: Annotated[int, Field(gt=0)] | None = None
+    overlap: Annotated[int, Field(ge=0)] | None = None
+    margin: Annotated[int, Field(ge=0)] | None = None
+    stitching: Literal["blend", "crop"] = "blend"
+    blend_border: Annotated[int, Field(ge=0)] | None = None
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    readers: Annotated[int, Field(ge=1, le=64)] = 2
+    prefetch: Annotated[int, Field(ge=1, le=4096)] = 16
+    indices: bool = False
+    probabilities: bool = False
+    confidence: bool = False
+    compress: Literal["deflate", "zstd"] = "deflate"
+    block_size: Annotated[int, Field(ge=16, le=4096, multiple_of=16)] = 256
+    overviews: bool = True
+    cog: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    allow_gsd_mismatch: bool = False
+    assume_crs: str | None = None
+    date: dt.date | None = None
+    time: str | None = None
+    camera: str | None = None
+    altitude: float | None = None
+    metadata_json: Path | None = None
+    expected_classes: Annotated[int, Field(ge=2)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.tile_size is not None:
+            if self.overlap is not None and 2 * self.overlap >= self.tile_size:
+                raise ValueError(
+                    f"overlap {self.overlap} px leaves no tile centre in {self.tile_size}-px tiles; "
+                    f"use an overlap < {self.tile_size // 2}"
+                )
+            if self.margin is not None and 2 * self.margin >= self.tile_size:
+                raise ValueError(
+                    f"margin {self.margin} px leaves no core in {self.tile_size}-px tiles; "
+                    f"use a margin < {self.tile_size // 2}"
+                )
+        if self.margin is not None and self.stitching != "crop":
+            raise ValueError("margin applies to stitching='crop' only; use overlap for blend")
+        if self.blend_border is not None and self.stitching != "blend":
+            raise ValueError("blend_border applies to stitching='blend' only")
+        return self
+
+    def resolve_tiling(self, description: ModelDescription) -> TilingPlan:
+        """Fill tile size, overlap/margin and border from the model and check them against it.
+
+        Raises:
+            ConfigError: If the tile is not a multiple of the network's output stride, or the
+                overlap, margin or border do not fit.
+        """
+        tile = self.tile_size or description.tile_size
+        stride = description.architecture.output_stride
+        if tile % stride:
+            lower = max(stride, tile // stride * stride)
+            raise ConfigError(
+                f"tile size {tile} px is not a multiple of the network's output stride {stride}; "
+                f"use {lower} or {lower + stride}"
+            )
+        overlap = self.overlap if self.overlap is not None else min(description.overlap, (tile - 1) // 2)
+        margin = self.margin if self.margin is not None else min(description.overlap, (tile - 1) // 2)
+        if self.stitching == "crop":
+            if 2 * margin >= tile:
+                raise ConfigError(
+                    f"margin {margin} px leaves no core in {tile}-px tiles; use a margin < {tile // 2}"
+                )
+            return TilingPlan(tile, "crop", 0, margin, 0)
+        if 2 * overlap >= tile:
+            raise ConfigError(
+                f"overlap {overlap} px leaves no tile centre in {tile}-px tiles; use an overlap < {tile // 2}"
+            )
+        border = self.blend_border if self.blend_border is not None else overlap // 8
+        if overlap and 2 * border >= overlap:
+            raise ConfigError(
+                f"blend border {border} px leaves no ramp in an overlap of {overlap} px; "
+                f"use a border < {(overlap + 1) // 2}"
+            )
+        if not overlap and border:
+            raise ConfigError("a blend border needs an overlap; set overlap > 2 x border or border 0")
+        return TilingPlan(tile, "blend", overlap, 0, border)
+
+
+@dataclass(frozen=True, slots=True)
+class TilingPlan:
+    """Resolved tiling: tile edge, mode, blend overlap and border, crop margin (pixels)."""
+
+    tile: int
+    mode: Literal["blend", "crop"]
+    overlap: int
+    margin: int
+    border: int
+
+
+@dataclass(frozen=True, slots=True)
+class IgnDetectMapping:
+    """IGN detect config turned into :class:`DetectConfig` values.
+
+    Attributes:
+        values: Keys and values for :class:`DetectConfig` (merge CLI options on top).
+        notes: One line per IGN key that has no exact equivalent (what was done with it).
+    """
+
+    values: dict[str, Any]
+    notes: tuple[str, ...]
+
+
+def is_ign_detect_config(data: Mapping[str, Any]) -> bool:
+    """True when a YAML mapping looks like IGN's detect config rather than a :class:`DetectConfig`."""
+    return any(k in data for k in ("img_pixels_detection", "input_img_path", "model_weights", "norma_task"))
+
+
+def from_ign_detect(data: Mapping[str, Any] | Path, *, source: str | None = None) -> IgnDetectMapping:
+    """Map IGN's ``flair-1-config-detect.yaml`` onto :class:`DetectConfig` values.
+
+    Args:
+        data: The parsed YAML, or its path.
+        source: Name of the file, for messages.
+
+    Returns:
+        The values and a note for each key that is ignored or approximated.
+
+    Raises:
+        ConfigError: For a key IGN does not have, or a value of the wrong type.
+    """
+    if isinstance(data, Path):
+        source = source or str(data)
+        data = read_yaml(data)
+    src = source or "IGN detect config"
+    unknown = sorted(set(data) - set(IGN_DETECT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"{src}: unknown key(s) {unknown} for an IGN flair-detect config; known: {', '.join(IGN_DETECT_KEYS)}"
+        )
+    values: dict[str, Any] = {"stitching": "crop", "indices": True}
+    notes: list[str] = [
+        "IGN semantics: 0-based class indices (indices=True) and margin cropping (stitching=crop)"
+    ]
+
+    def get(key: str, kind: type | tuple[type, ...]) -> Any:
+        v = data.get(key)
+        if v is not None and not isinstance(v, kind):
+            raise ConfigError(f"{src}: {key}={v!r} should be a {getattr(kind, '__name__', kind)}")
+        return v
+
+    out_path, out_name = get("output_path", str), get("output_name", str)
+    if out_path is not None:
+        name = out_name or "prediction"
+        values["output"] = Path(out_path) / (name if name.endswith((".tif", ".tiff")) else f"{name}.tif")
+    if (img := get("input_img_path", str)) is not None:
+        values["inputs"] = (Path(img),)
+    if (channels := get("channels", list)) is not None:
+        values["bands"] = tuple(channels)
+    if (tile := get("img_pixels_detection", int)) is not None:
+        values["tile_size"] = tile
+    if (margin := get("margin", int)) is not None:
+        values["margin"] = margin
+    out_type = get("output_type", str)
+    if out_type not in (None, "argmax", "class_prob"):
+        raise ConfigError(f"{src}: output_type={out_type!r}; IGN accepts argmax or class_prob")
+    if out_type == "class_prob":
+        values["probabilities"] = True
+        notes.append(
+            "output_type=class_prob: writes the class map and a *_proba.tif (rounded, not truncated)"
+        )
+    if (ncl := get("n_classes", int)) is not None:
+        values["expected_classes"] = ncl
+    if (weights := get("model_weights", str)) is not None:
+        values["model"] = Path(weights)
+        if not weights.endswith((".onnx", ".engine", ".plan")):
+            notes.append("model_weights are IGN weights without a description: give --preset")
+    fw = data.get("model_framework")
+    if fw is not None:
+        notes.append(
+            f"model_framework ignored ({_short(fw)}): the architecture comes from the model or --preset"
+        )
+    if (bs := get("batch_size", int)) is not None:
+        values["batch_size"] = bs
+    if (nw := get("num_worker", int)) is not None:
+        values["readers"] = max(1, nw)
+    if get("use_gpu", bool):
+        values["device"] = "cuda" if _cuda_available() else "cpu"
+        if values["device"] == "cpu":
+            notes.append(
+                "use_gpu=true but no CUDA device is visible: running on the CPU (as flair-detect does)"
+            )
+    if data.get("write_dataframe"):
+        notes.append("write_dataframe ignored: no slicing GeoPackage is written")
+    if data.get("norma_task") is not None:
+        notes.append(
+            "norma_task ignored: normalisation comes from the model description (inside the network)"
+        )
+    return IgnDetectMapping(values, tuple(notes))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False

@@ -1,0 +1,496 @@
+"""The library entry point of ``flair-deploy detect``: :func:`detect` and :func:`run_detection`.
+
+:func:`detect` checks what it can without the model (files exist, outputs may be written), creates the
+backend, checks every input against the model's description, and only then writes anything.
+:func:`run_detection` does the same with a backend the caller already holds (the benchmark reuses it
+for its end-to-end rows). Both return a :class:`DetectSummary`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from flair_deploy.description import ModelDescription, file_sha256
+from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.inference.config import DetectConfig, TilingPlan
+from flair_deploy.inference.pipeline import MetadataFn, StageSeconds, check_backend_fits, run_raster
+from flair_deploy.inference.raster import (
+    OutputPaths,
+    OutputWriter,
+    RasterInfo,
+    inspect_raster,
+    plan_outputs,
+    temporary_path,
+)
+from flair_deploy.inference.tiling import Tile
+
+__all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "run_detection"]
+
+_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
+
+
+@dataclass(frozen=True, slots=True)
+class DetectProgress:
+    """Progress of a run, passed to the progress callback after each batch.
+
+    Attributes:
+        raster: 1-based index of the raster being processed.
+        rasters: Number of rasters to process.
+        name: File name of the raster being processed.
+        tiles_done: Tiles done in this raster.
+        tiles_total: Tiles in this raster.
+        pixels_done: Pixels done over all rasters so far.
+        pixels_total: Pixels of all rasters to process.
+    """
+
+    raster: int
+    rasters: int
+    name: str
+    tiles_done: int
+    tiles_total: int
+    pixels_done: int
+    pixels_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class DetectSummary:
+    """What a ``detect`` run did and how fast.
+
+    Attributes:
+        outputs: Files written (class maps, then probabilities/confidence when requested).
+        resumed: Inputs skipped because a previous run had finished them (``resume``).
+        rasters: Rasters processed.
+        tiles: Tiles in the grids.
+        tiles_skipped: Tiles skipped (all nodata).
+        tiles_inferred: Tiles run through the network.
+        pixels: Pixels covered.
+        km2: Ground area covered, km².
+        seconds: Per-stage seconds summed over rasters (``wall`` is the whole run).
+        peak_rss_mb: Peak resident memory of the process, MiB.
+        backend: Backend summary (``name precision device``).
+        precision: Precision the network ran at.
+        stitching: Stitching and tiling, e.g. ``blend tile=512 overlap=128 border=16``.
+        notes: Remarks worth showing the user (ignored options...).
+    """
+
+    outputs: tuple[Path, ...]
+    resumed: tuple[Path, ...]
+    rasters: int
+    tiles: int
+    tiles_skipped: int
+    tiles_inferred: int
+    pixels: int
+    km2: float
+    seconds: StageSeconds
+    peak_rss_mb: float
+    backend: str
+    precision: str
+    stitching: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def mpx_per_s(self) -> float:
+        """Raster megapixels per wall-clock second."""
+        return self.pixels / 1e6 / self.seconds.wall if self.seconds.wall > 0 else 0.0
+
+    @property
+    def tiles_per_s(self) -> float:
+        """Inferred tiles per wall-clock second."""
+        return self.tiles_inferred / self.seconds.wall if self.seconds.wall > 0 else 0.0
+
+    @property
+    def busy(self) -> float:
+        """Share of the wall time the backend was busy (see :class:`StageSeconds`)."""
+        return self.seconds.busy
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (for benchmark reports)."""
+        s = self.seconds
+        return {
+            "outputs": [str(p) for p in self.outputs],
+            "resumed": [str(p) for p in self.resumed],
+            "rasters": self.rasters,
+            "tiles": self.tiles,
+            "tiles_skipped": self.tiles_skipped,
+            "tiles_inferred": self.tiles_inferred,
+            "pixels": self.pixels,
+            "km2": self.km2,
+            "seconds": dataclasses.asdict(s),
+            "busy": self.busy,
+            "mpx_per_s": self.mpx_per_s,
+            "tiles_per_s": self.tiles_per_s,
+            "peak_rss_mb": self.peak_rss_mb,
+            "backend": self.backend,
+            "precision": self.precision,
+            "stitching": self.stitching,
+            "notes": list(self.notes),
+        }
+
+
+def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
+    """Expand folders into the rasters they hold (``*.tif``, ``*.tiff``, ``*.vrt``, sorted).
+
+    Raises:
+        InputDataError: For a missing path or a folder with no raster.
+    """
+    out: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in _RASTER_SUFFIXES and q.is_file())
+            if not found:
+                raise InputDataError(f"folder {p} holds no .tif, .tiff or .vrt raster; give raster files")
+            out.extend(found)
+        elif not p.exists():
+            raise InputDataError(f"input raster {p} does not exist; check the path")
+        else:
+            out.append(p)
+    return out
+
+
+def detect(
+    cfg: DetectConfig,
+    *,
+    progress: Callable[[DetectProgress], None] | None = None,
+) -> DetectSummary:
+    """Run ``detect``: create the backend from ``cfg.model`` and map every input raster.
+
+    Args:
+        cfg: The run configuration.
+        progress: Called after each batch.
+
+    Returns:
+        The run summary.
+
+    Raises:
+        FlairDeployError: Any user error (bad input, unwritable output, backend failure), raised
+            before an output file is created whenever it can be detected up front.
+    """
+    if cfg.model is None:
+        raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
+    inputs = expand_inputs(cfg.inputs)
+    plans = plan_outputs(inputs, cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence)
+    _check_outputs(plans, cfg)  # cheap checks first: a typo must not wait for a model to load
+    from flair_deploy.inference.backends import create_backend
+
+    backend = create_backend(
+        cfg.backend,
+        cfg.model,
+        device=cfg.device,
+        precision=cfg.precision,
+        options=cfg.backend_options or None,
+        preset=cfg.preset,
+    )
+    sha = backend.description.provenance.source_sha256 or file_sha256(cfg.model)
+    with backend:
+        return run_detection(backend, cfg, progress=progress, model_sha256=sha)
+
+
+def run_detection(
+    backend: Any,
+    cfg: DetectConfig,
+    *,
+    progress: Callable[[DetectProgress], None] | None = None,
+    model_sha256: str | None = None,
+) -> DetectSummary:
+    """Map every input raster with an *active* backend (``cfg.model`` and backend options are unused).
+
+    Args:
+        backend: A backend inside ``with backend:``.
+        cfg: The run configuration.
+        progress: Called after each batch.
+        model_sha256: SHA-256 of the model file, for the output tags.
+
+    Returns:
+        The run summary.
+
+    Raises:
+        FlairDeployError: Any user error, raised before an output is created where possible.
+    """
+    start = time.perf_counter()
+    description: ModelDescription = backend.description
+    notes: list[str] = []
+    if cfg.expected_classes is not None and cfg.expected_classes != description.num_classes:
+        raise ConfigError(
+            f"the config expects {cfg.expected_classes} classes (n_classes) but model {description.name!r} "
+            f"has {description.num_classes} logits; give matching weights or fix n_classes"
+        )
+    plan = cfg.resolve_tiling(description)
+    check_backend_fits(backend, plan.tile, cfg.batch_size)
+    inputs = expand_inputs(cfg.inputs)
+    plans = plan_outputs(inputs, cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence)
+    todo = _check_outputs(plans, cfg)
+    resumed = tuple(p.source for p in plans if p not in todo)
+    # Every input is checked against the model before the first output exists.
+    infos = [
+        inspect_raster(
+            p.source,
+            description,
+            bands=cfg.bands,
+            allow_gsd_mismatch=cfg.allow_gsd_mismatch,
+            assume_crs=cfg.assume_crs,
+        )
+        for p in todo
+    ]
+    meta_factory = _metadata_factory(cfg, description, notes)
+    for info in infos:
+        if info.dtype != description.input_dtype:
+            notes.append(
+                f"{info.path.name} is {info.dtype} but the model was trained on {description.input_dtype} "
+                "data: values are fed raw, check the result"
+            )
+    stitching = _stitching_label(plan)
+    precision = str(getattr(backend, "precision", "fp32"))
+    summary_line = backend.summary() if hasattr(backend, "summary") else str(getattr(backend, "name", "?"))
+    tags = {
+        "FLAIR_DEPLOY_VERSION": _version(),
+        "MODEL_NAME": description.name,
+        "MODEL_SHA256": model_sha256 or description.provenance.source_sha256 or "unknown",
+        "BACKEND": summary_line,
+        "PRECISION": precision,
+        "STITCHING": stitching,
+        "CLASS_VALUES": "logit indices" if cfg.indices else "FLAIR class codes",
+    }
+    pixels_total = sum(i.width * i.height for i in infos)
+    outputs: list[Path] = []
+    seconds = StageSeconds()
+    tiles = skipped = inferred = 0
+    pixels_before = 0
+    km2 = 0.0
+    for n, (out_paths, info) in enumerate(zip(todo, infos, strict=True), start=1):
+        out_paths.classes.parent.mkdir(parents=True, exist_ok=True)
+        cb = None
+        if progress is not None:
+            cb = _raster_progress(progress, n, len(infos), info.path.name, pixels_before, pixels_total)
+        writer = OutputWriter(
+            info,
+            out_paths,
+            description,
+            indices=cfg.indices,
+            block=cfg.block_size,
+            compress=cfg.compress,
+            overviews=cfg.overviews,
+            cog=cfg.cog,
+            tags=tags,
+        )
+        with writer:
+            run = run_raster(
+                backend,
+                info,
+                writer,
+                plan,
+                batch_size=cfg.batch_size,
+                readers=cfg.readers,
+                prefetch=cfg.prefetch,
+                pad_mode=cfg.pad_mode,
+                metadata_fn=meta_factory(info) if meta_factory is not None else None,
+                probabilities=cfg.probabilities,
+                confidence=cfg.confidence,
+                progress=cb,
+            )
+            t_finish0 = time.perf_counter()
+        # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
+        finish_s = time.perf_counter() - t_finish0
+        seconds = seconds + StageSeconds(
+            read=run.seconds.read,
+            preprocess=run.seconds.preprocess,
+            h2d=run.seconds.h2d,
+            compute=run.seconds.compute,
+            d2h=run.seconds.d2h,
+            infer=run.seconds.infer,
+            stitch=run.seconds.stitch,
+            write=run.seconds.write + finish_s,
+        )
+        outputs.extend(out_paths.all())
+        tiles += run.tiles
+        skipped += run.skipped
+        inferred += run.inferred
+        pixels_before += run.pixels
+        km2 += info.area_km2
+    wall = time.perf_counter() - start
+    seconds = dataclasses.replace(seconds, wall=wall)
+    return DetectSummary(
+        outputs=tuple(outputs),
+        resumed=resumed,
+        rasters=len(infos),
+        tiles=tiles,
+        tiles_skipped=skipped,
+        tiles_inferred=inferred,
+        pixels=pixels_before,
+        km2=km2,
+        seconds=seconds,
+        peak_rss_mb=peak_rss_mb(),
+        backend=summary_line,
+        precision=precision,
+        stitching=stitching,
+        notes=tuple(notes),
+    )
+
+
+def _check_outputs(plans: Sequence[OutputPaths], cfg: DetectConfig) -> list[OutputPaths]:
+    """Return the plans to run; refuse existing outputs without --overwrite, and unwritable folders.
+
+    Raises:
+        OutputError: If an output exists (and neither overwrite nor resume covers it), or its folder
+            cannot be written.
+    """
+    todo: list[OutputPaths] = []
+    for plan in plans:
+        if cfg.resume and plan.complete():
+            continue
+        existing = [p for p in plan.all() if p.exists()]
+        if existing and not cfg.overwrite:
+            hint = " (or --resume to skip finished rasters)" if len(plans) > 1 else ""
+            raise OutputError(f"{existing[0]} exists; pass --overwrite to replace it{hint}")
+        for p in plan.all():
+            if p.exists() and p.is_dir():
+                raise OutputError(f"output {p} is a folder; choose a file name or another folder")
+            folder = _nearest_existing(p.parent)
+            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write {p}: folder {folder} is not writable; choose another --out")
+            stale = temporary_path(p)
+            if stale.exists():
+                # Leftover of an interrupted run: it never became an output, so it is safe to replace.
+                stale.unlink()
+        todo.append(plan)
+    return todo
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _stitching_label(plan: TilingPlan) -> str:
+    if plan.mode == "crop":
+        return f"crop tile={plan.tile} margin={plan.margin}"
+    return f"blend tile={plan.tile} overlap={plan.overlap} border={plan.border}"
+
+
+def _raster_progress(
+    progress: Callable[[DetectProgress], None], n: int, total: int, name: str, before: int, pixels_total: int
+) -> Callable[[int, int, int], None]:
+    def cb(done: int, tiles: int, pixels: int) -> None:
+        progress(DetectProgress(n, total, name, done, tiles, before + pixels, pixels_total))
+
+    return cb
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # Linux reports KiB, macOS bytes.
+        return float(kb) / (1024.0 * 1024.0) if sys.platform == "darwin" else float(kb) / 1024.0
+    except ImportError:  # pragma: no cover - Windows
+        import psutil
+
+        return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def _version() -> str:
+    from flair_deploy import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------- metadata models
+def _metadata_factory(
+    cfg: DetectConfig, description: ModelDescription, notes: list[str]
+) -> Callable[[RasterInfo], MetadataFn] | None:
+    """Return raster → (tile → metadata vector) for metadata models, None for image-only models.
+
+    Raises:
+        ConfigError: If the model needs metadata that was not given, or an unknown encoding.
+    """
+    given = [
+        k for k in ("date", "time", "camera", "altitude", "metadata_json") if getattr(cfg, k) is not None
+    ]
+    if description.metadata is None:
+        if given:
+            notes.append(f"model takes no metadata: {', '.join(given)} ignored")
+        return None
+    from flair_deploy import aerial
+
+    if description.metadata.encoding != aerial.AERIAL_ENCODING:
+        raise ConfigError(
+            f"model {description.name!r} uses metadata encoding {description.metadata.encoding!r}; this "
+            f"flair-deploy encodes {aerial.AERIAL_ENCODING!r} only"
+        )
+    sidecar = _read_sidecar(cfg.metadata_json) if cfg.metadata_json is not None else {}
+
+    def pick(key: str, *alts: str) -> Any:
+        value = getattr(cfg, key)
+        if value is not None:
+            return value
+        for k in (key, *alts):
+            if k in sidecar:
+                return sidecar[k]
+        return None
+
+    date, tod = pick("date"), pick("time")
+    camera, altitude = pick("camera"), pick("altitude", "z", "patch_centroid_z")
+    missing = [
+        n for n, v in (("date", date), ("time", tod), ("camera", camera), ("altitude", altitude)) if v is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"model {description.name!r} needs acquisition metadata; missing {', '.join(missing)}: pass "
+            "--date YYYY-MM-DD --time HH:MM --camera NAME --altitude METRES or --metadata-json FILE"
+        )
+    template = aerial.AerialRecord.from_flair(
+        {
+            "patch_centroid_x": 0.0,
+            "patch_centroid_y": 0.0,
+            "patch_centroid_z": altitude,
+            "camera": camera,
+            "date": str(date),
+            "time": str(tod),
+        },
+        source="detect metadata options",
+    )
+
+    def for_raster(info: RasterInfo) -> MetadataFn:
+        transform, crs = info.transform, info.crs
+
+        def vector(tile: Tile) -> npt.NDArray[np.float32]:
+            col, row = tile.centre()
+            x, y = transform * (col, row)
+            lx, ly = aerial.to_lambert93(x, y, crs)
+            rec = template.model_copy(update={"x": lx, "y": ly})
+            out: npt.NDArray[np.float32] = aerial.encode_aerial(rec).astype(np.float32)
+            return out
+
+        return vector
+
+    return for_raster
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """Read a metadata JSON: flat keys, or a FLAIR record (also a single-entry FLAIR file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputDataError(f"cannot read metadata JSON {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputDataError(
+            f"metadata JSON {path} is not valid JSON: {exc.msg} at line {exc.lineno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputDataError(f"metadata JSON {path} must be an object with date, time, camera, altitude")
+    if len(data) == 1 and isinstance(next(iter(data.values())), dict):
+        data = next(iter(data.values()))
+    return dict(data)

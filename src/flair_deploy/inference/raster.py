@@ -1,0 +1,552 @@
+"""Raster input and output for ``detect``: checks, tile reads, and atomically written class maps.
+
+Input side: :func:`inspect_raster` opens a GeoTIFF or VRT once, checks it against the model's
+description (band count and ``--bands`` mapping, data type, CRS, ground sampling distance) and returns a
+:class:`RasterInfo`; every problem is one :class:`~flair_deploy.errors.InputDataError` line.
+:class:`TileReader` reads one tile through its *own* dataset handle (rasterio handles are not shared
+between threads) with an integer window, casts raw values to float32 and pads (reflect by default)
+only where the tile extends past the raster.
+
+Output side: :class:`OutputWriter` writes the class map (and optional probability and confidence
+rasters) under hidden temporary names in the destination folder, in whole-block row windows, then
+builds overviews (mode resampling for classes), optionally converts to a Cloud-Optimised GeoTIFF and
+only then renames to the final names. An interrupted or failed run deletes its temporary files; no
+file that looks complete is ever left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import CRSError, RasterioError
+from rasterio.windows import Window
+
+from flair_deploy.description import ModelDescription
+from flair_deploy.errors import ConfigError, InputDataError
+from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
+from flair_deploy.inference.tiling import Tile
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "OutputPaths",
+    "OutputWriter",
+    "RasterInfo",
+    "TileReader",
+    "gsd_metres",
+    "inspect_raster",
+    "plan_outputs",
+]
+
+#: Raster data types fed to the network (as raw values cast to float32).
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+_EARTH_RADIUS_M = 6_371_008.8
+_TIF_SUFFIXES = (".tif", ".tiff")
+
+PadMode = Literal["reflect", "constant"]
+Compression = Literal["deflate", "zstd"]
+
+
+@dataclass(frozen=True, slots=True)
+class RasterInfo:
+    """What ``detect`` needs to know about an input raster, checked against the model.
+
+    Attributes:
+        path: The raster file.
+        width: Width in pixels.
+        height: Height in pixels.
+        bands: 1-based raster bands feeding the model's bands, in the model's order.
+        dtype: Data type of the selected bands.
+        crs: CRS (the assumed one when the raster has none and one was given), or None.
+        transform: Affine pixel-to-CRS transform.
+        gsd_m: Ground sampling distance ``(x, y)`` in metres (approximate for geographic CRSs).
+        all_valid: True when the raster has no nodata, mask or alpha: masks need not be read.
+        crs_assumed: True when *crs* was given by the user, not read from the raster.
+    """
+
+    path: Path
+    width: int
+    height: int
+    bands: tuple[int, ...]
+    dtype: str
+    crs: CRS | None
+    transform: Any
+    gsd_m: tuple[float, float] | None
+    all_valid: bool
+    crs_assumed: bool = False
+
+    @property
+    def area_km2(self) -> float:
+        """Ground area covered, in km² (0 when the GSD is unknown)."""
+        if self.gsd_m is None:
+            return 0.0
+        return self.width * self.height * self.gsd_m[0] * self.gsd_m[1] / 1e6
+
+
+def gsd_metres(crs: CRS | None, transform: Any, width: int, height: int) -> tuple[float, float] | None:
+    """Return the pixel size ``(x, y)`` in metres, or None without a CRS.
+
+    For a geographic CRS the size is approximated on a sphere at the raster's centre latitude.
+    """
+    a, b, d, e = transform.a, transform.b, transform.d, transform.e
+    rx, ry = math.hypot(a, d), math.hypot(b, e)
+    if crs is None:
+        return None
+    if crs.is_geographic:
+        lat = (transform * (width / 2.0, height / 2.0))[1]
+        per_deg = math.pi / 180.0 * _EARTH_RADIUS_M
+        return rx * per_deg * math.cos(math.radians(lat)), ry * per_deg
+    try:
+        factor = float(crs.linear_units_factor[1])
+    except (CRSError, ValueError, TypeError):
+        factor = 1.0
+    return rx * factor, ry * factor
+
+
+def inspect_raster(
+    path: Path,
+    description: ModelDescription,
+    *,
+    bands: Sequence[int] | None = None,
+    allow_gsd_mismatch: bool = False,
+    assume_crs: str | None = None,
+    gsd_tolerance: float = 0.1,
+) -> RasterInfo:
+    """Open a raster and check it against the model description.
+
+    Args:
+        path: GeoTIFF, VRT or any GDAL raster.
+        description: The model's description (band count, GSD).
+        bands: 1-based raster bands for the model's bands, in order; None = the first N bands.
+        allow_gsd_mismatch: Proceed when the raster's GSD differs from the model's.
+        assume_crs: CRS to assume for a raster that has none (e.g. ``"EPSG:2154"``).
+        gsd_tolerance: Relative GSD difference accepted without *allow_gsd_mismatch*.
+
+    Returns:
+        The checked raster description.
+
+    Raises:
+        InputDataError: Missing or unreadable file, too few bands, bad band mapping, unsupported data
+            type, no CRS, or GSD mismatch; one line each.
+    """
+    if not path.exists():
+        raise InputDataError(f"input raster {path} does not exist; check the path")
+    if path.is_dir():
+        raise InputDataError(f"input {path} is a folder; give raster files (or a VRT mosaic)")
+    try:
+        src = rasterio.open(path)
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputDataError(
+            f"{path} is not a raster GDAL can read ({first}); give a GeoTIFF or a VRT"
+        ) from None
+    with src:
+        n = description.in_channels
+        names = ", ".join(description.bands)
+        if bands is None:
+            if src.count < n:
+                raise InputDataError(
+                    f"{path.name} has {src.count} band(s) but model {description.name!r} needs {n} "
+                    f"({names}); give a raster with these bands, or map them with --bands"
+                )
+            chosen = tuple(range(1, n + 1))
+        else:
+            chosen = tuple(int(b) for b in bands)
+            if len(chosen) != n:
+                raise InputDataError(
+                    f"--bands lists {len(chosen)} band(s) {list(chosen)} but model {description.name!r} "
+                    f"takes {n} ({names}); give one raster band per model band, in that order"
+                )
+            bad = [b for b in chosen if not 1 <= b <= src.count]
+            if bad:
+                raise InputDataError(
+                    f"--bands {list(chosen)} refers to band(s) {bad} but {path.name} has bands "
+                    f"1..{src.count}; bands are 1-based"
+                )
+        dtypes = {src.dtypes[b - 1] for b in chosen}
+        if len(dtypes) != 1 or next(iter(dtypes)) not in SUPPORTED_DTYPES:
+            raise InputDataError(
+                f"{path.name} has data type {', '.join(sorted(dtypes))} in the selected bands; supported: "
+                f"{', '.join(SUPPORTED_DTYPES)} (one type for all bands); convert with "
+                "gdal_translate -ot Float32"
+            )
+        crs: CRS | None = src.crs
+        assumed = False
+        if crs is None or not crs.to_wkt():
+            if assume_crs is None:
+                raise InputDataError(
+                    f"{path.name} has no CRS, so its output could not be georeferenced; georeference it "
+                    "(gdal_edit.py -a_srs EPSG:2154) or pass --assume-crs EPSG:2154"
+                )
+            try:
+                crs = CRS.from_user_input(assume_crs)
+            except CRSError:
+                raise ConfigError(f"--assume-crs {assume_crs!r} is not a CRS; give e.g. EPSG:2154") from None
+            assumed = True
+        if src.transform.is_identity:
+            raise InputDataError(
+                f"{path.name} has no geotransform (pixel = map unit); georeference it before detection"
+            )
+        gsd = gsd_metres(crs, src.transform, src.width, src.height)
+        if gsd is not None and not allow_gsd_mismatch:
+            worst = max(abs(g / description.gsd - 1.0) for g in gsd)
+            if worst > gsd_tolerance:
+                raise InputDataError(
+                    f"{path.name} has a ground sampling distance of {gsd[0]:.3g} x {gsd[1]:.3g} m but model "
+                    f"{description.name!r} was trained at {description.gsd:g} m; resample the raster "
+                    "(gdalwarp -tr) or pass --allow-gsd-mismatch to proceed anyway"
+                )
+        all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in chosen)
+        return RasterInfo(
+            path=path,
+            width=src.width,
+            height=src.height,
+            bands=chosen,
+            dtype=next(iter(dtypes)),
+            crs=crs,
+            transform=src.transform,
+            gsd_m=gsd,
+            all_valid=all_valid,
+            crs_assumed=assumed,
+        )
+
+
+class TileReader:
+    """Read tiles of one raster through a private dataset handle (one reader per thread).
+
+    Args:
+        info: The checked raster.
+        pad_mode: How pixels outside the raster are filled: ``reflect`` (no artificial edges) or
+            ``constant`` (0, as IGN's boundless reads without nodata).
+    """
+
+    def __init__(self, info: RasterInfo, *, pad_mode: PadMode = "reflect") -> None:
+        self.info = info
+        self.pad_mode = pad_mode
+        self._src = rasterio.open(info.path)
+        #: Seconds the last :meth:`read` spent in GDAL (the rest is padding and casting).
+        self.last_read_s = 0.0
+
+    def close(self) -> None:
+        """Close the dataset handle."""
+        self._src.close()
+
+    def read(self, tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]] | None:
+        """Read one tile.
+
+        Args:
+            tile: The tile (may extend past the raster).
+
+        Returns:
+            ``(C, T, T)`` float32 raw values and a ``(T, T)`` validity mask, or None when every pixel of
+            the tile is nodata (the tile is skipped).
+        """
+        info = self.info
+        start = time.perf_counter()
+        c0, r0, w, h = tile.read_window(info.width, info.height)
+        window = Window(c0, r0, w, h)
+        if info.all_valid:
+            valid = np.ones((h, w), dtype=bool)
+        else:
+            # The dataset mask is GDAL's per-pixel validity: nodata in every band, alpha or a mask band.
+            valid = self._src.dataset_mask(window=window) > 0
+            if not valid.any():
+                self.last_read_s = time.perf_counter() - start
+                return None
+        data = self._src.read(indexes=list(info.bands), window=window, out_dtype="float32")
+        self.last_read_s = time.perf_counter() - start
+        pad = tile.padding(info.width, info.height)
+        if any(p for side in pad for p in side):
+            if self.pad_mode == "reflect":
+                data = np.pad(data, ((0, 0), *pad), mode="reflect")
+            else:
+                data = np.pad(data, ((0, 0), *pad), mode="constant")
+            valid = np.pad(valid, pad, mode="constant")
+        return np.ascontiguousarray(data, dtype=np.float32), valid
+
+
+@dataclass(frozen=True, slots=True)
+class OutputPaths:
+    """Where one input's outputs go.
+
+    Attributes:
+        source: The input raster.
+        classes: The class map.
+        probabilities: Per-class probability raster, or None.
+        confidence: Confidence raster, or None.
+    """
+
+    source: Path
+    classes: Path
+    probabilities: Path | None = None
+    confidence: Path | None = None
+
+    def all(self) -> list[Path]:
+        """Every output path of this input."""
+        return [p for p in (self.classes, self.probabilities, self.confidence) if p is not None]
+
+    def complete(self) -> bool:
+        """True when every output exists (a finished earlier run: outputs appear only when complete)."""
+        return all(p.exists() for p in self.all())
+
+
+def plan_outputs(
+    inputs: Sequence[Path], out: Path, *, probabilities: bool = False, confidence: bool = False
+) -> list[OutputPaths]:
+    """Name the outputs of each input.
+
+    One input and ``out`` ending in ``.tif``/``.tiff``: ``out`` itself, with ``_proba`` and
+    ``_confidence`` beside it. Otherwise ``out`` is a folder and input ``NAME.ext`` gives
+    ``NAME_classes.tif``, ``NAME_proba.tif`` and ``NAME_confidence.tif`` in it.
+
+    Raises:
+        ConfigError: If several inputs share a name, or an output would replace an input.
+    """
+    plans: list[OutputPaths] = []
+    single_file = len(inputs) == 1 and out.suffix.lower() in _TIF_SUFFIXES
+    if not single_file and out.suffix.lower() in _TIF_SUFFIXES:
+        raise ConfigError(
+            f"--out {out} is a file name but {len(inputs)} inputs were given; give a folder for several inputs"
+        )
+    for src in inputs:
+        if single_file:
+            stem, folder, classes = out.stem, out.parent, out
+        else:
+            stem, folder = src.stem, out
+            classes = folder / f"{stem}_classes.tif"
+        plans.append(
+            OutputPaths(
+                src,
+                classes,
+                folder / f"{stem}_proba.tif" if probabilities else None,
+                folder / f"{stem}_confidence.tif" if confidence else None,
+            )
+        )
+    names = [p.classes for p in plans]
+    if len(set(names)) != len(names):
+        dup = min(str(n) for n in names if names.count(n) > 1)
+        raise ConfigError(f"two inputs would both write {dup}; give inputs with distinct file names")
+    resolved_inputs = {p.resolve() for p in inputs}
+    for plan in plans:
+        for p in plan.all():
+            if p.resolve() in resolved_inputs:
+                raise ConfigError(f"output {p} would replace an input raster; choose another --out")
+    return plans
+
+
+def temporary_path(path: Path) -> Path:
+    """Hidden in-progress name beside *path* (``.NAME.part``): never mistaken for a finished map."""
+    return path.with_name(f".{path.name}.part")
+
+
+@dataclass
+class _Target:
+    final: Path
+    tmp: Path
+    kind: Literal["classes", "probabilities", "confidence"]
+    dataset: Any = None
+    extra: list[Path] = field(default_factory=list)
+
+
+class OutputWriter:
+    """Write one input's outputs atomically, row chunk by row chunk.
+
+    Use as a context manager: on a clean exit the files are finalised (overviews, optional COG) and
+    renamed; on an exception every temporary file is removed.
+
+    Args:
+        info: The input raster (size, CRS, transform are copied exactly).
+        paths: Output paths.
+        description: Model description (classes, colours, nodata).
+        indices: Write 0-based logit indices instead of FLAIR codes.
+        block: Tile (block) size of the outputs, a multiple of 16.
+        compress: ``deflate`` or ``zstd`` (with horizontal predictor).
+        overviews: Build internal overviews (mode resampling for classes, average for the others).
+        cog: Convert to Cloud-Optimised GeoTIFFs before renaming.
+        tags: Extra GDAL metadata tags (model SHA-256, backend, precision, stitching...).
+    """
+
+    def __init__(
+        self,
+        info: RasterInfo,
+        paths: OutputPaths,
+        description: ModelDescription,
+        *,
+        indices: bool = False,
+        block: int = 256,
+        compress: Compression = "deflate",
+        overviews: bool = True,
+        cog: bool = False,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        if block <= 0 or block % 16:
+            raise ConfigError(f"output block size {block} must be a positive multiple of 16 (GeoTIFF tiles)")
+        self.info = info
+        self.paths = paths
+        self.description = description
+        self.indices = indices
+        self.block = block
+        self.compress = compress
+        self.overviews = overviews
+        self.cog = cog
+        self.tags = dict(tags or {})
+        lut = np.full(256, description.nodata, dtype=np.uint8)
+        for i, c in enumerate(description.classes):
+            lut[i] = i if indices else c.code
+        lut[NO_CLASS] = description.nodata
+        self._lut = lut
+        self._targets: list[_Target] = [_Target(paths.classes, temporary_path(paths.classes), "classes")]
+        if paths.probabilities is not None:
+            self._targets.append(
+                _Target(paths.probabilities, temporary_path(paths.probabilities), "probabilities")
+            )
+        if paths.confidence is not None:
+            self._targets.append(_Target(paths.confidence, temporary_path(paths.confidence), "confidence"))
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> Self:
+        try:
+            for t in self._targets:
+                t.dataset = rasterio.open(t.tmp, "w", **self._profile(t.kind))
+                self._describe(t)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            self._finalise()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _profile(self, kind: str) -> dict[str, Any]:
+        info = self.info
+        count = self.description.num_classes if kind == "probabilities" else 1
+        profile: dict[str, Any] = {
+            "driver": "GTiff",
+            "width": info.width,
+            "height": info.height,
+            "count": count,
+            "dtype": "uint8",
+            "crs": info.crs,
+            "transform": info.transform,
+            "tiled": True,
+            "blockxsize": self.block,
+            "blockysize": self.block,
+            "compress": self.compress,
+            "predictor": 2,
+            "bigtiff": "IF_SAFER",
+            "interleave": "band",
+        }
+        if kind == "classes":
+            profile["nodata"] = self.description.nodata
+        return profile
+
+    def _describe(self, t: _Target) -> None:
+        ds, d = t.dataset, self.description
+        ds.update_tags(**self.tags)
+        if t.kind == "classes":
+            from flair_deploy.maps import write_class_map_tags
+
+            write_class_map_tags(ds, d, indices=self.indices)
+        elif t.kind == "probabilities":
+            for i, c in enumerate(d.classes, start=1):
+                ds.set_band_description(i, f"P({c.name}) x 255 (code {c.code}, index {i - 1})")
+            ds.update_tags(VALUES="round(255 x softmax probability over the active classes)")
+        else:
+            ds.set_band_description(1, "confidence: P(chosen class) x 255")
+            ds.update_tags(VALUES="round(255 x probability of the class in the class map)")
+
+    # ------------------------------------------------------------------ writing
+    def write(self, chunk: OutputChunk) -> None:
+        """Write final rows (a whole number of blocks, or the raster's last rows)."""
+        window = Window(0, chunk.row, self.info.width, chunk.rows)
+        invalid = chunk.classes == NO_CLASS
+        for t in self._targets:
+            if t.kind == "classes":
+                t.dataset.write(self._lut[chunk.classes], 1, window=window)
+            elif t.kind == "probabilities" and chunk.probabilities is not None:
+                t.dataset.write(chunk.probabilities, window=window)
+                t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
+            elif t.kind == "confidence" and chunk.confidence is not None:
+                t.dataset.write(chunk.confidence, 1, window=window)
+                t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
+
+    # ------------------------------------------------------------------ finishing
+    def _overview_factors(self) -> list[int]:
+        factors, f = [], 2
+        while max(self.info.width, self.info.height) // f >= self.block:
+            factors.append(f)
+            f *= 2
+        return factors
+
+    def _finalise(self) -> None:
+        factors = self._overview_factors() if self.overviews and not self.cog else []
+        for t in self._targets:
+            t.dataset.close()
+            t.dataset = None
+            if factors:
+                # Built on the closed-and-reopened file: in create mode GDAL may not see the colour
+                # table yet when it resamples paletted bands.
+                resampling = Resampling.mode if t.kind == "classes" else Resampling.average
+                with rasterio.open(t.tmp, "r+") as ds:
+                    ds.build_overviews(factors, resampling)
+                    ds.update_tags(ns="rio_overview", resampling=resampling.name)
+        if self.cog:
+            for t in self._targets:
+                self._to_cog(t)
+        for t in self._targets:
+            # GDAL keeps some metadata in a PAM sidecar (.aux.xml): it travels with its raster.
+            aux = t.tmp.with_name(t.tmp.name + ".aux.xml")
+            os.replace(t.tmp, t.final)
+            if aux.exists():
+                os.replace(aux, t.final.with_name(t.final.name + ".aux.xml"))
+
+    def _to_cog(self, t: _Target) -> None:
+        from rasterio.shutil import copy as gdal_copy
+
+        cog_tmp = t.tmp.with_name(t.tmp.name + ".cog")
+        t.extra.append(cog_tmp)
+        resampling = "MODE" if t.kind == "classes" else "AVERAGE"
+        gdal_copy(
+            t.tmp,
+            cog_tmp,
+            driver="COG",
+            compress=self.compress.upper(),
+            predictor="YES",
+            bigtiff="IF_SAFER",
+            blocksize=str(self.block),
+            resampling=resampling,
+            overview_resampling=resampling,
+        )
+        t.tmp.unlink()
+        os.replace(cog_tmp, t.tmp)
+
+    def _abort(self) -> None:
+        for t in self._targets:
+            if t.dataset is not None:
+                with contextlib.suppress(Exception):
+                    t.dataset.close()
+                t.dataset = None
+            for p in (t.tmp, t.tmp.with_name(t.tmp.name + ".aux.xml"), *t.extra):
+                with contextlib.suppress(OSError):
+                    p.unlink()
