@@ -1,10 +1,163 @@
-"""`flair-deploy train` (being built; see the issue tracker)."""
+"""`flair-deploy train`: train a segmentation model into self-describing checkpoints."""
 
 from __future__ import annotations
 
-from flair_deploy.errors import FlairDeployError
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from flair_deploy.training.run import TrainResult
+
+__all__ = ["command"]
 
 
-def command() -> None:
-    """Not available yet."""
-    raise FlairDeployError("'train' is not available yet in this build")
+def _sample_paths(root: Path, *, overwrite: bool) -> dict[str, Any]:
+    """Generate the sample dataset into *root* (or reuse one generated there before)."""
+    from flair_deploy.training.sample import make_sample_dataset
+
+    if (root / "sample.json").is_file() and not overwrite:
+        aerial = root / "aerial_metadata.json"
+        paths = {"train_csv": root / "train.csv", "val_csv": root / "val.csv", "test_csv": root / "test.csv"}
+        typer.echo(f"using the sample dataset in {root}")
+        return {k: str(v.resolve()) for k, v in paths.items()} | (
+            {"aerial_json": str(aerial.resolve())} if aerial.is_file() else {}
+        )
+    typer.echo(f"generating the sample dataset in {root} ...")
+    sample = make_sample_dataset(root, overwrite=overwrite)
+    data = {
+        "train_csv": str(sample.train_csv.resolve()),
+        "val_csv": str(sample.val_csv.resolve()),
+        "test_csv": str(sample.test_csv.resolve()),
+    }
+    if sample.aerial_json is not None:
+        data["aerial_json"] = str(sample.aerial_json.resolve())
+    return data
+
+
+def command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Training YAML: ours (see configs/README.md) or IGN's flair-1-config.yaml, detected "
+            "automatically. Relative paths inside are relative to the file's folder.",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override one key, section.key=value (value parsed as YAML); repeatable. "
+            "E.g. --set optim.lr=0.001 --set data.bands=[1,2,3].",
+        ),
+    ] = None,
+    train_csv: Annotated[
+        Path | None,
+        typer.Option(help="Training patch list (image,mask rows; no header). Sets data.train_csv."),
+    ] = None,
+    val_csv: Annotated[
+        Path | None,
+        typer.Option(help="Validation patch list, used to pick the best checkpoint. Sets data.val_csv."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Run folder for checkpoints/, logs/ and learning-curve.png. Sets logging.out_dir."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs. Sets optim.epochs.")] = None,
+    sample_data: Annotated[
+        bool,
+        typer.Option(
+            "--sample-data",
+            help="Generate the built-in sample dataset into OUT/sample-data and train on it "
+            "(with no --config, the settings of configs/train-sample.yaml are used).",
+        ),
+    ] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the checkpoints and logs of an earlier run in OUT.")
+    ] = False,
+) -> None:
+    """Train a land-cover segmentation model into self-describing checkpoints.
+
+    The best checkpoint (by checkpoint.monitor, default val_miou) carries bands, normalisation,
+    classes, tile size and GSD: `flair-deploy evaluate` and `export` need nothing else. IGN's
+    flair-1-config.yaml is accepted as it is; keys it has that do not apply are listed, not ignored
+    silently. Precedence: explicit flags > --set > --config file > defaults.
+
+    Writes OUT/checkpoints/best.ckpt, last.ckpt and train-config.yaml (the resolved config),
+    OUT/logs/ (CSV and TensorBoard) and OUT/learning-curve.png. An earlier run in OUT needs
+    --overwrite, or checkpoint.resume_from to continue it.
+
+    Typical uses:
+
+      flair-deploy train --sample-data --out runs/sample
+
+      flair-deploy train -c configs/train-sample.yaml --sample-data --out runs/sample --epochs 5
+
+      flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set trainer.accelerator=gpu
+
+      flair-deploy train -c flair-1-config.yaml   (IGN's file, as it is)
+
+      flair-deploy train -c runs/a/checkpoints/train-config.yaml --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt
+    """
+    from flair_deploy.training.config import load_train_config, sample_config_base
+    from flair_deploy.training.run import train
+
+    updates: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    if out is not None:
+        updates["logging"] = {"out_dir": str(out.resolve())}
+    if sample_data:
+        root = (out if out is not None else Path("runs/train")) / "sample-data"
+        data.update(_sample_paths(root, overwrite=overwrite))
+    if train_csv is not None:
+        data["train_csv"] = str(train_csv.resolve())
+    if val_csv is not None:
+        data["val_csv"] = str(val_csv.resolve())
+    if data:
+        updates["data"] = data
+    if epochs is not None:
+        updates["optim"] = {"epochs": epochs}
+    base = sample_config_base() if sample_data and config is None else None
+    cfg, notes = load_train_config(config, set_ or (), updates=updates, base=base)
+    for line in notes:
+        typer.echo(f"IGN config key not applied: {line}", err=True)
+    desc = cfg.description()
+    active = sum(desc.active_mask)
+    typer.echo(
+        f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
+        f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to {cfg.optim.epochs} "
+        f"epochs -> {cfg.logging.out_dir}"
+    )
+    result = train(cfg, progress=progress, overwrite=overwrite)
+    _report(result)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def _report(result: TrainResult) -> None:
+    final = result.final_metrics
+    typer.echo("")
+    typer.echo(
+        f"done in {result.seconds / 60:.1f} min: {result.epochs_run} epochs, "
+        f"{result.patches_per_second:.1f} training patches/s"
+    )
+    typer.echo(
+        f"best checkpoint ({result.monitor} {_fmt(result.best_score)}): val mIoU {_fmt(final.get('val_miou'))}, "
+        f"overall accuracy {_fmt(final.get('val_oa'))}, val loss {_fmt(final.get('val_loss'))}"
+    )
+    typer.echo(f"  checkpoint:     {result.best_checkpoint}")
+    if result.last_checkpoint is not None:
+        typer.echo(f"  last (resume):  {result.last_checkpoint}")
+    if result.config_path is not None:
+        typer.echo(f"  config:         {result.config_path}")
+    if result.learning_curve is not None:
+        typer.echo(f"  learning curve: {result.learning_curve}")
+    if result.best_checkpoint is not None:
+        typer.echo(f"next: flair-deploy evaluate {result.best_checkpoint} --csv <test.csv> --out <folder>")

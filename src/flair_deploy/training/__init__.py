@@ -1,0 +1,31 @@
+"""Training: FLAIR data to self-describing Lightning checkpoints.
+
+* :class:`TrainConfig` and :func:`load_train_config`: the run configuration (our YAML schema, or IGN's
+  ``flair-1-config.yaml`` as it is);
+* :class:`SegmentationTask`: the LightningModule whose checkpoints rebuild their network alone;
+* :func:`train`: Lightning Trainer with checkpoints, early stopping, logs and a learning curve.
+
+Data (:mod:`~flair_deploy.training.data`), the sample dataset (:mod:`~flair_deploy.training.sample`)
+and metrics (:mod:`~flair_deploy.training.metrics`) live in their own modules.
+"""
+
+from __future__ import annotations
+
+from flair_deploy._compat import ensure_torchvision_importable
+
+# Lightning imports torchmetrics, which imports torchvision: the shim must run before any submodule
+# of this package imports Lightning.
+ensure_torchvision_importable()
+
+from flair_deploy.training.config import TrainConfig, load_train_config
+from flair_deploy.training.run import TrainResult, plot_learning_curve, train
+from flair_deploy.training.task import SegmentationTask
+
+__all__ = [
+    "SegmentationTask",
+    "TrainConfig",
+    "TrainResult",
+    "load_train_config",
+    "plot_learning_curve",
+    "train",
+]

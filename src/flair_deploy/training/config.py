@@ -1,0 +1,592 @@
+"""The training run configuration, :class:`TrainConfig`, with ``section.key=value`` overrides.
+
+It is read from our YAML schema or from IGN's ``flair-1-config.yaml`` (see
+:mod:`flair_deploy.training.ign_config`), detected automatically.
+
+Sections (every key is documented in ``configs/README.md``)::
+
+    data        CSV lists, 1-based bands, band names, classes, normalisation, aerial metadata, ignore index
+    model       SMP architecture and encoder, local encoder weights, metadata fusion, tile size, GSD
+    optim       optimizer, learning rate, schedule, epochs, batch size
+    loss        class weights by mask code, Dice weight
+    trainer     Lightning passthrough: accelerator, devices, num_nodes, strategy, precision, limits
+    checkpoint  monitor, mode, last/weights-only, early stopping, resume, weight initialisation
+    logging     output folder, TensorBoard, CSV
+    seed, num_workers
+
+Relative paths in a YAML file are relative to **that file's folder** (so a config and its CSVs travel
+together); paths given on the command line are relative to the current directory. Validators raise
+and never repair: a config that validates is what runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, ValidationError, model_validator
+
+from flair_deploy.config import FrozenConfig, apply_overrides, read_yaml, validation_message
+from flair_deploy.description import (
+    FLAIR_RVBIE_MEAN,
+    FLAIR_RVBIE_STD,
+    ArchitectureSpec,
+    ClassInfo,
+    ModelDescription,
+    Normalization,
+    NormalizationKind,
+    Provenance,
+    class_preset,
+)
+from flair_deploy.errors import ConfigError, ModelDescriptionError
+
+__all__ = [
+    "FLAIR_BAND_NAMES",
+    "CheckpointSection",
+    "ClassEntry",
+    "DataSection",
+    "LoggingSection",
+    "LossSection",
+    "ModelSection",
+    "NormalizationSection",
+    "OptimSection",
+    "TrainConfig",
+    "TrainerSection",
+    "load_train_config",
+    "merge_dicts",
+    "resolve_paths",
+    "sample_config_base",
+]
+
+#: Names of FLAIR #1's five bands, indexed by 1-based band number - 1.
+FLAIR_BAND_NAMES: tuple[str, ...] = ("R", "G", "B", "NIR", "E")
+
+#: Dotted keys holding file paths (resolved against the YAML file's folder).
+PATH_KEYS: tuple[str, ...] = (
+    "data.train_csv",
+    "data.val_csv",
+    "data.test_csv",
+    "data.aerial_json",
+    "model.encoder_weights_path",
+    "checkpoint.resume_from",
+    "checkpoint.init_weights_from",
+    "logging.out_dir",
+)
+
+_GPU_ACCELERATORS = frozenset({"gpu", "cuda"})
+
+
+class ClassEntry(FrozenConfig):
+    """One row of a custom class table (the key in the table is the mask code).
+
+    Attributes:
+        name: Class name.
+        color: ``#rrggbb`` colour for maps.
+        active: False for a class kept as a logit but never trained (weight 0, masked at inference).
+        aliases: Further mask codes folded into this class.
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    color: Annotated[str, Field(pattern=r"^#[0-9a-fA-F]{6}$")] = "#808080"
+    active: bool = True
+    aliases: tuple[int, ...] = ()
+
+
+class NormalizationSection(FrozenConfig):
+    """How raw band values are normalised (inside the network).
+
+    Attributes:
+        kind: ``flair-rvbie`` (FLAIR #1's published mean/std, picked for the selected bands 1-5),
+            ``meanstd`` (give ``mean`` and ``std``, one per selected band), ``scale`` (divide by
+            ``max_value``; by default 255 for uint8 data, 65535 for uint16) or ``none``.
+        mean: Per-band means for ``meanstd``.
+        std: Per-band standard deviations for ``meanstd``.
+        max_value: Divisor for ``scale``; default from ``data.input_dtype``.
+    """
+
+    kind: Literal["flair-rvbie", "meanstd", "scale", "none"] = "flair-rvbie"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    max_value: Annotated[float, Field(gt=0)] | None = None
+
+
+class DataSection(FrozenConfig):
+    """Training data.
+
+    Attributes:
+        train_csv: FLAIR CSV (image path, mask path; no header) of training patches.
+        val_csv: CSV of validation patches (held out; the best checkpoint is chosen on it).
+        test_csv: Optional CSV of test patches (not used by training; recorded for ``evaluate``).
+        bands: 1-based band numbers read from every patch, in network order.
+        band_names: Names of those bands; default R, G, B, NIR, E for FLAIR bands 1-5.
+        input_dtype: Data type of the patches (decides ``scale`` normalisation's default divisor).
+        classes: A preset name (``flair19``, ``flair15``, ``flair12``, ``flair13``) or a table keyed
+            by mask code; logits follow ascending code order whatever the order in the file.
+        normalization: Band normalisation.
+        aerial_json: FLAIR aerial metadata JSON (needed when ``model.use_metadata``).
+        ignore_index: When set (e.g. 255), pixels whose mask code is not in the class table (such as
+            0 for unlabelled) get this target value and are ignored by the loss and the metrics; when
+            unset such codes are an error naming the file. Must be >= the number of classes.
+        augment: D4 augmentation (flips and 90° rotations) of training patches.
+        radiometric_jitter: Strength of random per-band gain/offset on training patches (0 = off).
+    """
+
+    train_csv: Path
+    val_csv: Path
+    test_csv: Path | None = None
+    bands: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (1, 2, 3, 4, 5)
+    band_names: tuple[str, ...] | None = None
+    input_dtype: Literal["uint8", "uint16", "float32"] = "uint8"
+    classes: str | dict[int, ClassEntry] = "flair15"
+    normalization: NormalizationSection = NormalizationSection()
+    aerial_json: Path | None = None
+    ignore_index: Annotated[int, Field(ge=0, le=255)] | None = None
+    augment: bool = True
+    radiometric_jitter: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class ModelSection(FrozenConfig):
+    """Network architecture.
+
+    Attributes:
+        name: Model name recorded in the checkpoint (default ``<arch>-<encoder>``).
+        arch: SMP architecture (``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3plus``, ...).
+        encoder: SMP encoder (``resnet34``, ``resnet18``, ``efficientnet-b0``, ``tu-convnext_tiny``, ...).
+        encoder_depth: Encoder stages (3-5); the tile size must be a multiple of ``2**depth``.
+        encoder_weights_path: Local file of pretrained encoder weights (never downloaded).
+        use_metadata: Fuse the aerial metadata vector (needs ``data.aerial_json``).
+        tile_size: Tile edge for inference, recorded in the checkpoint (FLAIR patches: 512).
+        overlap: Suggested overlap between inference tiles (default ``tile_size // 4``).
+        gsd: Ground sampling distance of the data, metres per pixel.
+    """
+
+    name: str | None = None
+    arch: str = "unet"
+    encoder: str = "resnet34"
+    encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5
+    encoder_weights_path: Path | None = None
+    use_metadata: bool = False
+    tile_size: Annotated[int, Field(gt=0)] = 512
+    overlap: Annotated[int, Field(ge=0)] | None = None
+    gsd: Annotated[float, Field(gt=0)] = 0.2
+
+
+class OptimSection(FrozenConfig):
+    """Optimisation.
+
+    Attributes:
+        optimizer: ``adamw`` or ``sgd`` (IGN uses plain SGD).
+        lr: Learning rate (peak learning rate for ``onecycle``).
+        weight_decay: Weight decay.
+        momentum: SGD momentum (ignored by AdamW).
+        scheduler: ``onecycle`` (per step), ``cosine`` (per epoch), ``plateau`` (on the checkpoint
+            monitor) or ``none``.
+        plateau_patience: Epochs without improvement before ``plateau`` lowers the rate.
+        plateau_factor: Factor ``plateau`` multiplies the rate by.
+        min_lr: Floor of the learning rate for ``plateau`` and ``cosine``.
+        epochs: Maximum number of epochs.
+        batch_size: Patches per batch (per device).
+    """
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 3e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    scheduler: Literal["onecycle", "cosine", "plateau", "none"] = "onecycle"
+    plateau_patience: Annotated[int, Field(ge=0)] = 10
+    plateau_factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    min_lr: Annotated[float, Field(ge=0)] = 1e-7
+    epochs: Annotated[int, Field(ge=1)] = 50
+    batch_size: Annotated[int, Field(ge=1)] = 8
+
+
+class LossSection(FrozenConfig):
+    """Loss.
+
+    Attributes:
+        class_weights: Cross-entropy weight per mask code (unlisted codes weigh 1). A weight of 0 makes
+            the class inactive: its pixels are ignored and its logit is never predicted.
+        dice_weight: Weight of a soft Dice term added to cross-entropy (0 = cross-entropy only).
+    """
+
+    class_weights: dict[int, Annotated[float, Field(ge=0)]] | None = None
+    dice_weight: Annotated[float, Field(ge=0)] = 0.0
+
+
+class TrainerSection(FrozenConfig):
+    """Lightning ``Trainer`` passthrough.
+
+    Attributes:
+        accelerator: ``auto``, ``cpu``, ``gpu``/``cuda``, ``mps``.
+        devices: Number of devices, a list of device ids, or ``auto``.
+        num_nodes: Number of machines (multi-node DDP).
+        strategy: ``auto``, ``ddp``, ``ddp_spawn``, ``fsdp``, ...
+        precision: ``32-true``; ``16-mixed`` or ``bf16-mixed`` need ``accelerator: gpu``.
+        limit_train_batches: Fraction (float) or number (int) of training batches per epoch.
+        limit_val_batches: Fraction or number of validation batches per epoch.
+        accumulate_grad_batches: Batches whose gradients are summed before a step.
+        gradient_clip_val: Clip gradient norm to this value (None = off).
+        deterministic: Ask torch for deterministic algorithms (slower).
+        log_every_n_steps: Logging interval in training steps.
+    """
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    num_nodes: Annotated[int, Field(ge=1)] = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "16-mixed", "bf16-mixed"] = "32-true"
+    limit_train_batches: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] = 1.0
+    limit_val_batches: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] = 1.0
+    accumulate_grad_batches: Annotated[int, Field(ge=1)] = 1
+    gradient_clip_val: Annotated[float, Field(gt=0)] | None = None
+    deterministic: bool = False
+    log_every_n_steps: Annotated[int, Field(ge=1)] = 10
+
+    @model_validator(mode="after")
+    def _mixed_precision_needs_gpu(self) -> Self:
+        if self.precision != "32-true" and self.accelerator.lower() not in _GPU_ACCELERATORS:
+            raise ValueError(
+                f"precision {self.precision!r} needs a GPU but accelerator is {self.accelerator!r}; "
+                "set trainer.accelerator=gpu, or trainer.precision=32-true on a CPU"
+            )
+        return self
+
+
+class CheckpointSection(FrozenConfig):
+    """Checkpointing and early stopping.
+
+    Attributes:
+        monitor: Logged metric that picks the best checkpoint (``val_miou``, ``val_loss``, ``val_oa``);
+            also what ``plateau`` and early stopping watch.
+        mode: ``max`` or ``min``; default ``min`` for a monitor containing ``loss``, else ``max``.
+        save_last: Also keep ``last.ckpt`` (needed to resume).
+        weights_only: Save weights and hyperparameters only (smaller; cannot resume the optimizer).
+        early_stopping_patience: Stop after this many epochs without improvement (None = off).
+        resume_from: Checkpoint to resume from (weights, optimizer, scheduler, epoch).
+        init_weights_from: Checkpoint to initialise the network from before training (ours, or IGN
+            weights matching this config's bands, classes and architecture): fine-tuning.
+    """
+
+    monitor: str = "val_miou"
+    mode: Literal["min", "max"] | None = None
+    save_last: bool = True
+    weights_only: bool = False
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
+    resume_from: Path | None = None
+    init_weights_from: Path | None = None
+
+    @property
+    def resolved_mode(self) -> Literal["min", "max"]:
+        """The mode, with the default decided from the monitor's name."""
+        if self.mode is not None:
+            return self.mode
+        return "min" if "loss" in self.monitor else "max"
+
+    @model_validator(mode="after")
+    def _one_start(self) -> Self:
+        if self.resume_from is not None and self.init_weights_from is not None:
+            raise ValueError(
+                "checkpoint.resume_from and checkpoint.init_weights_from are exclusive; resume continues "
+                "a run, init_weights_from starts a new one from given weights"
+            )
+        return self
+
+
+class LoggingSection(FrozenConfig):
+    """Outputs and logs.
+
+    Attributes:
+        out_dir: Run folder: ``checkpoints/``, ``logs/``, ``train-config.yaml``, ``learning-curve.png``.
+        tensorboard: Write TensorBoard logs.
+        csv: Write CSV logs (needed for the learning-curve plot).
+    """
+
+    out_dir: Path = Path("runs/train")
+    tensorboard: bool = True
+    csv: bool = True
+
+
+class TrainConfig(FrozenConfig):
+    """Everything a training run needs; :meth:`description` builds the model's self-description.
+
+    Attributes:
+        data: Training data.
+        model: Network architecture.
+        optim: Optimisation.
+        loss: Loss.
+        trainer: Lightning ``Trainer`` passthrough.
+        checkpoint: Checkpointing and early stopping.
+        logging: Outputs and logs.
+        seed: Seed for torch, numpy, Python and DataLoader workers.
+        num_workers: DataLoader worker processes (0 = load in the main process).
+    """
+
+    data: DataSection
+    model: ModelSection = ModelSection()
+    optim: OptimSection = OptimSection()
+    loss: LossSection = LossSection()
+    trainer: TrainerSection = TrainerSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    logging: LoggingSection = LoggingSection()
+    seed: int = 2022
+    num_workers: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        n = len(self.data.bands)
+        if len(set(self.data.bands)) != n:
+            raise ValueError(f"data.bands has repeated band numbers: {list(self.data.bands)}")
+        if self.data.band_names is not None and len(self.data.band_names) != n:
+            raise ValueError(
+                f"data.band_names has {len(self.data.band_names)} names for {n} bands "
+                f"{list(self.data.bands)}; give one name per band"
+            )
+        self._check_normalization()
+        self._check_classes()
+        if self.model.use_metadata and self.data.aerial_json is None:
+            raise ValueError(
+                "model.use_metadata is true but data.aerial_json is not set; give the FLAIR aerial "
+                "metadata JSON, or set model.use_metadata=false"
+            )
+        n_classes = len(self.class_codes())
+        if self.data.ignore_index is not None and self.data.ignore_index < n_classes:
+            raise ValueError(
+                f"data.ignore_index {self.data.ignore_index} would be read as logit {self.data.ignore_index} "
+                f"of {n_classes}; use a value >= {n_classes}, e.g. 255"
+            )
+        return self
+
+    def _check_normalization(self) -> None:
+        norm, bands = self.data.normalization, self.data.bands
+        if norm.kind == "meanstd":
+            if norm.mean is None or norm.std is None:
+                raise ValueError("data.normalization.kind=meanstd needs both mean and std")
+            for key, values in (("mean", norm.mean), ("std", norm.std)):
+                if len(values) != len(bands):
+                    raise ValueError(
+                        f"data.normalization.{key} has {len(values)} values for {len(bands)} bands "
+                        f"{list(bands)}; give one per selected band"
+                    )
+            if any(s <= 0 for s in norm.std):
+                raise ValueError(f"data.normalization.std must be > 0, got {list(norm.std)}")
+        elif norm.mean is not None or norm.std is not None:
+            raise ValueError(
+                f"data.normalization.mean/std are only used with kind=meanstd, not {norm.kind!r}; "
+                "remove them or set kind=meanstd"
+            )
+        if norm.kind == "flair-rvbie" and max(bands) > len(FLAIR_RVBIE_MEAN):
+            raise ValueError(
+                f"data.normalization.kind=flair-rvbie covers FLAIR bands 1-5, but bands are {list(bands)}; "
+                "use kind=meanstd with your own statistics"
+            )
+        if norm.kind == "scale" and norm.max_value is None and self.data.input_dtype == "float32":
+            raise ValueError("data.normalization.kind=scale on float32 data needs max_value")
+
+    def _check_classes(self) -> None:
+        classes = self.data.classes
+        if isinstance(classes, str):
+            try:
+                class_preset(classes)
+            except ModelDescriptionError as exc:
+                raise ValueError(f"data.classes: {exc}") from None
+        elif len(classes) < 2:
+            raise ValueError(f"data.classes needs at least 2 classes, got {len(classes)}")
+        weights = self.loss.class_weights or {}
+        unknown = sorted(set(weights) - set(self.class_codes()))
+        if unknown:
+            raise ValueError(
+                f"loss.class_weights has codes {unknown} that are not in data.classes "
+                f"{self.class_codes()}; weights are keyed by mask code"
+            )
+
+    # ------------------------------------------------------------------ derived values
+    def class_table(self) -> tuple[ClassInfo, ...]:
+        """Return the classes in logit order, with ``active`` folded with the loss weights.
+
+        A class is active when its table entry says so **and** its loss weight (if given) is > 0.
+        Custom tables are sorted by mask code, so the file's key order never matters.
+        """
+        classes = self.data.classes
+        if isinstance(classes, str):
+            table = class_preset(classes)
+        else:
+            table = tuple(
+                ClassInfo(code=code, name=e.name, color=e.color, active=e.active, aliases=e.aliases)
+                for code, e in sorted(classes.items())
+            )
+        weights = self.loss.class_weights or {}
+        return tuple(
+            c.model_copy(update={"active": c.active and weights.get(c.code, 1.0) > 0}) for c in table
+        )
+
+    def class_codes(self) -> list[int]:
+        """Mask codes of the classes, in logit order."""
+        classes = self.data.classes
+        if isinstance(classes, str):
+            return [c.code for c in class_preset(classes)]
+        return sorted(classes)
+
+    def logit_weights(self) -> list[float]:
+        """Return the cross-entropy weight of each logit (0 for inactive classes)."""
+        weights = self.loss.class_weights or {}
+        return [float(weights.get(c.code, 1.0)) if c.active else 0.0 for c in self.class_table()]
+
+    def band_names(self) -> tuple[str, ...]:
+        """Names of the selected bands (FLAIR names for bands 1-5 unless given)."""
+        if self.data.band_names is not None:
+            return self.data.band_names
+        return tuple(
+            FLAIR_BAND_NAMES[b - 1] if b <= len(FLAIR_BAND_NAMES) else f"B{b}" for b in self.data.bands
+        )
+
+    def normalization(self) -> Normalization:
+        """Return the description's normalisation for the selected bands."""
+        norm = self.data.normalization
+        if norm.kind == "flair-rvbie":
+            idx = [b - 1 for b in self.data.bands]
+            return Normalization(
+                kind=NormalizationKind.MEANSTD,
+                mean=tuple(FLAIR_RVBIE_MEAN[i] for i in idx),
+                std=tuple(FLAIR_RVBIE_STD[i] for i in idx),
+            )
+        if norm.kind == "meanstd":
+            assert norm.mean is not None and norm.std is not None  # checked by the validator
+            return Normalization(kind=NormalizationKind.MEANSTD, mean=norm.mean, std=norm.std)
+        if norm.kind == "scale":
+            default = {"uint8": 255.0, "uint16": 65535.0, "float32": 1.0}[self.data.input_dtype]
+            return Normalization(kind=NormalizationKind.SCALE, max_value=norm.max_value or default)
+        return Normalization(kind=NormalizationKind.NONE)
+
+    def description(self) -> ModelDescription:
+        """Build the :class:`ModelDescription` the checkpoint will carry.
+
+        Raises:
+            ConfigError: If the combination is not a valid description (e.g. a tile size that is not a
+                multiple of the encoder's output stride).
+        """
+        m = self.model
+        metadata = None
+        if m.use_metadata:
+            from flair_deploy.aerial import aerial_spec
+
+            metadata = aerial_spec()
+        overlap = m.overlap if m.overlap is not None else m.tile_size // 4
+        try:
+            return ModelDescription(
+                name=m.name or f"{m.arch}-{m.encoder}",
+                bands=self.band_names(),
+                normalization=self.normalization(),
+                input_dtype=self.data.input_dtype,
+                classes=self.class_table(),
+                tile_size=m.tile_size,
+                overlap=overlap,
+                gsd=m.gsd,
+                architecture=ArchitectureSpec(arch=m.arch, encoder=m.encoder, encoder_depth=m.encoder_depth),
+                metadata=metadata,
+                provenance=Provenance(source="flair-deploy train"),
+            )
+        except ValidationError as exc:
+            raise ConfigError(
+                validation_message(exc, source="model description from the train config")
+            ) from None
+
+
+def sample_config_base() -> dict[str, Any]:
+    """Return the settings tuned for the generated sample dataset (``configs/train-sample.yaml``).
+
+    Everything but the data paths: a U-Net/ResNet-18 on 64-px patches, AdamW with a one-cycle schedule,
+    19 logits of which the 9 classes the sample draws are active. On 160 training patches it reaches a
+    validation mIoU above 0.9 in a few CPU minutes (see docs/training.md).
+    """
+    drawn = {1, 2, 3, 4, 5, 6, 7, 10, 11}  # flair_deploy.training.sample.SAMPLE_CLASS_CODES
+    return {
+        "data": {
+            "bands": [1, 2, 3, 4, 5],
+            "classes": "flair19",
+            "normalization": {"kind": "flair-rvbie"},
+            "augment": True,
+        },
+        "model": {"arch": "unet", "encoder": "resnet18", "tile_size": 64, "gsd": 0.2},
+        "optim": {
+            "optimizer": "adamw",
+            "lr": 0.003,
+            "weight_decay": 0.0001,
+            "scheduler": "onecycle",
+            "epochs": 20,
+            "batch_size": 16,
+        },
+        "loss": {"class_weights": {c: 0 for c in range(1, 20) if c not in drawn}, "dice_weight": 0.0},
+        "trainer": {"accelerator": "cpu", "precision": "32-true"},
+        "checkpoint": {"monitor": "val_miou", "save_last": True},
+        "seed": 2022,
+        "num_workers": 0,
+    }
+
+
+def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Return *base* recursively updated with *update* (nested mappings merged, other values replaced)."""
+    out: dict[str, Any] = {k: (merge_dicts(v, {}) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_dicts(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = merge_dicts(value, {})
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_paths(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """Return *data* with the relative paths of :data:`PATH_KEYS` made relative to *folder*."""
+    out = merge_dicts(data, {})
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = out.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str | Path) and str(node[key]):
+            p = Path(node[key]).expanduser()
+            node[key] = str(p if p.is_absolute() else (folder / p).resolve())
+    return out
+
+
+def load_train_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    updates: Mapping[str, Any] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> tuple[TrainConfig, list[str]]:
+    """Read a training config (ours or IGN's ``flair-1-config.yaml``, detected automatically).
+
+    Precedence: *updates* (explicit command-line flags) > *overrides* (``--set section.key=value``) >
+    the YAML file > *base* > defaults. Overrides always use our schema's keys, also for IGN files.
+
+    Args:
+        path: YAML file, or None to build from *base*, *overrides* and *updates* only.
+        overrides: ``section.key=value`` strings; values are parsed as YAML.
+        updates: Nested values applied last (e.g. ``{"data": {"train_csv": ...}}``).
+        base: Nested values the YAML file is applied on top of.
+
+    Returns:
+        The validated config, and notes on IGN keys that were not mapped (empty for our schema).
+
+    Raises:
+        ConfigError: For unreadable YAML, unknown keys or invalid values (one line naming the key).
+    """
+    data: dict[str, Any] = merge_dicts(base or {}, {})
+    notes: list[str] = []
+    source = "train config"
+    if path is not None:
+        source = str(path)
+        raw = read_yaml(path)
+        from flair_deploy.training.ign_config import convert_ign_config, is_ign_config
+
+        if is_ign_config(raw):
+            raw, notes = convert_ign_config(raw, source=source)
+        data = merge_dicts(data, resolve_paths(raw, path.resolve().parent))
+    data = apply_overrides(data, overrides)
+    data = merge_dicts(data, updates or {})
+    try:
+        return TrainConfig.model_validate(data), notes
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, source=source)) from None
