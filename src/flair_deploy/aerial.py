@@ -283,7 +283,7 @@ def to_lambert93(x: float, y: float, crs: Any) -> tuple[float, float]:
         )
     try:
         src = crs if isinstance(crs, CRS) else CRS.from_user_input(crs)
-    except CRSError as exc:
+    except (CRSError, ValueError) as exc:
         raise InputDataError(f"cannot understand CRS {crs!r}: {exc}; give e.g. 'EPSG:2154'") from None
     if src.to_epsg() == 2154:
         return float(x), float(y)
