@@ -8,29 +8,35 @@ across them:
 ``"present"`` (our default, used during training)
     Rows of inactive classes are removed (their ground-truth pixels were ignored in training); the
     columns are kept, so a pixel predicted as an inactive class still counts as an error. Only active
-    classes are scored. A class absent from both ground truth and predictions has IoU ``NaN``, and
-    every macro average is the mean over the non-``NaN`` values: a class that does not occur neither
-    helps nor hurts.
+    classes are scored, and the macro averages run over the active classes that **occur** (in ground
+    truth or predictions): a class absent from both has IoU ``NaN`` and neither helps nor hurts.
 
 ``"ign"`` (IGN's current ``flair`` code, ``src/flair/metrics.py``)
     Rows **and** columns of inactive (loss-weight 0) classes are deleted, so pixels predicted as an
     excluded class vanish from the recall and IoU of the true class. Per-class IoU, precision, recall
-    and F-score turn ``NaN`` into 0, so an absent class counts as 0 in the macro means. IGN reports
-    percentages; we report fractions in ``[0, 1]``.
+    and F-score turn ``NaN`` into 0 and the means run over every active class, so an absent class
+    counts as 0. IGN reports percentages; we report fractions in ``[0, 1]``.
 
 ``"challenge"`` (the FLAIR #1 challenge, ``generate_miou.py``)
     Logit indices ``>= 12`` (FLAIR codes 13-19) are folded into index 12, "other", in both ground
-    truth and predictions, giving a 13×13 matrix with "other" kept. mIoU (and, by extension here, the
-    other macro scores) is the ``NaN``-excluding mean over the first 12 classes; "other" is reported
-    per class but never averaged. The ``active`` flags are not used: the challenge had none. This is
-    only meaningful for FLAIR nomenclatures where logit ``i`` is FLAIR code ``i + 1`` (the 19-logit
-    ``flair19``/``flair15``/``flair12`` presets, and the 13-logit ``flair13`` remap, for which the fold
-    is the identity); :func:`challenge_applicable` tells whether a class table qualifies.
+    truth and predictions, giving a 13×13 matrix with "other" kept. mIoU is the ``NaN``-excluding
+    mean over the first 12 classes (the other macro scores follow the same rule here; the challenge
+    only published mIoU); "other" is reported per class but never averaged. The ``active`` flags are
+    not used: the challenge had none. This is only meaningful for FLAIR nomenclatures where logit
+    ``i`` is FLAIR code ``i + 1`` (the 19-logit ``flair19``/``flair15``/``flair12`` presets, and the
+    13-logit ``flair13`` remap, for which the fold is the identity); :func:`challenge_applicable`
+    tells whether a class table qualifies.
 
-Per-class ``NaN`` handling is explicit in every convention: IoU is ``NaN`` when the class has no
-ground-truth and no predicted pixel; precision is ``NaN`` with no predicted pixel, recall with no
-ground-truth pixel, F-score when precision or recall is ``NaN`` or both are 0 (then 0). Only the
-``"ign"`` convention replaces these ``NaN`` by 0.
+Per-class ``NaN`` handling is explicit. Per class, with TP, FP, FN pixel counts:
+
+* IoU ``= TP / (TP + FP + FN)`` and F-score ``= 2TP / (2TP + FP + FN)`` are ``NaN`` only for a class
+  absent from both ground truth and predictions;
+* precision ``= TP / (TP + FP)`` is ``NaN`` for a class never predicted, recall ``= TP / (TP + FN)``
+  for a class absent from the ground truth.
+
+``"ign"`` replaces every ``NaN`` by 0. ``"present"`` and ``"challenge"`` keep them per class (JSON
+``null``) and average over the classes that occur, counting an undefined precision or recall of such
+a class as 0 (sklearn's ``zero_division=0``).
 """
 
 from __future__ import annotations
@@ -179,8 +185,8 @@ class FlairMetrics:
     Attributes:
         convention: ``"present"``, ``"ign"`` or ``"challenge"``.
         classes: Names of the classes scored, in matrix order (the challenge's 12 plus "other").
-        averaged_over: Names of the classes whose IoU entered the mIoU (classes with a ``NaN`` IoU
-            are left out by ``"present"`` and ``"challenge"``; ``"ign"`` averages every active class).
+        averaged_over: Names of the classes the macro averages run over (``"present"`` and
+            ``"challenge"`` leave out classes that do not occur; ``"ign"`` averages every active class).
         miou: Mean intersection over union.
         overall_accuracy: Correct pixels over counted pixels.
         fscore: Macro F1.
@@ -245,11 +251,6 @@ def _divide(num: NDArray[np.float64], den: NDArray[np.float64]) -> NDArray[np.fl
     out = np.full(num.shape, np.nan, dtype=np.float64)
     np.divide(num, den, out=out, where=den > 0)
     return out
-
-
-def _nanmean(values: NDArray[np.float64]) -> float:
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else math.nan
 
 
 def compute_metrics(
@@ -317,15 +318,20 @@ def compute_metrics(
     iou = _divide(tp, gt + pred - tp)
     precision = _divide(tp, pred)
     recall = _divide(tp, gt)
-    fscore = _divide(2 * precision * recall, precision + recall)
-    # P + R == 0 with both defined means no true positive at all: F is 0, not undefined.
-    fscore[(precision == 0) & (recall == 0)] = 0.0
+    # 2TP / (2TP + FP + FN) equals 2PR / (P + R) where both are defined, and stays defined (0) for a
+    # class that occurs but is never predicted, or predicted but never occurs.
+    fscore = _divide(2 * tp, gt + pred)
     if nan_to_zero:
         for arr in (iou, precision, recall, fscore):
             np.nan_to_num(arr, copy=False, nan=0.0)
+    # Classes that occur (in GT or predictions) among those eligible for averaging. For them an
+    # undefined precision (never predicted) or recall (never in GT) counts as 0 in the macro mean,
+    # as sklearn's zero_division=0; classes that do not occur at all are left out.
+    averaged = [i for i in averaged if gt[i] + pred[i] > 0] if not nan_to_zero else averaged
 
     def macro(values: NDArray[np.float64]) -> float:
-        return _nanmean(values[averaged])
+        picked = values[averaged]
+        return float(np.nan_to_num(picked, nan=0.0).mean()) if picked.size else math.nan
 
     def per_class(values: NDArray[np.float64]) -> dict[str, float]:
         return {n: float(v) for n, v in zip(names, values, strict=True)}
@@ -333,7 +339,7 @@ def compute_metrics(
     return FlairMetrics(
         convention=convention,
         classes=tuple(names),
-        averaged_over=tuple(names[i] for i in averaged if not math.isnan(iou[i])),
+        averaged_over=tuple(names[i] for i in averaged),
         miou=macro(iou),
         overall_accuracy=float(tp.sum() / total) if total > 0 else math.nan,
         fscore=macro(fscore),

@@ -132,3 +132,47 @@ def test_bare_state_dict_needs_a_description(tiny_description, patch_csv, tmp_pa
         evaluate(path, patch_csv, tmp_path / "e", progress=False)
     result = evaluate(path, patch_csv, tmp_path / "e", description=tiny_description, progress=False)
     assert result.patches == 2
+
+
+def test_cli_prints_tables_and_writes_outputs(constant_checkpoint, patch_csv, tmp_path, capsys):
+    from flair_deploy.cli import main
+
+    out = tmp_path / "cli"
+    args = [
+        "evaluate",
+        str(constant_checkpoint),
+        "--csv",
+        str(patch_csv),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+    ]
+    try:
+        main(args)
+    except SystemExit as exc:  # the CLI shell may exit 0 explicitly
+        assert exc.code in (0, None)
+    text = capsys.readouterr().out
+    assert "building" in text and "50.0" in text  # building IoU, in percent
+    assert "challenge" in text and "other (codes 13-19 folded)" in text
+    assert (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing csv", "corrupt checkpoint", "bad bands"])
+def test_cli_bad_input_is_one_line_and_exit_1(problem, constant_checkpoint, patch_csv, tmp_path, capsys):
+    from flair_deploy.cli import main
+
+    ckpt, listing, extra = constant_checkpoint, patch_csv, []
+    if problem == "missing csv":
+        listing = tmp_path / "nope.csv"
+    elif problem == "corrupt checkpoint":
+        ckpt = tmp_path / "broken.ckpt"
+        ckpt.write_bytes(b"not a checkpoint at all")
+    else:
+        extra = ["--bands", "1,x"]
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", str(ckpt), "--csv", str(listing), "--out", str(tmp_path / "o"), *extra])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert not (tmp_path / "o" / "metrics.json").exists()

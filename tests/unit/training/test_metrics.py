@@ -102,6 +102,18 @@ def test_fscore_is_zero_not_nan_when_class_is_always_wrong():
     assert m.miou == 0.0
 
 
+def test_present_counts_undefined_precision_of_an_occurring_class_as_zero():
+    # "y" occurs in GT but is never predicted; "z" never occurs at all.
+    mat = np.array([[4, 0, 0], [2, 0, 0], [0, 0, 0]])
+    m = compute_metrics(mat, class_names=["x", "y", "z"], active=[True] * 3, convention="present")
+    assert math.isnan(m.per_class_precision["y"]) and m.per_class_recall["y"] == 0.0
+    assert m.per_class_fscore["y"] == 0.0 and m.per_class_iou["y"] == 0.0
+    assert m.averaged_over == ("x", "y")
+    assert m.precision == pytest.approx((4 / 6 + 0) / 2)
+    assert m.fscore == pytest.approx((8 / 10 + 0) / 2)
+    assert m.miou == pytest.approx((4 / 6 + 0) / 2)
+
+
 def test_to_dict_writes_nan_as_none():
     d = compute_metrics(M, class_names=NAMES, active=ACTIVE).to_dict()
     assert d["per_class_iou"]["d"] is None
