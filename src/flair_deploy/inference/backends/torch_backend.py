@@ -39,7 +39,7 @@ from flair_deploy.inference.backends.base import (
     parse_precision,
 )
 
-__all__ = ["TorchBackend"]
+__all__ = ["TorchBackend", "device_classes", "device_softmax"]
 
 _OPTIONS = ("channels_last", "compile", "cuda_graphs", "threads", "timing")
 _AUTOCAST: dict[Precision, torch.dtype] = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -85,6 +85,37 @@ class _GraphRunner:
         with torch.cuda.graph(graph):
             static_out = self._forward(static_x, static_m)
         return graph, static_x, static_m, static_out
+
+
+def device_softmax(logits: Tensor, mask_bias: Tensor) -> tuple[Tensor]:
+    """Softmax over the active classes, on the logits' device.
+
+    Args:
+        logits: ``(N, K, H, W)`` float32 logits.
+        mask_bias: ``(1, K, 1, 1)``: 0 for active classes, ``-inf`` for inactive ones, which thereby
+            get probability exactly 0.
+
+    Returns:
+        A 1-tuple with the ``(N, K, H, W)`` probabilities.
+    """
+    return (torch.softmax(logits + mask_bias, dim=1),)
+
+
+def device_classes(logits: Tensor, mask_bias: Tensor) -> tuple[Tensor, Tensor]:
+    """Most probable active class (uint8 logit index) and its probability, on the logits' device.
+
+    Args:
+        logits: ``(N, K, H, W)`` float32 logits.
+        mask_bias: As for :func:`device_softmax`.
+
+    Returns:
+        ``(N, H, W)`` uint8 indices and ``(N, H, W)`` float32 probabilities.
+    """
+    masked = logits + mask_bias
+    top, index = masked.max(dim=1)
+    # p(top) = exp(top - logsumexp): avoids materialising the (N, K, H, W) softmax.
+    conf = torch.exp(top - torch.logsumexp(masked, dim=1))
+    return index.to(torch.uint8), conf
 
 
 class TorchBackend(Backend):
@@ -344,23 +375,12 @@ class TorchBackend(Backend):
         bias = self._mask_bias
         assert bias is not None  # set by _activate; _validate guarantees we are active
 
-        def post(out: Tensor) -> tuple[Tensor]:
-            # -inf on inactive logits gives them probability exactly 0 after the softmax.
-            return (torch.softmax(out + bias, dim=1),)
-
-        (probs,) = self._run(images, metadata, post)
+        (probs,) = self._run(images, metadata, lambda out: device_softmax(out, bias))
         return probs
 
     def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
         bias = self._mask_bias
         assert bias is not None
 
-        def post(out: Tensor) -> tuple[Tensor, Tensor]:
-            masked = out + bias
-            top, index = masked.max(dim=1)
-            # p(top) = exp(top - logsumexp): avoids materialising the (N, K, H, W) softmax.
-            conf = torch.exp(top - torch.logsumexp(masked, dim=1))
-            return index.to(torch.uint8), conf
-
-        classes, conf = self._run(images, metadata, post)
+        classes, conf = self._run(images, metadata, lambda out: device_classes(out, bias))
         return classes, conf

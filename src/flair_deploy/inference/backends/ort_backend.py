@@ -1,0 +1,592 @@
+"""onnxruntime backend: an exported ``.onnx`` on the CPU, CUDA or TensorRT execution provider.
+
+The model's description is read from its ``metadata_props`` (written by ``flair-deploy export``). The
+provider is explicit: a requested provider that onnxruntime does not have, or that it drops while
+creating the session (a CUDA/cuDNN mismatch makes onnxruntime fall back to the CPU *silently*), is a
+:class:`~flair_deploy.errors.BackendError`, never a slow CPU run.
+
+On CUDA the batch goes through I/O binding: inputs are staged in pinned host memory and copied
+asynchronously into device buffers bound to the session (via torch's CUDA allocator when torch has CUDA),
+and softmax/argmax run on the device so only the requested result comes back. Models exported with
+``probabilities`` or ``class_index`` + ``confidence`` outputs are used as they are (by output name).
+
+Options: ``provider`` (``cpu``, ``cuda``, ``tensorrt``; default from the device), ``threads`` (CPU
+intra-op threads; default the physical cores), ``cudnn_max_workspace`` (default True), and for the
+TensorRT provider ``cache_dir`` (engine and timing cache; default ``<model dir>/.trt_cache``),
+``profile_batches`` (``(min, opt, max)`` batch sizes of the optimisation profile; default ``(1, 8, 16)``)
+and ``profile_tile`` (tile edge of the profile; default the description's tile size).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Self
+
+import numpy as np
+
+from flair_deploy._optional import require
+from flair_deploy.description import ModelDescription, Precision
+from flair_deploy.errors import BackendError, ModelDescriptionError
+from flair_deploy.inference.backends.base import (
+    Backend,
+    BackendName,
+    Batch,
+    Classes,
+    Confidence,
+    Logits,
+    MetadataBatch,
+    Probabilities,
+    StageTimes,
+    check_options,
+    masked_argmax,
+    masked_softmax,
+    parse_device,
+    physical_cores,
+)
+
+__all__ = ["PROVIDERS", "OrtBackend", "tensorrt_provider_options"]
+
+#: Our provider names → onnxruntime's.
+PROVIDERS: Mapping[str, str] = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+_OPTIONS = ("provider", "threads", "cudnn_max_workspace", "cache_dir", "profile_batches", "profile_tile")
+_ORT_TYPES: Mapping[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+def _ort() -> ModuleType:
+    return require("onnxruntime", purpose="running .onnx models")
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes onnxruntime raises (pybind classes deriving straight from Exception)."""
+    state = importlib.import_module("onnxruntime.capi.onnxruntime_pybind11_state")
+    names = (
+        "Fail",
+        "InvalidArgument",
+        "NoSuchFile",
+        "NoModel",
+        "EngineError",
+        "RuntimeException",
+        "InvalidProtobuf",
+        "ModelLoaded",
+        "NotImplemented",
+        "InvalidGraph",
+        "EPFail",
+    )
+    found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+    return (*found, RuntimeError, ValueError, OSError)
+
+
+def tensorrt_provider_options(
+    *,
+    device_id: int,
+    precision: Precision,
+    cache_dir: Path,
+    input_name: str,
+    channels: int,
+    tile: int,
+    batches: tuple[int, int, int],
+    metadata: tuple[str, int] | None = None,
+) -> dict[str, Any]:
+    """Return onnxruntime TensorRT-provider options for a FLAIR model.
+
+    The optimisation profile covers one tile size and a batch range, so the provider builds its engine
+    once (at the first run) and never rebuilds it for a batch inside the range; engine and timing
+    caches make later sessions start in seconds.
+
+    Args:
+        device_id: CUDA device index.
+        precision: ``fp16`` or ``int8`` enable the corresponding TensorRT modes (int8 expects a
+            Q/DQ model); ``fp32`` builds a plain engine.
+        cache_dir: Folder for the engine and timing caches (created).
+        input_name: Name of the image input.
+        channels: Number of bands.
+        tile: Tile edge of the profile.
+        batches: ``(min, opt, max)`` batch sizes.
+        metadata: ``(name, dim)`` of the metadata input, if any.
+
+    Returns:
+        The provider options dict.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    def shapes(n: int) -> str:
+        s = f"{input_name}:{n}x{channels}x{tile}x{tile}"
+        if metadata is not None:
+            s += f",{metadata[0]}:{n}x{metadata[1]}"
+        return s
+
+    lo, opt, hi = batches
+    return {
+        "device_id": device_id,
+        "trt_fp16_enable": precision in (Precision.FP16, Precision.INT8),
+        "trt_int8_enable": precision is Precision.INT8,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache_dir),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache_dir),
+        "trt_profile_min_shapes": shapes(lo),
+        "trt_profile_opt_shapes": shapes(opt),
+        "trt_profile_max_shapes": shapes(hi),
+    }
+
+
+def _read_description(path: Path, preset: str | None) -> ModelDescription:
+    """Read the description from *path*'s metadata_props (or a preset for models that carry none)."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    # Only the model's metadata is needed here: skip optimisation to make this cheap.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except _ort_errors() as exc:
+        raise BackendError(f"cannot read ONNX model {path}: {str(exc).splitlines()[0]}") from None
+    props: dict[str, str] = dict(sess.get_modelmeta().custom_metadata_map)
+    if preset is not None:
+        from flair_deploy.checkpoints import preset_description
+
+        if "flair_deploy.description" in props:
+            raise BackendError(f"{path} describes itself; do not pass --preset for it")
+        return preset_description(preset)
+    return ModelDescription.from_metadata_props(props, source=str(path))
+
+
+class OrtBackend(Backend):
+    """Run an ONNX model with onnxruntime (see the module docstring for providers and options).
+
+    Args:
+        path: The ``.onnx`` file.
+        description: Its description (read from the file by :meth:`from_artifact`).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
+        precision: The graph's precision (the description's); with the TensorRT provider, ``fp16`` or
+            ``int8`` also set the provider's precision flags.
+        provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``; default from the device.
+        threads: CPU intra-op threads (default: physical cores).
+        cudnn_max_workspace: Let cuDNN use its full workspace (important for fp16 convolutions).
+        cache_dir: TensorRT engine/timing cache folder.
+        profile_batches: TensorRT profile ``(min, opt, max)`` batch sizes.
+        profile_tile: TensorRT profile tile edge.
+
+    Raises:
+        BackendError: For an inconsistent device/provider, an unknown provider or a precision the
+            artifact cannot run at.
+    """
+
+    name = BackendName.ONNXRUNTIME
+
+    def __init__(
+        self,
+        path: Path,
+        description: ModelDescription,
+        *,
+        device: str = "cpu",
+        precision: Precision | None = None,
+        provider: str | None = None,
+        threads: int | None = None,
+        cudnn_max_workspace: bool = True,
+        cache_dir: Path | str | None = None,
+        profile_batches: Sequence[int] = (1, 8, 16),
+        profile_tile: int | None = None,
+    ) -> None:
+        kind, index = parse_device(device)
+        provider = (provider or kind).lower()
+        if provider not in PROVIDERS:
+            raise BackendError(
+                f"unknown onnxruntime provider {provider!r}; choose one of: {', '.join(PROVIDERS)}"
+            )
+        if (provider == "cpu") != (kind == "cpu"):
+            raise BackendError(
+                f"provider {provider!r} does not run on device {device!r}; use --device "
+                f"{'cpu' if provider == 'cpu' else 'cuda'} with it"
+            )
+        artifact_precision = description.provenance.precision
+        if precision is None:
+            precision = artifact_precision
+        elif precision is not artifact_precision and not (
+            provider == "tensorrt" and artifact_precision is Precision.FP32 and precision is Precision.FP16
+        ):
+            # Precision lives in the ONNX graph; only TensorRT can lower an fp32 graph to fp16 on the fly.
+            raise BackendError(
+                f"{path.name} is a {artifact_precision} model but {precision} was requested; export a "
+                f"{precision} variant with `flair-deploy export`, or use provider tensorrt for fp16"
+            )
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise BackendError(f"threads must be a positive integer, got {threads!r}")
+        batches = tuple(int(b) for b in profile_batches)
+        if len(batches) != 3 or not 1 <= batches[0] <= batches[1] <= batches[2]:
+            raise BackendError(
+                f"profile_batches must be (min, opt, max) with 1 <= min <= opt <= max, got {profile_batches!r}"
+            )
+        super().__init__(
+            description, precision=precision, device=f"cuda:{index}" if kind == "cuda" else "cpu"
+        )
+        self.path = path
+        self.provider = provider
+        self.threads = threads
+        self.cudnn_max_workspace = bool(cudnn_max_workspace)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else path.parent / ".trt_cache"
+        self.profile_batches: tuple[int, int, int] = (batches[0], batches[1], batches[2])
+        self.profile_tile = int(profile_tile or description.tile_size)
+        self._device_index = index
+        self._session: Any = None
+        self._image_name = "image"
+        self._image_dtype: type[np.generic] = np.float32
+        self._metadata_name: str | None = None
+        self._outputs: dict[str, str] = {}  # role (logits, probabilities, class_index, confidence) → name
+        self._static_batch: int | None = None
+        self._torch_cuda = False
+        self._torch_state: Any = None  # pinned buffers, mask bias (CUDA path)
+
+    @classmethod
+    def from_artifact(
+        cls,
+        artifact: Path,
+        *,
+        device: str = "cpu",
+        precision: Precision | None = None,
+        options: Mapping[str, Any] | None = None,
+        preset: str | None = None,
+    ) -> Self:
+        """Open an ``.onnx`` file; its description comes from its ``metadata_props``.
+
+        Raises:
+            BackendError: Unknown options, unreadable model, unusable provider or precision.
+            ModelDescriptionError: If the model carries no description and no preset is given.
+            MissingDependencyError: If onnxruntime is not installed.
+        """
+        opts = check_options("onnxruntime", options, _OPTIONS)
+        description = _read_description(artifact, preset)
+        return cls(artifact, description, device=device, precision=precision, **opts)
+
+    def summary(self) -> str:
+        """One line: backend, precision, device and provider."""
+        return f"{super().summary()} provider={self.provider}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _providers(self, ort: ModuleType) -> list[tuple[str, dict[str, Any]]]:
+        if self.provider == "cpu":
+            return [("CPUExecutionProvider", {})]
+        cuda: dict[str, Any] = {"device_id": self._device_index}
+        if self.cudnn_max_workspace:
+            cuda["cudnn_conv_use_max_workspace"] = "1"
+        if self.provider == "cuda":
+            return [("CUDAExecutionProvider", cuda)]
+        d = self.description
+        meta = (
+            None
+            if d.metadata is None or self._metadata_name is None
+            else (self._metadata_name, d.metadata.dim)
+        )
+        trt = self._trt_options(meta)
+        # The CUDA provider runs whatever TensorRT does not support; that is GPU, not a CPU fallback.
+        return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
+
+    def _trt_options(self, meta: tuple[str, int] | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "device_id": self._device_index,
+            "precision": self.precision,
+            "cache_dir": self.cache_dir,
+            "input_name": self._image_name,
+            "channels": self.description.in_channels,
+            "tile": self.profile_tile,
+            "batches": self.profile_batches,
+            "metadata": meta,
+        }
+        try:  # the exporter's builder, when present, is the one source of truth for these flags
+            trt_exports = importlib.import_module("flair_deploy.exports.tensorrt")
+            builder = getattr(trt_exports, "ort_tensorrt_provider_options", None)
+        except ImportError:
+            builder = None
+        if builder is not None:
+            try:
+                inspect.signature(builder).bind(**kwargs)
+            except TypeError:
+                builder = None  # a different signature: our options follow the same ORT documentation
+        if builder is not None:
+            return dict(builder(**kwargs))
+        return tensorrt_provider_options(**kwargs)
+
+    def _activate(self) -> None:
+        ort = _ort()
+        wanted = PROVIDERS[self.provider]
+        available = list(ort.get_available_providers())
+        if wanted not in available:
+            raise BackendError(
+                f"onnxruntime provider {wanted} requested but this onnxruntime {ort.__version__} has only "
+                f"{', '.join(available)}; install onnxruntime-gpu (pip install onnxruntime-gpu) or use --device cpu"
+            )
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = self.threads or physical_cores()
+        # TensorRT profile shapes name the inputs before the session exists: use the export's names
+        # ("image", "metadata"); _bind_io then checks them against the graph.
+        self._metadata_name = "metadata" if self.description.metadata is not None else None
+        try:
+            session = ort.InferenceSession(str(self.path), so, providers=self._providers(ort))
+        except _ort_errors() as exc:
+            raise BackendError(
+                f"onnxruntime cannot create a {self.provider} session for {self.path}: {str(exc).splitlines()[0]}"
+            ) from None
+        got = list(session.get_providers())
+        if wanted not in got:
+            raise BackendError(
+                f"onnxruntime dropped {wanted} while creating the session (it runs on {', '.join(got)}); "
+                "check that the CUDA, cuDNN (and TensorRT) libraries match onnxruntime-gpu's requirements"
+            )
+        self._bind_io(session)
+        self._session = session
+        if self.provider != "cpu":
+            self._setup_device_buffers()
+
+    def _bind_io(self, session: Any) -> None:
+        d = self.description
+        inputs = list(session.get_inputs())
+        image = next((i for i in inputs if i.name == "image"), None) or next(
+            (i for i in inputs if len(i.shape) == 4), None
+        )
+        if image is None:
+            raise ModelDescriptionError(
+                f"{self.path} has no 4-D image input (inputs: {[i.name for i in inputs]})"
+            )
+        self._image_name = image.name
+        self._image_dtype = _ORT_TYPES.get(image.type, np.float32)
+        others = [i for i in inputs if i.name != image.name]
+        if d.metadata is not None:
+            meta = next((i for i in others if i.name == "metadata"), None) or next(
+                (i for i in others if len(i.shape) == 2), None
+            )
+            if meta is None:
+                raise ModelDescriptionError(
+                    f"{self.path}'s description has a metadata spec but the graph has no metadata input "
+                    f"(inputs: {[i.name for i in inputs]}); re-export the model"
+                )
+            self._metadata_name = meta.name
+            others = [i for i in others if i.name != meta.name]
+        elif others:
+            raise ModelDescriptionError(
+                f"{self.path} has extra inputs {[i.name for i in others]} but its description has no "
+                "metadata spec; re-export the model"
+            )
+        if others:
+            raise ModelDescriptionError(f"{self.path} has unexpected inputs {[i.name for i in others]}")
+        n, c, h, w = image.shape
+        if isinstance(c, int) and c != d.in_channels:
+            raise ModelDescriptionError(
+                f"{self.path} takes {c} bands but its description lists {d.in_channels} {list(d.bands)}"
+            )
+        self._static_batch = n if isinstance(n, int) else None
+        self.max_batch = self._static_batch
+        if isinstance(h, int) and isinstance(w, int):
+            self.supports_dynamic_hw = False
+            self.fixed_hw = (h, w)
+        outputs = {o.name: o for o in session.get_outputs()}
+        roles: dict[str, str] = {}
+        for role in ("logits", "probabilities", "class_index", "confidence"):
+            if role in outputs:
+                roles[role] = role
+        if "logits" not in roles:
+            rest = [name for name in outputs if name not in roles.values()]
+            if not rest:
+                raise ModelDescriptionError(f"{self.path} has no logits output (outputs: {list(outputs)})")
+            roles["logits"] = rest[0]
+        if ("class_index" in roles) != ("confidence" in roles):
+            roles.pop("class_index", None)  # both are needed to answer predict_classes without logits
+            roles.pop("confidence", None)
+        self._outputs = roles
+
+    def _setup_device_buffers(self) -> None:
+        import torch
+
+        self._torch_cuda = torch.cuda.is_available()
+        if self._torch_cuda:
+            bias = np.where(np.asarray(self.description.active_mask), 0.0, -np.inf).astype(np.float32)
+            dev = torch.device(f"cuda:{self._device_index}")
+            self._torch_state = {
+                "device": dev,
+                "bias": torch.from_numpy(bias).to(dev).view(1, -1, 1, 1),
+                "pinned": {},
+            }
+
+    def _deactivate(self) -> None:
+        self._session = None
+        self._torch_state = None
+
+    # ------------------------------------------------------------------ running
+    def _pad(
+        self, images: Batch, metadata: MetadataBatch | None
+    ) -> tuple[np.ndarray[Any, Any], MetadataBatch | None, int]:
+        n = images.shape[0]
+        x: np.ndarray[Any, Any] = images
+        if self._static_batch is not None and n < self._static_batch:
+            # A static-batch graph: pad with copies of the last tile and drop their results.
+            extra = self._static_batch - n
+            x = np.concatenate([images, np.repeat(images[-1:], extra, axis=0)])
+            if metadata is not None:
+                metadata = np.concatenate([metadata, np.repeat(metadata[-1:], extra, axis=0)])
+        if self._image_dtype is not np.float32:
+            x = x.astype(self._image_dtype)
+        return x, metadata, n
+
+    def _run_cpu(
+        self, images: Batch, metadata: MetadataBatch | None, roles: list[str]
+    ) -> list[np.ndarray[Any, Any]]:
+        x, m, n = self._pad(images, metadata)
+        feed: dict[str, np.ndarray[Any, Any]] = {self._image_name: x}
+        if m is not None and self._metadata_name is not None:
+            feed[self._metadata_name] = m
+        t0 = time.perf_counter()
+        try:
+            outs = self._session.run([self._outputs[r] for r in roles], feed)
+        except _ort_errors() as exc:
+            raise BackendError(
+                f"onnxruntime failed on a batch of shape {images.shape}: {str(exc).splitlines()[0]}"
+            ) from None
+        self.last_times = StageTimes(compute=time.perf_counter() - t0)
+        return [np.asarray(o)[:n] for o in outs]
+
+    def _run_device(
+        self, images: Batch, metadata: MetadataBatch | None, roles: list[str], post: str | None
+    ) -> list[np.ndarray[Any, Any]]:
+        """I/O-bound run on CUDA; *post* (``softmax``/``argmax``) is applied to the logits on the device."""
+        x, m, n = self._pad(images, metadata)
+        binding = self._session.io_binding()
+        t0 = time.perf_counter()
+        state = self._torch_state
+        if state is None:
+            # torch without CUDA: onnxruntime copies from pageable host memory itself.
+            binding.bind_cpu_input(self._image_name, x)
+            if m is not None and self._metadata_name is not None:
+                binding.bind_cpu_input(self._metadata_name, m)
+            for r in roles:
+                binding.bind_output(self._outputs[r], "cpu")
+            t1 = time.perf_counter()
+            self._session.run_with_iobinding(binding)
+            t2 = time.perf_counter()
+            outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
+            if post == "softmax":
+                outs = [masked_softmax(outs[0].astype(np.float32), self._active_mask)]
+            elif post == "argmax":
+                outs = list(masked_argmax(outs[0].astype(np.float32), self._active_mask))
+            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
+            return [o[:n] for o in outs]
+
+        import torch
+
+        from flair_deploy.inference.backends.torch_backend import device_classes, device_softmax
+
+        dev = state["device"]
+        pinned: dict[tuple[str, tuple[int, ...], Any], Any] = state["pinned"]
+
+        def upload(role: str, arr: np.ndarray[Any, Any]) -> Any:
+            host = torch.from_numpy(arr)
+            key = (role, tuple(arr.shape), host.dtype)
+            buf = pinned.get(key)
+            if buf is None:
+                buf = pinned[key] = torch.empty(arr.shape, dtype=host.dtype, pin_memory=True)
+            buf.copy_(host)
+            return buf.to(dev, non_blocking=True)
+
+        def bind_in(name: str, t: Any) -> None:
+            binding.bind_input(
+                name,
+                "cuda",
+                self._device_index,
+                np.dtype(str(t.dtype).removeprefix("torch.")).type,
+                list(t.shape),
+                t.data_ptr(),
+            )
+
+        x_dev = upload("image", x)
+        bind_in(self._image_name, x_dev)
+        if m is not None and self._metadata_name is not None:
+            bind_in(self._metadata_name, upload("metadata", m))
+        logits_dev = None
+        if post is not None:
+            # Logits stay on the device, in a torch buffer, for the on-device softmax/argmax.
+            k = self.description.num_classes
+            out_dtype = torch.float16 if self._image_dtype is np.float16 else torch.float32
+            logits_dev = torch.empty((x.shape[0], k, x.shape[2], x.shape[3]), dtype=out_dtype, device=dev)
+            binding.bind_output(
+                self._outputs["logits"],
+                "cuda",
+                self._device_index,
+                np.dtype(str(out_dtype).removeprefix("torch.")).type,
+                list(logits_dev.shape),
+                logits_dev.data_ptr(),
+            )
+        else:
+            for r in roles:
+                binding.bind_output(self._outputs[r], "cuda", self._device_index)
+        # onnxruntime runs on its own stream: the asynchronous uploads must have landed first.
+        torch.cuda.current_stream(dev).synchronize()
+        t1 = time.perf_counter()
+        try:
+            self._session.run_with_iobinding(binding)
+        except _ort_errors() as exc:
+            raise BackendError(
+                f"onnxruntime failed on a batch of shape {images.shape}: {str(exc).splitlines()[0]}"
+            ) from None
+        if logits_dev is None:
+            t2 = time.perf_counter()
+            outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
+            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
+            return [o[:n] for o in outs]
+        # Run() returns once the provider's stream has finished, so torch may read the logits now.
+        results = (
+            device_softmax(logits_dev.float(), state["bias"])
+            if post == "softmax"
+            else device_classes(logits_dev.float(), state["bias"])
+        )
+        torch.cuda.current_stream(dev).synchronize()
+        t2 = time.perf_counter()
+        host = [r.cpu().numpy()[:n] for r in results]
+        self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
+        return host
+
+    def _run(
+        self, images: Batch, metadata: MetadataBatch | None, roles: list[str], post: str | None = None
+    ) -> list[np.ndarray[Any, Any]]:
+        if self._session is None:  # pragma: no cover - guarded by Backend._validate
+            raise BackendError("the onnxruntime backend is not active; run inference inside `with backend:`")
+        if self.provider == "cpu":
+            outs = self._run_cpu(images, metadata, roles)
+            if post == "softmax":
+                return [masked_softmax(outs[0].astype(np.float32, copy=False), self._active_mask)]
+            if post == "argmax":
+                return list(masked_argmax(outs[0].astype(np.float32, copy=False), self._active_mask))
+            return outs
+        return self._run_device(images, metadata, roles, post)
+
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        (logits,) = self._run(images, metadata, ["logits"])
+        return logits.astype(np.float32, copy=False)
+
+    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
+        if "probabilities" in self._outputs:
+            (probs,) = self._run(images, metadata, ["probabilities"])
+            return probs.astype(np.float32, copy=False)
+        (probs,) = self._run(images, metadata, ["logits"], post="softmax")
+        return probs
+
+    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
+        if "class_index" in self._outputs:
+            index, conf = self._run(images, metadata, ["class_index", "confidence"])
+            return index.astype(np.uint8, copy=False), conf.astype(np.float32, copy=False)
+        index, conf = self._run(images, metadata, ["logits"], post="argmax")
+        return index, conf
