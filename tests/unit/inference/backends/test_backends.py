@@ -440,3 +440,39 @@ def test_echo_backend_emulates_static_engines(desc):
             echo.infer(tiles(desc, 3))
         with pytest.raises(InputSpecError, match="built for 32x32 px only"):
             echo.infer(tiles(desc, 1, (16, 32)))
+
+
+# ---------------------------------------------------------------------- CUDA (GPU machines only)
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options", [{}, {"timing": True}, {"channels_last": True}, {"cuda_graphs": True}, {"precision": "fp16"}]
+)
+def test_torch_cuda_matches_cpu(desc, model, options):  # pragma: no cover - needs a GPU
+    x = tiles(desc, 2)
+    with TorchBackend.from_module(model, desc) as cpu:
+        ref_logits = cpu.infer(x)
+        ref_classes = cpu.predict_classes(x)[0]
+    with TorchBackend.from_module(model, desc, device="cuda", **options) as gpu:
+        for _ in range(2):  # the second call replays the captured graph
+            logits = gpu.infer(x)
+            classes, _ = gpu.predict_classes(x)
+            probs = gpu.predict_probabilities(x)
+    tol = 5e-2 if options.get("precision") else 1e-3
+    np.testing.assert_allclose(logits, ref_logits, atol=tol * np.abs(ref_logits).max(), rtol=tol)
+    assert (classes == ref_classes).mean() > 0.98
+    assert np.all(probs[:, ~np.array(desc.active_mask)] == 0)
+    if options.get("timing"):
+        assert gpu.last_times.h2d > 0 and gpu.last_times.d2h > 0
+
+
+@pytest.mark.gpu
+def test_onnxruntime_cuda_iobinding_matches_cpu(desc, onnx_path):  # pragma: no cover - needs a GPU
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    x = tiles(desc, 2)
+    with create_backend(None, onnx_path) as cpu, create_backend(None, onnx_path, device="cuda") as gpu:
+        np.testing.assert_allclose(gpu.infer(x), cpu.infer(x), atol=1e-3, rtol=1e-3)
+        np.testing.assert_allclose(gpu.predict_probabilities(x), cpu.predict_probabilities(x), atol=1e-4)
+        assert (gpu.predict_classes(x)[0] == cpu.predict_classes(x)[0]).mean() > 0.999

@@ -1,0 +1,375 @@
+"""Native TensorRT backend: a serialized engine plus the JSON sidecar that describes it.
+
+The engine (``.engine``/``.plan``) is a TensorRT plan built by ``flair-deploy export --tensorrt`` for one
+GPU model and TensorRT version; the sidecar beside it (``model.engine.json`` or ``model.json``) carries
+the :class:`~flair_deploy.description.ModelDescription` — either the description itself or an object
+with a ``"description"`` key.
+
+Written against the TensorRT 10/11 Python API (named I/O tensors): ``Runtime.deserialize_cuda_engine``,
+``ICudaEngine.num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode`` / ``get_tensor_dtype`` /
+``get_tensor_profile_shape``, ``IExecutionContext.set_input_shape`` / ``set_tensor_address`` /
+``execute_async_v3``. Device buffers are torch CUDA tensors and the engine runs on torch's current stream,
+so uploads, inference and the on-device softmax/argmax are ordered without extra synchronisation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from flair_deploy._optional import require
+from flair_deploy.description import ModelDescription, Precision
+from flair_deploy.errors import BackendError, InputSpecError, ModelDescriptionError
+from flair_deploy.inference.backends.base import (
+    Backend,
+    BackendName,
+    Batch,
+    Classes,
+    Confidence,
+    Logits,
+    MetadataBatch,
+    Probabilities,
+    StageTimes,
+    check_options,
+    parse_device,
+)
+
+__all__ = ["EngineIO", "TensorProfile", "TrtBackend", "read_engine_io", "read_sidecar", "sidecar_path"]
+
+_OPTIONS = ("timing",)
+
+
+def sidecar_path(engine: Path) -> Path:
+    """Return the sidecar of *engine*: ``<engine>.json`` if it exists, else ``<stem>.json``.
+
+    Raises:
+        ModelDescriptionError: If neither exists.
+    """
+    for candidate in (engine.with_name(engine.name + ".json"), engine.with_suffix(".json")):
+        if candidate.is_file():
+            return candidate
+    raise ModelDescriptionError(
+        f"no description sidecar beside {engine} (looked for {engine.name}.json and {engine.stem}.json); "
+        "it is written with each engine by `flair-deploy export --tensorrt`"
+    )
+
+
+def read_sidecar(engine: Path) -> ModelDescription:
+    """Read the description of *engine* from its sidecar (bare or nested under ``"description"``).
+
+    Raises:
+        ModelDescriptionError: If the sidecar is missing or invalid.
+    """
+    path = sidecar_path(engine)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelDescriptionError(f"cannot read engine sidecar {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("description"), dict):
+        data = data["description"]
+    if not isinstance(data, dict):
+        raise ModelDescriptionError(f"engine sidecar {path} holds no model description object")
+    return ModelDescription.from_dict(data, source=str(path))
+
+
+@dataclass(frozen=True, slots=True)
+class TensorProfile:
+    """Optimisation-profile bounds of one input tensor (min, opt, max shapes)."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """Raise InputSpecError if *shape* is outside the profile."""
+        if len(shape) != len(self.min) or any(
+            not lo <= s <= hi for s, lo, hi in zip(shape, self.min, self.max, strict=True)
+        ):
+            raise InputSpecError(
+                f"{self.name} of shape {shape} is outside the engine's profile {self.min}..{self.max}; "
+                "use a batch and tile size inside it, or rebuild the engine with a wider profile"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineIO:
+    """The named I/O tensors of an engine, checked against its description."""
+
+    image: TensorProfile
+    metadata: TensorProfile | None
+    outputs: tuple[str, ...]
+    output_dtypes: Mapping[str, Any]
+
+
+def read_engine_io(engine: Any, trt: Any, description: ModelDescription) -> EngineIO:
+    """Read an engine's inputs, outputs and profile 0 and check them against *description*.
+
+    Args:
+        engine: A deserialised ``ICudaEngine``.
+        trt: The ``tensorrt`` module.
+        description: The engine's description.
+
+    Returns:
+        Its I/O spec.
+
+    Raises:
+        ModelDescriptionError: If the engine's tensors contradict the description.
+    """
+    inputs: dict[str, TensorProfile] = {}
+    outputs: list[str] = []
+    dtypes: dict[str, Any] = {}
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
+            lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
+            inputs[name] = TensorProfile(name, tuple(lo), tuple(opt), tuple(hi))
+        else:
+            outputs.append(name)
+            dtypes[name] = engine.get_tensor_dtype(name)
+    image = inputs.pop("image", None) or next((p for p in inputs.values() if len(p.min) == 4), None)
+    if image is None:
+        raise ModelDescriptionError(f"engine has no 4-D image input (inputs: {list(inputs)})")
+    inputs.pop(image.name, None)
+    if image.min[1] != description.in_channels or image.max[1] != description.in_channels:
+        raise ModelDescriptionError(
+            f"engine takes {image.min[1]} bands but its sidecar describes {description.in_channels} "
+            f"{list(description.bands)}; the sidecar belongs to another engine"
+        )
+    metadata = inputs.pop("metadata", None) or next((p for p in inputs.values() if len(p.min) == 2), None)
+    if metadata is not None:
+        inputs.pop(metadata.name, None)
+    if (metadata is None) != (description.metadata is None):
+        raise ModelDescriptionError(
+            "engine and sidecar disagree on the metadata input "
+            f"(engine: {'yes' if metadata else 'no'}, sidecar: {'yes' if description.metadata else 'no'})"
+        )
+    if inputs:
+        raise ModelDescriptionError(f"engine has unexpected inputs {list(inputs)}")
+    if not outputs:
+        raise ModelDescriptionError("engine has no outputs")
+    return EngineIO(image=image, metadata=metadata, outputs=tuple(outputs), output_dtypes=dtypes)
+
+
+class TrtBackend(Backend):
+    """Run a native TensorRT engine on a CUDA GPU.
+
+    Args:
+        path: The engine file.
+        description: Its description (from the sidecar).
+        device: ``"cuda"`` or ``"cuda:<i>"``.
+        precision: Must match the engine's (from the sidecar); None takes it.
+        timing: Synchronise at stage boundaries so :attr:`Backend.last_times` is exact.
+
+    Raises:
+        BackendError: On a CPU device or a precision the engine was not built for.
+    """
+
+    name = BackendName.TENSORRT
+
+    def __init__(
+        self,
+        path: Path,
+        description: ModelDescription,
+        *,
+        device: str = "cuda",
+        precision: Precision | None = None,
+        timing: bool = False,
+    ) -> None:
+        kind, index = parse_device(device)
+        if kind != "cuda":
+            raise BackendError(
+                f"TensorRT engines run on CUDA GPUs only, got device {device!r}; use --device cuda"
+            )
+        built = description.provenance.precision
+        if precision is not None and precision is not built:
+            raise BackendError(
+                f"{path.name} was built for {built} but {precision} was requested; build a {precision} "
+                "engine with `flair-deploy export --tensorrt`"
+            )
+        super().__init__(description, precision=built, device=f"cuda:{index}")
+        self.path = path
+        self.timing = bool(timing)
+        self._state: dict[str, Any] | None = None
+
+    @classmethod
+    def from_artifact(
+        cls,
+        artifact: Path,
+        *,
+        device: str = "cpu",
+        precision: Precision | None = None,
+        options: Mapping[str, Any] | None = None,
+        preset: str | None = None,
+    ) -> Self:
+        """Open an engine and its sidecar (the engine itself is deserialised in ``__enter__``).
+
+        Raises:
+            BackendError: Unknown options, CPU device, precision mismatch, or a preset (engines are
+                always described by their sidecar).
+            ModelDescriptionError: Missing or invalid sidecar.
+        """
+        opts = check_options("tensorrt", options, _OPTIONS)
+        if preset is not None:
+            raise BackendError("TensorRT engines are described by their sidecar; do not pass --preset")
+        return cls(artifact, read_sidecar(artifact), device=device, precision=precision, **opts)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _activate(self) -> None:
+        trt = require("tensorrt", purpose="running TensorRT engines")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BackendError(
+                "TensorRT engines need a CUDA GPU visible to torch (used for device buffers); none found "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'})"
+            )
+        dev = torch.device(self.device)
+        torch.cuda.set_device(dev)
+        logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if engine is None:
+            raise BackendError(
+                f"TensorRT {trt.__version__} cannot deserialise {self.path}: engines are tied to the TensorRT "
+                "version and GPU they were built with; rebuild it here with `flair-deploy export --tensorrt`"
+            )
+        io = read_engine_io(engine, trt, self.description)
+        context = engine.create_execution_context()
+        self.max_batch = io.image.max[0]
+        if io.image.min[2:] == io.image.max[2:]:
+            self.supports_dynamic_hw = False
+            self.fixed_hw = (io.image.min[2], io.image.min[3])
+        bias = np.where(np.asarray(self.description.active_mask), 0.0, -np.inf).astype(np.float32)
+        self._state = {
+            "trt": trt,
+            "torch": torch,
+            "device": dev,
+            "runtime": runtime,
+            "engine": engine,
+            "context": context,
+            "io": io,
+            "bias": torch.from_numpy(bias).to(dev).view(1, -1, 1, 1),
+            "pinned": {},
+            "buffers": {},
+        }
+
+    def _deactivate(self) -> None:
+        # Drop the context before the engine and the engine before the runtime (TensorRT's order).
+        state, self._state = self._state, None
+        if state is not None:
+            for key in ("buffers", "pinned", "context", "engine", "runtime"):
+                state.pop(key, None)
+
+    # ------------------------------------------------------------------ running
+    def _output_roles(self) -> dict[str, str]:
+        assert self._state is not None
+        names: tuple[str, ...] = self._state["io"].outputs
+        roles: dict[str, str] = {
+            r: r for r in ("logits", "probabilities", "class_index", "confidence") if r in names
+        }
+        if "logits" not in roles:
+            roles["logits"] = next(n for n in names if n not in roles.values())
+        return roles
+
+    def _run(
+        self, images: Batch, metadata: MetadataBatch | None, want: str
+    ) -> tuple[np.ndarray[Any, Any], ...]:
+        state = self._state
+        if state is None:  # pragma: no cover - guarded by Backend._validate
+            raise BackendError("the tensorrt backend is not active; run inference inside `with backend:`")
+        torch = state["torch"]
+        trt = state["trt"]
+        io: EngineIO = state["io"]
+        context = state["context"]
+        dev = state["device"]
+        io.image.check(tuple(images.shape))
+        if io.metadata is not None and metadata is not None:
+            io.metadata.check(tuple(metadata.shape))
+        stream = torch.cuda.current_stream(dev)
+        pinned: dict[Any, Any] = state["pinned"]
+
+        def upload(name: str, arr: np.ndarray[Any, Any]) -> Any:
+            host = torch.from_numpy(arr)
+            key = (name, tuple(arr.shape))
+            buf = pinned.get(key)
+            if buf is None:
+                buf = pinned[key] = torch.empty(arr.shape, dtype=host.dtype, pin_memory=True)
+            buf.copy_(host)
+            return buf.to(dev, non_blocking=True)
+
+        t0 = time.perf_counter()
+        x = upload(io.image.name, images)
+        context.set_input_shape(io.image.name, tuple(images.shape))
+        context.set_tensor_address(io.image.name, x.data_ptr())
+        keep = [x]
+        if io.metadata is not None and metadata is not None:
+            m = upload(io.metadata.name, metadata)
+            context.set_input_shape(io.metadata.name, tuple(metadata.shape))
+            context.set_tensor_address(io.metadata.name, m.data_ptr())
+            keep.append(m)
+        if self.timing:
+            stream.synchronize()
+        t1 = time.perf_counter()
+        outs: dict[str, Any] = {}
+        for name in io.outputs:
+            shape = tuple(context.get_tensor_shape(name))
+            dtype = getattr(torch, np.dtype(trt.nptype(io.output_dtypes[name])).name)
+            out = torch.empty(shape, dtype=dtype, device=dev)
+            context.set_tensor_address(name, out.data_ptr())
+            outs[name] = out
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise BackendError(f"TensorRT failed to enqueue a batch of shape {images.shape}")
+        from flair_deploy.inference.backends.torch_backend import device_classes, device_softmax
+
+        roles = self._output_roles()
+        if want == "logits":
+            results: tuple[Any, ...] = (outs[roles["logits"]].float(),)
+        elif want == "probabilities":
+            results = (
+                (outs[roles["probabilities"]].float(),)
+                if "probabilities" in roles
+                else device_softmax(outs[roles["logits"]].float(), state["bias"])
+            )
+        elif "class_index" in roles and "confidence" in roles:
+            results = (outs[roles["class_index"]].to(torch.uint8), outs[roles["confidence"]].float())
+        else:
+            results = device_classes(outs[roles["logits"]].float(), state["bias"])
+        if self.timing:
+            stream.synchronize()
+        t2 = time.perf_counter()
+        host = []
+        for i, r in enumerate(results):
+            key = (f"out{i}", tuple(r.shape), r.dtype)
+            buf = pinned.get(key)
+            if buf is None:
+                buf = pinned[key] = torch.empty(tuple(r.shape), dtype=r.dtype, pin_memory=True)
+            buf.copy_(r, non_blocking=True)
+            host.append(buf)
+        stream.synchronize()  # also keeps `keep` and `outs` alive until the engine is done with them
+        arrays = tuple(b.numpy().copy() for b in host)
+        t3 = time.perf_counter()
+        del keep, outs
+        if self.timing:
+            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=t3 - t2)
+        else:
+            self.last_times = StageTimes(compute=t3 - t0)
+        return arrays
+
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        (logits,) = self._run(images, metadata, "logits")
+        return logits
+
+    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
+        (probs,) = self._run(images, metadata, "probabilities")
+        return probs
+
+    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
+        classes, conf = self._run(images, metadata, "classes")
+        return classes, conf
