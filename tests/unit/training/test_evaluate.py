@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 
+from flair_deploy.description import ArchitectureSpec, ModelDescription
 from flair_deploy.errors import CheckpointError, InputDataError, OutputError
 from flair_deploy.models import build_model
 from flair_deploy.training.evaluate import evaluate
@@ -18,12 +19,19 @@ BUILDING, WATER, CLEAR_CUT = 0, 4, 14  # logit indices (codes 1, 5, 15; clear cu
 
 
 @pytest.fixture
-def constant_checkpoint(tiny_description, tmp_path):
+def small_description(tiny_description):
+    """The tiny description with a shallow encoder and narrow decoder: these tests are about I/O."""
+    arch = ArchitectureSpec(arch="unet", encoder="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8))
+    return ModelDescription.from_dict({**tiny_description.to_dict(), "architecture": arch.model_dump()})
+
+
+@pytest.fixture
+def constant_checkpoint(small_description, tmp_path):
     """A self-describing Lightning-like checkpoint that predicts 'building' everywhere.
 
     The inactive 'clear cut' logit is made the largest: evaluation must mask it out.
     """
-    model = build_model(tiny_description)
+    model = build_model(small_description)
     sd = model.state_dict()
     sd["net.segmentation_head.0.weight"].zero_()
     bias = torch.zeros_like(sd["net.segmentation_head.0.bias"])
@@ -34,7 +42,7 @@ def constant_checkpoint(tiny_description, tmp_path):
     torch.save(
         {
             "state_dict": {"model." + k: v for k, v in sd.items()},
-            "hyper_parameters": {"description": tiny_description.to_dict()},
+            "hyper_parameters": {"description": small_description.to_dict()},
         },
         path,
     )
@@ -125,12 +133,12 @@ def test_bad_mask_fails_without_partial_outputs(constant_checkpoint, write_geoti
     assert result.confusion_matrix.sum() == 0
 
 
-def test_bare_state_dict_needs_a_description(tiny_description, patch_csv, tmp_path):
+def test_bare_state_dict_needs_a_description(small_description, patch_csv, tmp_path):
     path = tmp_path / "bare.pt"
-    torch.save(build_model(tiny_description).state_dict(), path)
+    torch.save(build_model(small_description).state_dict(), path)
     with pytest.raises(CheckpointError, match="no model description"):
         evaluate(path, patch_csv, tmp_path / "e", progress=False)
-    result = evaluate(path, patch_csv, tmp_path / "e", description=tiny_description, progress=False)
+    result = evaluate(path, patch_csv, tmp_path / "e", description=small_description, progress=False)
     assert result.patches == 2
 
 
