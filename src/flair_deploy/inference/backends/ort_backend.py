@@ -249,6 +249,7 @@ class OrtBackend(Backend):
         self._metadata_name: str | None = None
         self._outputs: dict[str, str] = {}  # role (logits, probabilities, class_index, confidence) → name
         self._static_batch: int | None = None
+        self._logits_dtype: type[np.generic] = np.float32
         self._torch_cuda = False
         self._torch_state: Any = None  # pinned buffers, mask bias (CUDA path)
 
@@ -409,6 +410,7 @@ class OrtBackend(Backend):
             roles.pop("class_index", None)  # both are needed to answer predict_classes without logits
             roles.pop("confidence", None)
         self._outputs = roles
+        self._logits_dtype = _ORT_TYPES.get(outputs[roles["logits"]].type, np.float32)
 
     def _setup_device_buffers(self) -> None:
         import torch
@@ -520,7 +522,7 @@ class OrtBackend(Backend):
         if post is not None:
             # Logits stay on the device, in a torch buffer, for the on-device softmax/argmax.
             k = self.description.num_classes
-            out_dtype = torch.float16 if self._image_dtype is np.float16 else torch.float32
+            out_dtype = torch.float16 if self._logits_dtype is np.float16 else torch.float32
             logits_dev = torch.empty((x.shape[0], k, x.shape[2], x.shape[3]), dtype=out_dtype, device=dev)
             binding.bind_output(
                 self._outputs["logits"],
