@@ -1,0 +1,321 @@
+import json
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from tests.fakes import EchoBackend
+
+from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
+from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.inference import DetectConfig, run_detection
+from flair_deploy.inference.backends.base import Backend, BackendName, StageTimes
+from flair_deploy.inference.raster import temporary_path
+
+K = 19
+
+
+class ContextBackend(Backend):
+    """A fake whose output depends on the neighbourhood and on the position inside the tile.
+
+    Tiled results therefore differ from a whole-image pass exactly where tiling matters: it tells apart
+    grids, margins, padding and write order.
+    """
+
+    name = BackendName.TORCH
+
+    def __init__(self, description, *, fail_on_call=None):
+        super().__init__(description)
+        self.hw_multiple = 1
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+
+    def _activate(self):
+        pass
+
+    def _infer(self, images, metadata):
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError("simulated backend crash")
+        h, w = images.shape[2:]
+        v = images[:, 0]
+        # 5x5 box filter (receptive field) with edge replication, plus a tile-position ramp.
+        p = np.pad(v, ((0, 0), (2, 2), (2, 2)), mode="edge")
+        s = sum(p[:, i : i + h, j : j + w] for i in range(5) for j in range(5)) / 25.0
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        s = s + 40.0 * (yy + xx) / (h + w)
+        centres = (np.arange(K, dtype=np.float32) + 0.5) * (300.0 / K)
+        logits = -np.abs(s[:, None] - centres[None, :, None, None]) / 7.0
+        self.last_times = StageTimes(compute=0.0)
+        return logits.astype(np.float32)
+
+
+@pytest.fixture
+def desc(tiny_description):
+    return tiny_description
+
+
+def _raster(write_geotiff, h=150, w=133, seed=0, name="ortho.tif", nodata=None, **kw):
+    rng = np.random.default_rng(seed)
+    # Smooth-ish field so the classes form regions (and ties are rare).
+    base = rng.integers(0, 256, (5, h // 8 + 2, w // 8 + 2)).astype(np.float32)
+    data = np.kron(base, np.ones((8, 8), np.float32))[:, :h, :w]
+    data = (data + rng.integers(0, 20, (5, h, w))).clip(0, 255).astype(np.uint8)
+    return write_geotiff(data, name, nodata=nodata, **kw), data
+
+
+def _cfg(src, out, **kw):
+    kw.setdefault("overviews", False)
+    kw.setdefault("block_size", 32)
+    return DetectConfig(inputs=(src,), output=out, **kw)
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(1), ds.profile, ds.tags()
+
+
+def _masked_argmax_codes(desc, logits):
+    active = np.asarray(desc.active_mask)
+    idx = np.flatnonzero(active)[logits[:, active].argmax(axis=1)]
+    return np.array([c.code for c in desc.classes], np.uint8)[idx]
+
+
+# ---------------------------------------------------------------------- IGN reference (Appendix A)
+def ign_reference(backend, image, P, m, pad_mode="reflect"):
+    """Straightforward re-implementation of flair-detect's loops in integer pixels.
+
+    x: outer loop from the west, y: inner loop from the south; patch origins start at -m every P-2m,
+    a patch ending past edge+m is shifted to end there; the core [m:P-m] is written in loop order
+    (last write wins); output 0-based indices (here converted to codes for comparison).
+    """
+    h, w = image.shape[1:]
+    mode = "reflect" if pad_mode == "reflect" else "constant"
+    big = np.pad(image.astype(np.float32), ((0, 0), (P, P), (P, P)), mode=mode)
+    out = np.full((h, w), 255, np.uint8)
+    step = P - 2 * m
+    for x in range(-m, w + m, step):
+        if x + P > w + m:
+            x = w + m - P
+        for u in range(-m, h + m, step):  # u: distance of the patch's south edge from the raster's
+            if u + P > h + m:
+                u = h + m - P
+            top = h - u - P  # pixel row of the patch's north edge
+            patch = big[:, top + P : top + 2 * P, x + P : x + 2 * P]
+            logits = backend.infer(np.ascontiguousarray(patch[None]))
+            cls = _masked_argmax_codes(backend.description, logits)[0]
+            r0, r1 = max(top + m, 0), min(top + P - m, h)
+            c0, c1 = max(x + m, 0), min(x + P - m, w)
+            out[r0:r1, c0:c1] = cls[r0 - top : r1 - top, c0 - x : c1 - x]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "pad_mode"), [(150, 133, "reflect"), (97, 170, "constant"), (20, 30, "reflect")]
+)
+def test_crop_mode_reproduces_ign_grid_pixel_for_pixel(write_geotiff, tmp_path, desc, h, w, pad_mode):
+    src, data = _raster(write_geotiff, h, w)
+    out = tmp_path / "crop.tif"
+    with ContextBackend(desc) as b:
+        run_detection(b, _cfg(src, out, stitching="crop", margin=16, pad_mode=pad_mode, batch_size=3))
+        ref = ign_reference(b, data, 64, 16, pad_mode)
+    got, *_ = _read(out)
+    assert (got == ref).all(), f"{(got != ref).sum()} pixels differ"
+
+
+def test_blend_has_no_seams_with_a_position_independent_model(write_geotiff, tmp_path, desc):
+    src, data = _raster(write_geotiff, 150, 133)
+    out = tmp_path / "blend.tif"
+    with EchoBackend(desc) as b:
+        summary = run_detection(b, _cfg(src, out, tile_size=64, overlap=24, confidence=True))
+        whole = b.predict_probabilities(data[None].astype(np.float32))[0]
+    got, *_ = _read(out)
+    expect = _masked_argmax_codes(desc, whole[None])[0]
+    assert (got == expect).all()
+    conf, *_ = _read(tmp_path / "blend_confidence.tif")
+    np.testing.assert_allclose(conf, np.rint(whole.max(axis=0) * 255), atol=1)
+    assert summary.tiles_inferred == summary.tiles > 1
+
+
+def test_raster_smaller_than_a_tile_is_reflect_padded_not_zero_padded(write_geotiff, tmp_path, desc):
+    src, data = _raster(write_geotiff, 21, 40)
+    out = tmp_path / "small.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out))
+        expect = b.value_to_class(data[0])
+    got, *_ = _read(out)
+    assert (got == np.array([c.code for c in desc.classes], np.uint8)[expect]).all()
+
+
+def test_nodata_becomes_255_and_all_nodata_tiles_are_skipped(write_geotiff, tmp_path, desc):
+    rng = np.random.default_rng(1)
+    data = rng.integers(1, 256, (5, 200, 180)).astype(np.uint8)
+    data[:, :100, :] = 0  # top half nodata: whole tile rows skipped
+    data[:, 150:160, 20:30] = 0
+    src = write_geotiff(data, nodata=0)
+    out = tmp_path / "nd.tif"
+    with EchoBackend(desc) as b:
+        s = run_detection(b, _cfg(src, out, probabilities=True))
+    got, prof, *_ = _read(out)
+    invalid = (data == 0).all(axis=0)
+    assert (got[invalid] == 255).all() and (got[~invalid] != 255).all()
+    assert prof["nodata"] == 255
+    assert s.tiles_skipped >= 4 and s.tiles_inferred + s.tiles_skipped == s.tiles
+    with rasterio.open(tmp_path / "nd_proba.tif") as ds:
+        assert (ds.read_masks(1)[invalid] == 0).all()
+
+
+def test_output_georeferencing_colour_table_and_tags(write_geotiff, tmp_path, desc):
+    src, _ = _raster(write_geotiff, 300, 260, crs="EPSG:32631", res=0.2, origin=(500123.4, 4800321.0))
+    out = tmp_path / "geo.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, overviews=True), model_sha256="ab" * 32)
+    with rasterio.open(src) as a, rasterio.open(out) as o:
+        assert o.crs == a.crs and o.transform == a.transform and (o.width, o.height) == (a.width, a.height)
+        assert o.dtypes[0] == "uint8" and o.nodata == 255
+        assert o.colormap(1)[1][:3] == desc.classes[0].rgb()
+        assert o.overviews(1) == [2, 4, 8]  # down to one 32-px block
+        assert o.tags(ns="rio_overview")["resampling"] == "mode"
+        tags = o.tags()
+        assert tags["MODEL_SHA256"] == "ab" * 32 and tags["STITCHING"].startswith("blend")
+        assert tags["CLASS_1"] == "building"
+        assert o.profile["tiled"] and o.profile["compress"] == "deflate"
+
+
+def test_indices_write_zero_based_logit_indices(write_geotiff, tmp_path, desc):
+    src, data = _raster(write_geotiff, 70, 70)
+    out = tmp_path / "idx.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, indices=True))
+        expect = b.value_to_class(data[0])
+    got, _, tags = _read(out)
+    assert (got == expect).all()
+    assert tags["CLASS_VALUES"] == "logit indices"
+
+
+def test_band_mapping_reorders_raster_bands(write_geotiff, tmp_path, desc):
+    src, data = _raster(write_geotiff, 64, 64)
+    out = tmp_path / "bands.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, bands=(3, 1, 2, 4, 5)))
+        expect = b.value_to_class(data[2])  # model band 0 = raster band 3
+    got, *_ = _read(out)
+    assert (got == np.array([c.code for c in desc.classes], np.uint8)[expect]).all()
+
+
+def test_existing_output_needs_overwrite(write_geotiff, tmp_path, desc):
+    src, _ = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"precious")
+    with EchoBackend(desc) as b, pytest.raises(OutputError, match="--overwrite"):
+        run_detection(b, _cfg(src, out))
+    assert out.read_bytes() == b"precious"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, overwrite=True))
+    assert _read(out)[0].shape == (40, 40)
+
+
+def test_resume_skips_finished_rasters(write_geotiff, tmp_path, desc):
+    a, _ = _raster(write_geotiff, 40, 40, name="a.tif")
+    b_, _ = _raster(write_geotiff, 40, 40, name="b.tif", seed=2)
+    outdir = tmp_path / "maps"
+    cfg = DetectConfig(inputs=(a,), output=outdir, overviews=False)
+    with EchoBackend(desc) as b:
+        run_detection(b, cfg)
+        done = (outdir / "a_classes.tif").stat().st_mtime_ns
+        time.sleep(0.01)
+        cfg2 = DetectConfig(inputs=(a, b_), output=outdir, overviews=False, resume=True)
+        s = run_detection(b, cfg2)
+    assert s.resumed == (a,) and s.rasters == 1
+    assert (outdir / "a_classes.tif").stat().st_mtime_ns == done
+    assert (outdir / "b_classes.tif").exists()
+
+
+def test_a_failing_run_leaves_no_output_and_no_temp_file(write_geotiff, tmp_path, desc):
+    src, _ = _raster(write_geotiff, 200, 200)
+    out = tmp_path / "fail.tif"
+    with ContextBackend(desc, fail_on_call=3) as b, pytest.raises(RuntimeError, match="simulated"):
+        run_detection(b, _cfg(src, out, probabilities=True, batch_size=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
+    assert not temporary_path(out).exists()
+
+
+def test_bad_inputs_raise_one_line_errors_before_any_output(write_geotiff, tmp_path, desc):
+    three = write_geotiff(np.zeros((3, 40, 40), np.uint8), "rgb.tif")
+    f64 = write_geotiff(np.zeros((5, 40, 40), np.float64), "f64.tif")
+    nocrs = write_geotiff(np.zeros((5, 40, 40), np.uint8), "nocrs.tif", crs=None)
+    coarse = write_geotiff(np.zeros((5, 40, 40), np.uint8), "coarse.tif", res=1.0)
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    cases = [
+        (three, {}, InputDataError, "3 band"),
+        (f64, {}, InputDataError, "data type"),
+        (nocrs, {}, InputDataError, "no CRS"),
+        (coarse, {}, InputDataError, "ground sampling"),
+        (text, {}, InputDataError, "not a raster"),
+        (tmp_path / "missing.tif", {}, InputDataError, "does not exist"),
+        (three, {"bands": (1, 2, 3)}, InputDataError, "--bands"),
+        (three, {"bands": (1, 2, 3, 4, 5)}, InputDataError, "band"),
+        (three, {"tile_size": 60}, ConfigError, "output stride"),
+    ]
+    for src, kw, err, match in cases:
+        out = tmp_path / "out" / "x.tif"
+        with EchoBackend(desc) as b, pytest.raises(err, match=match) as exc:
+            run_detection(b, _cfg(src, out, **kw))
+        assert "\n" not in str(exc.value)
+        assert not (tmp_path / "out").exists()
+
+
+def test_assume_crs_and_gsd_override_let_a_run_proceed(write_geotiff, tmp_path, desc):
+    nocrs = write_geotiff(np.full((5, 40, 40), 10, np.uint8), "nocrs.tif", crs=None, res=0.5)
+    out = tmp_path / "ok.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(nocrs, out, assume_crs="EPSG:2154", allow_gsd_mismatch=True))
+    with rasterio.open(out) as o:
+        assert o.crs.to_epsg() == 2154
+
+
+def test_geographic_crs_gsd_is_checked_in_metres(write_geotiff, tmp_path, desc):
+    deg = 0.2 / 111_320 / np.cos(np.radians(45.0))  # ~0.2 m east-west at 45°N
+    ok = write_geotiff(
+        np.full((5, 40, 40), 10, np.uint8), "geo.tif", crs="EPSG:4326", res=deg, origin=(2.0, 45.0)
+    )
+    with EchoBackend(desc) as b:
+        with pytest.raises(InputDataError, match="ground sampling"):
+            # North-south pixel size is deg * 111 km ~ 0.28 m: outside the 10 % tolerance.
+            run_detection(b, _cfg(ok, tmp_path / "g.tif"))
+        run_detection(b, _cfg(ok, tmp_path / "g.tif", allow_gsd_mismatch=True))
+
+
+def test_metadata_model_gets_one_vector_per_tile_from_its_centre(write_geotiff, tmp_path):
+    from flair_deploy.aerial import aerial_spec
+
+    desc = ModelDescription(
+        name="meta",
+        tile_size=32,
+        overlap=8,
+        architecture=ArchitectureSpec(encoder_depth=5),
+        classes=class_preset("flair19"),
+        metadata=aerial_spec(),
+    )
+    src = write_geotiff(np.full((5, 70, 70), 100, np.uint8))
+    out = tmp_path / "m.tif"
+    seen = []
+
+    class Spy(EchoBackend):
+        def _infer(self, images, metadata):
+            seen.append(metadata.copy())
+            return super()._infer(images, metadata)
+
+    with Spy(desc) as b:
+        with pytest.raises(ConfigError, match="metadata"):
+            run_detection(b, _cfg(src, out))
+        sidecar = tmp_path / "meta.json"
+        sidecar.write_text(
+            json.dumps({"date": "2021-06-01", "time": "10h30", "camera": "UCE-M3", "altitude": 120})
+        )
+        run_detection(b, _cfg(src, out, metadata_json=sidecar))
+    vectors = np.concatenate(seen)
+    assert vectors.shape[1] == desc.metadata.dim
+    # Different tile centres give different position encodings (x and y are the first two values).
+    assert len({tuple(np.round(v[:2], 7)) for v in vectors}) == len(vectors) > 1
