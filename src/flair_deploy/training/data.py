@@ -181,18 +181,23 @@ class FlairPatchDataset(Dataset[Sample]):
         from rasterio.errors import RasterioIOError
 
         pair = self.pairs[index]
+        # One GDAL environment for both files (rasterio otherwise builds one per open), and no directory
+        # listing on open: FLAIR folders hold thousands of patches and GDAL would scan them for sidecar
+        # files that patches never have.
+        mask_array: np.ndarray | None = None
         try:
-            with rasterio.open(pair.image) as src:
-                if src.count < max(self.band_indexes):
-                    raise InputDataError(
-                        f"{pair.image} has {src.count} band(s) but band_indexes {list(self.band_indexes)} "
-                        f"needs {max(self.band_indexes)}; FLAIR patches have 5 (R, G, B, NIR, E)"
-                    )
-                array = src.read(list(self.band_indexes))
-            mask_array = None
-            if pair.mask is not None:
-                with rasterio.open(pair.mask) as msrc:
-                    mask_array = msrc.read(1)
+            with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"):
+                with rasterio.open(pair.image) as src:
+                    if src.count < max(self.band_indexes):
+                        raise InputDataError(
+                            f"{pair.image} has {src.count} band(s) but band_indexes "
+                            f"{list(self.band_indexes)} needs {max(self.band_indexes)}; "
+                            "FLAIR patches have 5 (R, G, B, NIR, E)"
+                        )
+                    array = src.read(list(self.band_indexes))
+                if pair.mask is not None:
+                    with rasterio.open(pair.mask) as msrc:
+                        mask_array = msrc.read(1)
         except RasterioIOError as exc:
             raise InputDataError(f"cannot read patch {pair.image.stem}: {exc}") from None
 
