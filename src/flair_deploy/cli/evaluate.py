@@ -127,10 +127,10 @@ def _report(result: EvaluationResult) -> None:
     per_class.add_column("pixels", justify="right")
     for conv in convs:
         per_class.add_column(conv, justify="right")
-    present = result.metrics.get("present")
+    # Ground-truth pixels per logit from the full matrix, so untrained classes show their pixels too.
+    support = result.confusion_matrix.sum(axis=1)
     for i, cls in enumerate(result.description.classes):
         label = cls.name if cls.active else f"[dim]{cls.name} (untrained)[/dim]"
-        support = present.support.get(cls.name) if present is not None else None
         cells = []
         for conv in convs:
             # The challenge scores logits 0-11 by name; its folded "other" gets a row of its own below.
@@ -140,7 +140,7 @@ def _report(result: EvaluationResult) -> None:
                 else result.metrics[conv].per_class_iou.get(cls.name)
             )
             cells.append(_fmt(value))
-        per_class.add_row(label, "" if support is None else f"{support:,}", *cells)
+        per_class.add_row(label, f"{int(support[i]):,}", *cells)
     if "challenge" in result.metrics:
         other = result.metrics["challenge"]
         cells = [_fmt(other.per_class_iou["other"]) if c == "challenge" else "" for c in convs]
@@ -155,4 +155,7 @@ def _report(result: EvaluationResult) -> None:
     console = Console()
     console.print(per_class)
     console.print(summary)
-    console.print(f"wrote {len(result.files)} file(s) to {result.files[0].parent} in {result.seconds:.1f} s")
+    console.print(
+        f"{result.patches} patches predicted in {result.seconds:.1f} s; "
+        f"wrote {len(result.files)} file(s) to {result.files[0].parent}"
+    )

@@ -196,14 +196,22 @@ def evaluate(
         aerial=aerial,
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
     model = loaded.model.to(dev).eval()
     active = torch.tensor(desc.active_mask, device=dev)
     stride = desc.architecture.output_stride
     codes = np.array([c.code for c in desc.classes], dtype=np.uint8)
     cm = ConfusionMatrix(desc.num_classes, ignore_index=_IGNORE)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
     staging = out_dir / f".{PREDICTIONS_DIR}.part"
     if save_predictions:
         shutil.rmtree(staging, ignore_errors=True)  # leftover of an interrupted run of ours
