@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -317,7 +318,10 @@ def render_table(report: BenchmarkReport, console: Any | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con: Console = console if console is not None else Console()
+    if console is None:
+        # Piped output (logs, CI) gets a wide page rather than 80 columns that fold every header.
+        console = Console() if sys.stdout.isatty() else Console(width=240)
+    con: Console = console
     for line in _fingerprint_lines(report.fingerprint):
         con.print(line, highlight=False, soft_wrap=True)
     for mode in Mode:
