@@ -1,10 +1,43 @@
-"""`flair-deploy inspect` (being built; see the issue tracker)."""
+"""`flair-deploy inspect`: print the self-description of an ONNX model, engine or checkpoint."""
 
 from __future__ import annotations
 
-from flair_deploy.errors import FlairDeployError
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["command"]
 
 
-def command() -> None:
-    """Not available yet."""
-    raise FlairDeployError("'inspect' is not available yet in this build")
+def command(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="An .onnx file, a TensorRT .engine/.plan (reads its .json sidecar) or a checkpoint."
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full description as JSON.")] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="Describe IGN checkpoints, which carry no description, with a preset.")
+    ] = None,
+) -> None:
+    """Show how to feed a model: bands, normalisation, classes, tile, GSD, metadata input, provenance.
+
+    Examples:
+      flair-deploy inspect models/flair.fp32.onnx
+
+      flair-deploy inspect models/flair.fp16.engine --json
+
+      flair-deploy inspect FLAIR-INC_rgbie_15cl_resnet34-unet_weights.pth --preset flair-inc-rgbie-15cl-resnet34-unet
+    """
+    from flair_deploy.exports.inspect import read_description, render_description
+
+    description = read_description(model, preset=preset)
+    if as_json:
+        typer.echo(json.dumps(description.to_dict(), indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(render_description(description, source=model.name))

@@ -1,0 +1,344 @@
+"""``export_model``: checkpoint → verified ONNX (FP32, FP16, INT8) → TensorRT engines, in order.
+
+Steps, each shown with its duration when ``progress`` is on:
+
+1. load the checkpoint (ours, or IGN weights described by a preset or flags);
+2. check every precondition (output folder, existing artifacts, TensorRT and a GPU when asked) before
+   any artifact is written;
+3. read the parity tiles (validation CSV, else synthetic tiles) and run PyTorch once on them;
+4. export FP32 ONNX, then FP16 and/or INT8 from it; after each, check parity against PyTorch and
+   stamp the parity summary into the artifact's description;
+5. build a TensorRT engine (and sidecar) for every ONNX variant that passed;
+6. write ``<name>.parity.json`` and ``<name>.parity.md``.
+
+A variant that fails its gate is removed (unless ``verify`` is off) and the export raises
+:class:`~flair_deploy.errors.ParityError` after writing the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flair_deploy.checkpoints import LoadedModel, load_checkpoint
+from flair_deploy.description import (
+    FLAIR_RVBIE_MEAN,
+    FLAIR_RVBIE_STD,
+    ArchitectureSpec,
+    ModelDescription,
+    Normalization,
+    Precision,
+    class_preset,
+)
+from flair_deploy.errors import ConfigError, OutputError, ParityError
+from flair_deploy.exports.calibration import FLAIR_BAND_ORDER, TileSet, read_tiles, synthetic_tiles
+from flair_deploy.exports.config import ExportConfig
+from flair_deploy.exports.onnx import export_onnx, restamp_onnx
+from flair_deploy.exports.parity import (
+    ParityResult,
+    compare_logits,
+    onnx_logits,
+    reference_logits,
+    write_reports,
+)
+from flair_deploy.exports.precision import convert_fp16, quantize_int8
+from flair_deploy.exports.tensorrt import EngineFacts, build_engine, gpu_compute_capability, sidecar_path
+
+__all__ = ["ExportResult", "describe_from_flags", "export_model", "planned_artifacts"]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export produced.
+
+    Attributes:
+        out_dir: The output folder.
+        name: Artifact base name.
+        onnx: Verified ONNX files by precision.
+        engines: TensorRT engines by precision (their sidecars are ``<engine>.json``).
+        engine_facts: Facts of each engine.
+        parity: One result per checked variant.
+        parity_json: The JSON report.
+        parity_markdown: The Markdown report.
+        description: The FP32 artifact's description.
+    """
+
+    out_dir: Path
+    name: str
+    onnx: dict[Precision, Path]
+    engines: dict[Precision, Path]
+    engine_facts: dict[Precision, EngineFacts]
+    parity: tuple[ParityResult, ...]
+    parity_json: Path
+    parity_markdown: Path
+    description: ModelDescription
+    removed: tuple[Path, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        """Whether every variant passed its parity gate."""
+        return all(r.passed for r in self.parity)
+
+
+class _Steps:
+    """Prints one line per finished step (rich, on stderr) with a spinner while it runs."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._console = None
+        if enabled:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def step(self, text: str) -> Iterator[None]:
+        if self._console is None:
+            yield
+            return
+        start = time.perf_counter()
+        with self._console.status(text + " …"):
+            yield
+        self._console.print(f"[green]✓[/green] {text} [dim]({time.perf_counter() - start:.1f} s)[/dim]")
+
+    def note(self, text: str) -> None:
+        if self._console is not None:
+            self._console.print(text)
+
+
+def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
+    """Build a description from ``bands`` / ``classes_preset`` / ``arch`` / ``encoder`` (IGN weights).
+
+    Returns:
+        None when no such flag is given.
+
+    Raises:
+        ConfigError: For a band without FLAIR statistics.
+    """
+    if cfg.bands is None and cfg.classes_preset is None and cfg.arch is None and cfg.encoder is None:
+        return None
+    bands = cfg.bands or FLAIR_BAND_ORDER
+    unknown = [b for b in bands if b not in FLAIR_BAND_ORDER]
+    if unknown:
+        raise ConfigError(
+            f"band(s) {unknown} have no FLAIR statistics; use names from {', '.join(FLAIR_BAND_ORDER)} "
+            "or export from a self-describing checkpoint"
+        )
+    idx = [FLAIR_BAND_ORDER.index(b) for b in bands]
+    arch = ArchitectureSpec(arch=cfg.arch or "unet", encoder=cfg.encoder or "resnet34")
+    classes = class_preset(cfg.classes_preset or "flair19")
+    return ModelDescription(
+        name=f"flair-{arch.arch}-{arch.encoder}-{''.join(b.lower()[0] for b in bands)}-{len(classes)}cl",
+        bands=tuple(bands),
+        normalization=Normalization(
+            mean=tuple(FLAIR_RVBIE_MEAN[i] for i in idx), std=tuple(FLAIR_RVBIE_STD[i] for i in idx)
+        ),
+        classes=classes,
+        architecture=arch,
+    )
+
+
+def _load(cfg: ExportConfig) -> LoadedModel:
+    flags = describe_from_flags(cfg)
+    return load_checkpoint(cfg.checkpoint, description=flags, preset=cfg.preset)
+
+
+def _artifact_name(cfg: ExportConfig, description: ModelDescription) -> str:
+    if cfg.name:
+        return cfg.name
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", description.name).strip("-.") or "model"
+
+
+def planned_artifacts(cfg: ExportConfig, name: str) -> list[Path]:
+    """Return every file an export with *cfg* writes into ``cfg.out_dir``."""
+    precisions = [Precision.FP32] + [Precision.FP16] * cfg.fp16 + [Precision.INT8] * cfg.int8
+    out = [cfg.out_dir / f"{name}.{p.value}.onnx" for p in precisions]
+    if cfg.tensorrt:
+        for p in precisions:
+            engine = cfg.out_dir / f"{name}.{p.value}.engine"
+            out += [engine, sidecar_path(engine)]
+    out += [cfg.out_dir / f"{name}.parity.json", cfg.out_dir / f"{name}.parity.md"]
+    return out
+
+
+def _check_outputs(cfg: ExportConfig, name: str) -> None:
+    try:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {cfg.out_dir}: {exc.strerror or exc}") from None
+    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {cfg.out_dir} is not writable; choose another --out")
+    existing = [p for p in planned_artifacts(cfg, name) if p.exists()]
+    if existing and not cfg.overwrite:
+        raise OutputError(
+            f"{existing[0]} exists ({len(existing)} artifact(s) in the way) and won't be overwritten; "
+            "add --overwrite or choose another --out / --name"
+        )
+
+
+def _with_tile(description: ModelDescription, tile: int | None) -> ModelDescription:
+    if tile is None or tile == description.tile_size:
+        return description
+    try:
+        return ModelDescription.model_validate({**description.model_dump(), "tile_size": tile})
+    except ValueError as exc:
+        raise ConfigError(
+            f"--tile {tile} does not fit the model: {str(exc).splitlines()[-1].strip()}"
+        ) from None
+
+
+def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
+    """Run the whole export described by *cfg*.
+
+    Args:
+        cfg: The validated export configuration.
+        progress: Show each step and its duration on stderr.
+
+    Returns:
+        The artifacts and parity results.
+
+    Raises:
+        CheckpointError: Unknown layout, class-count mismatch, unreadable checkpoint.
+        ConfigError: Inconsistent options (tile size, ``keep_fp32`` patterns).
+        InputDataError: Too few calibration tiles, rasters with the wrong bands.
+        MissingDependencyError: TensorRT asked for but not installed.
+        ExportError: No GPU for TensorRT, exporter or converter failure.
+        OutputError: Unwritable output folder, existing artifacts without ``overwrite``.
+        ParityError: A variant failed its gate (its artifact was removed; the report was written).
+    """
+    steps = _Steps(progress)
+    with steps.step(f"Loading {cfg.checkpoint.name}"):
+        loaded = _load(cfg)
+    base = _with_tile(loaded.description, cfg.tile_size)
+    tile = base.tile_size
+    name = _artifact_name(cfg, base)
+    _check_outputs(cfg, name)
+    if cfg.tensorrt:
+        from flair_deploy._optional import require
+
+        # Fail now, before minutes of export work, if engines cannot be built here.
+        require("tensorrt", purpose="building TensorRT engines (--tensorrt)")
+        gpu_compute_capability()
+    model = loaded.model
+    with steps.step(f"Reading {cfg.parity_tiles} parity tiles"):
+        if cfg.validation is not None:
+            tiles: TileSet = read_tiles(
+                [cfg.validation],
+                base,
+                count=cfg.parity_tiles,
+                seed=cfg.seed,
+                with_masks=True,
+                purpose="parity",
+            )
+        else:
+            tiles = synthetic_tiles(base, cfg.parity_tiles, seed=cfg.seed)
+        reference = reference_logits(model, tiles)
+    results: list[ParityResult] = []
+    onnx_paths: dict[Precision, Path] = {}
+    descriptions: dict[Precision, ModelDescription] = {}
+    removed: list[Path] = []
+
+    def check(precision: Precision, path: Path, description: ModelDescription) -> None:
+        with steps.step(f"Checking {precision.value} parity on {len(tiles)} tiles"):
+            candidate = onnx_logits(path, tiles)
+            result = compare_logits(
+                reference,
+                candidate,
+                base,
+                cfg.gates.for_precision(precision),
+                variant=precision.value,
+                artifact=path.name,
+                masks=tiles.masks,
+            )
+        results.append(result)
+        if not result.passed and cfg.verify:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            steps.note(f"[red]✗[/red] {precision.value}: {'; '.join(result.failures)}; removed {path.name}")
+            return
+        stamped = description.with_provenance(parity=result.summary())
+        restamp_onnx(path, stamped)
+        onnx_paths[precision] = path
+        descriptions[precision] = stamped
+
+    fp32_path = cfg.out_dir / f"{name}.fp32.onnx"
+    with steps.step(f"Exporting FP32 ONNX ({cfg.exporter.value}, opset {cfg.opset}) → {fp32_path.name}"):
+        d32 = export_onnx(
+            model,
+            base,
+            fp32_path,
+            heads=cfg.all_heads(),
+            tile_size=tile,
+            dynamic_hw=cfg.dynamic_hw,
+            opset=cfg.opset,
+            exporter=cfg.exporter,
+            slim=cfg.slim,
+        )
+    check(Precision.FP32, fp32_path, d32)
+    if Precision.FP32 in onnx_paths:
+        # FP16 and INT8 are derived from the FP32 graph, never from a failed one.
+        if cfg.fp16:
+            path = cfg.out_dir / f"{name}.fp16.onnx"
+            with steps.step(f"Converting to FP16 → {path.name}"):
+                d16 = convert_fp16(fp32_path, path, d32)
+            check(Precision.FP16, path, d16)
+        if cfg.int8:
+            path = cfg.out_dir / f"{name}.int8.onnx"
+            with steps.step(f"Reading {cfg.calibration_tiles} calibration tiles"):
+                calib = read_tiles(
+                    cfg.calibration, base, count=cfg.calibration_tiles, tile_size=tile, seed=cfg.seed
+                )
+            with steps.step(
+                f"Quantizing to INT8 ({cfg.calibration_method.value}, {cfg.int8_scheme.value}) → {path.name}"
+            ):
+                d8 = quantize_int8(
+                    fp32_path,
+                    path,
+                    d32,
+                    calib,
+                    method=cfg.calibration_method,
+                    scheme=cfg.int8_scheme,
+                    keep_fp32=cfg.keep_fp32,
+                    preprocess=cfg.quant_preprocess,
+                )
+            check(Precision.INT8, path, d8)
+    engines: dict[Precision, Path] = {}
+    facts: dict[Precision, EngineFacts] = {}
+    if cfg.tensorrt:
+        for precision, path in onnx_paths.items():
+            engine = cfg.out_dir / f"{name}.{precision.value}.engine"
+            with steps.step(f"Building TensorRT {precision.value} engine → {engine.name}"):
+                facts[precision] = build_engine(
+                    path,
+                    engine,
+                    descriptions[precision],
+                    options=cfg.trt,
+                    tile_size=tile,
+                    dynamic_hw=cfg.dynamic_hw,
+                )
+            engines[precision] = engine
+    json_path, md_path = write_reports(cfg.out_dir, name, tiles.origin, results)
+    failed = [r for r in results if not r.passed]
+    if failed and cfg.verify:
+        first = failed[0]
+        raise ParityError(
+            f"{', '.join(r.variant for r in failed)} failed parity ({first.variant}: {'; '.join(first.failures)}); "
+            f"removed the failed artifact(s), see {md_path}; rerun with --no-verify to keep them"
+        )
+    return ExportResult(
+        out_dir=cfg.out_dir,
+        name=name,
+        onnx=onnx_paths,
+        engines=engines,
+        engine_facts=facts,
+        parity=tuple(results),
+        parity_json=json_path,
+        parity_markdown=md_path,
+        description=descriptions.get(Precision.FP32, d32),
+        removed=tuple(removed),
+    )
