@@ -388,7 +388,18 @@ def _raster_progress(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    On Linux this is ``VmHWM`` of the current address space: unlike ``ru_maxrss``, it does not inherit
+    the peak of a parent process that forked and exec'd this one (a benchmark spawning fresh runs).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     try:
         import resource
 

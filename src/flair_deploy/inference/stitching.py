@@ -31,8 +31,9 @@ __all__ = ["OutputBand", "OutputChunk", "RowBandStitcher", "TilePrediction", "bl
 
 _U8 = npt.NDArray[np.uint8]
 _F32 = npt.NDArray[np.float32]
-# Rows reduced at once: bounds the float temporaries of a reduction to ~64 × width × classes.
-_REDUCE_ROWS = 64
+# Rows reduced at once: bounds the float temporaries of a reduction to ~16 × width × classes
+# (~15 MB each at 16384 px and 15 classes), small next to the row band itself.
+_REDUCE_ROWS = 16
 #: Logit-index value meaning "no prediction" inside the stitcher (mapped to the output nodata later).
 NO_CLASS = 255
 
