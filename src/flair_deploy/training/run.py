@@ -365,6 +365,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
             )
         except MisconfigurationException as exc:
             raise ConfigError(f"training stopped: {_first_line(exc)}") from None
+        except ValueError as exc:
+            # OneCycleLR restores its total step count from the resumed checkpoint and cannot go past it.
+            if resume is None or "Tried to step" not in str(exc):
+                raise
+            raise ConfigError(
+                f"cannot resume {resume} with more steps than its one-cycle schedule planned "
+                f"({_first_line(exc)}); resume with the same optim.epochs, or start a new run with "
+                "checkpoint.init_weights_from"
+            ) from None
 
         best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
         last = Path(checkpointing.last_model_path) if checkpointing.last_model_path else None

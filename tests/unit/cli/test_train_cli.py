@@ -1,0 +1,117 @@
+"""`flair-deploy train`: bad input is one line and exit 1; IGN notes are printed; a tiny run reports."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flair_deploy.cli import main
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def _one_error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_missing_csv_is_one_line_and_exit_1(tmp_path, capsys):
+    code, _, err = _run(
+        [
+            "train",
+            "--train-csv",
+            str(tmp_path / "none.csv"),
+            "--val-csv",
+            str(tmp_path / "none.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
+    assert code == 1
+    assert "none.csv" in _one_error_line(err)
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_set_key_is_one_line_and_exit_1(tmp_path, capsys):
+    code, _, err = _run(
+        ["train", "--set", "optim.lrate=0.1", "--train-csv", "a.csv", "--val-csv", "b.csv"], capsys
+    )
+    assert code == 1
+    assert "optim.lrate: unknown key" in _one_error_line(err)
+
+
+def test_missing_config_file(tmp_path, capsys):
+    code, _, err = _run(["train", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 1
+    assert "cannot read config" in _one_error_line(err)
+
+
+def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
+    (tmp_path / "ign.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "paths": {"train_csv": "missing-train.csv", "val_csv": "missing-val.csv"},
+                "tasks": {"predict": True},
+                "georeferencing_output": True,
+                "channels": [1, 2, 3, 4, 5],
+                "norm_type": "scaling",
+            }
+        ),
+        encoding="utf-8",
+    )
+    code, _, err = _run(
+        ["train", "--config", str(tmp_path / "ign.yaml"), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 1
+    assert "IGN config key not applied: georeferencing_output" in err
+    assert "IGN config key not applied: tasks.predict" in err
+    assert "missing-train.csv" in _one_error_line(err)
+
+
+def test_sample_data_run_reports_checkpoint_and_throughput(tmp_path, capsys, monkeypatch):
+    import flair_deploy.training.sample as sample_mod
+
+    real = sample_mod.make_sample_dataset
+
+    def tiny(root, *, overwrite=False):  # the real default (240 64-px patches) takes seconds to write
+        return real(root, n_train=4, n_val=2, n_test=1, size=32, with_aerial=False, overwrite=overwrite)
+
+    monkeypatch.setattr(sample_mod, "make_sample_dataset", tiny)
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--sample-data",
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--set",
+        "optim.batch_size=2",
+        "--set",
+        "trainer.limit_train_batches=1",
+        "--set",
+        "logging.tensorboard=false",
+        "--set",
+        "model.tile_size=32",
+    ]
+    code, stdout, err = _run(argv, capsys)
+    assert code in (0, None), err
+    assert "training patches/s" in stdout
+    assert "val mIoU" in stdout
+    best = out / "checkpoints" / "best.ckpt"
+    assert best.is_file() and str(best) in stdout
+    assert (out / "sample-data" / "train.csv").is_file()
+    # A second run into the same folder is refused without --overwrite (one line, exit 1).
+    code, _, err = _run(argv, capsys)
+    assert code == 1
+    assert "--overwrite" in _one_error_line(err)
+    assert Path(best).is_file()
