@@ -14,7 +14,7 @@ PATHS = {"data": {"train_csv": "/d/train.csv", "val_csv": "/d/val.csv"}}
 
 
 def _cfg(*overrides, base=None):
-    cfg, notes = load_train_config(None, overrides, updates=PATHS, base=base)
+    cfg, _notes = load_train_config(None, overrides, updates=PATHS, base=base)
     return cfg
 
 
@@ -124,7 +124,7 @@ def test_ignore_index_cannot_collide_with_a_logit():
 
 
 def test_metadata_needs_the_aerial_json():
-    with pytest.raises(ConfigError, match="data.aerial_json is not set"):
+    with pytest.raises(ConfigError, match=r"data.aerial_json is not set"):
         _cfg("model.use_metadata=true")
     desc = _cfg("model.use_metadata=true", "data.aerial_json=/d/a.json").description()
     assert desc.metadata is not None and desc.metadata.dim > 0
@@ -210,7 +210,7 @@ def _ign(tmp_path, text=IGN_YAML):
 
 
 def test_ign_config_is_mapped(tmp_path):
-    cfg, notes = _ign(tmp_path)
+    cfg, _notes = _ign(tmp_path)
     assert cfg.data.train_csv == (tmp_path / "csv/train.csv").resolve()
     assert cfg.data.test_csv is None
     assert cfg.data.bands == (1, 2, 3)
@@ -271,7 +271,7 @@ def test_ign_norm_lengths_are_checked_against_channels(tmp_path):
 def test_ign_resume_needs_a_checkpoint_path():
     raw = yaml.safe_load(IGN_YAML)
     raw["tasks"]["train_tasks"]["resume_training_from_ckpt"] = True
-    with pytest.raises(ConfigError, match="needs paths.ckpt_model_path"):
+    with pytest.raises(ConfigError, match=r"needs paths.ckpt_model_path"):
         convert_ign_config(raw)
     raw["paths"]["ckpt_model_path"] = "ckpt/last.ckpt"
     ours, _ = convert_ign_config(raw)

@@ -124,20 +124,20 @@ def test_full_resume_continues_from_last(run):
 def test_resuming_past_the_end_of_a_one_cycle_schedule_is_refused(sample, tmp_path):
     cfg = _tiny_config(sample, tmp_path / "onecycle", "optim.scheduler=onecycle")
     first = train(cfg, progress=False)
-    with pytest.raises(ConfigError, match="same optim.epochs"):
+    with pytest.raises(ConfigError, match=r"same optim.epochs"):
         train(_resume(cfg, first.last_checkpoint, 2), progress=False)
 
 
 def test_existing_run_is_not_overwritten_without_permission(run):
     cfg, _ = run
-    with pytest.raises(OutputError, match="already holds a training run.*--overwrite"):
+    with pytest.raises(OutputError, match=r"already holds a training run.*--overwrite"):
         train(cfg, progress=False)
 
 
 def test_missing_csv_fails_before_any_output(sample, tmp_path):
     cfg = _tiny_config(sample, tmp_path / "out")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"val_csv": tmp_path / "nope.csv"})})
-    with pytest.raises(InputDataError, match="nope.csv"):
+    with pytest.raises(InputDataError, match=r"nope.csv"):
         train(cfg, progress=False)
     assert not (tmp_path / "out").exists()
 

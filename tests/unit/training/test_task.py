@@ -11,7 +11,7 @@ from flair_deploy.description import ArchitectureSpec, ClassInfo, ModelDescripti
 from flair_deploy.errors import CheckpointError
 from flair_deploy.models import build_model
 from flair_deploy.training.losses import SegmentationLoss
-from flair_deploy.training.task import SegmentationTask, load_encoder_weights
+from flair_deploy.training.task import SegmentationTask
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_validation_miou_is_a_true_mean_over_active_classes(small_description):
     # IoU(a) = 14 / 16, IoU(b) = 0 / 2: the mean is 0.4375; the support-weighted mean would be 0.82.
     assert task.last_val_metrics["val_miou"] == pytest.approx((14 / 16 + 0.0) / 2)
     assert task.last_val_metrics["val_oa"] == pytest.approx(14 / 16)
-    assert set(k for k in task.last_val_metrics if k.startswith("val_iou/")) == {"val_iou/a", "val_iou/b"}
+    assert {k for k in task.last_val_metrics if k.startswith("val_iou/")} == {"val_iou/a", "val_iou/b"}
 
 
 @pytest.mark.parametrize(
