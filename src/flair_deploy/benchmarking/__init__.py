@@ -36,7 +36,7 @@ from flair_deploy.benchmarking.report import (
     write_markdown,
     write_plot,
 )
-from flair_deploy.benchmarking.runner import resolve_ceilings, run_benchmark
+from flair_deploy.benchmarking.runner import open_backend, resolve_ceilings, run_benchmark
 from flair_deploy.benchmarking.timing import LatencyStats, MemoryPeak, measure
 from flair_deploy.benchmarking.workload import UNET_RESNET34_GFLOP_512, gflop_per_tile, synthetic_tiles
 
@@ -59,6 +59,7 @@ __all__ = [
     "load_report",
     "measure",
     "measure_peak_gflops",
+    "open_backend",
     "plan_cases",
     "render_table",
     "resolve_ceilings",

@@ -316,6 +316,7 @@ def render_table(report: BenchmarkReport, console: Any | None = None) -> None:
         console: A ``rich.console.Console`` (default: a new one on stdout).
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if console is None:
@@ -323,7 +324,7 @@ def render_table(report: BenchmarkReport, console: Any | None = None) -> None:
         console = Console() if sys.stdout.isatty() else Console(width=240)
     con: Console = console
     for line in _fingerprint_lines(report.fingerprint):
-        con.print(line, highlight=False, soft_wrap=True)
+        con.print(line, highlight=False, soft_wrap=True, markup=False)
     for mode in Mode:
         rows = report.ok_rows(mode)
         if not rows:
@@ -341,9 +342,9 @@ def render_table(report: BenchmarkReport, console: Any | None = None) -> None:
         for name in ("mode", "backend", "precision", "variant", "status", "reason"):
             table.add_column(name, overflow="fold")
         for r in not_ok:
-            table.add_row(
-                r.mode.value, r.backend, r.precision.value, r.variant, r.status.value, r.reason or ""
-            )
+            # Reasons quote install commands such as 'flair-deploy[tensorrt]': never rich markup.
+            reason = escape(r.reason or "")
+            table.add_row(r.mode.value, r.backend, r.precision.value, r.variant, r.status.value, reason)
         con.print(table)
 
 

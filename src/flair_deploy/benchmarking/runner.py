@@ -31,7 +31,7 @@ from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import FlairDeployError
 from flair_deploy.inference.backends import Backend, available_backends, create_backend
 
-__all__ = ["BackendOpener", "RowCallback", "resolve_ceilings", "run_benchmark"]
+__all__ = ["BackendOpener", "RowCallback", "open_backend", "resolve_ceilings", "run_benchmark"]
 
 Array = npt.NDArray[np.float32]
 
@@ -41,13 +41,19 @@ BackendOpener = Callable[[Case, int | None, BenchmarkConfig], Backend]
 RowCallback = Callable[[Row], None]
 
 
-def _open_backend(case: Case, tile: int | None, cfg: BenchmarkConfig) -> Backend:
+def open_backend(case: Case, tile: int | None, cfg: BenchmarkConfig) -> Backend:
+    """Create the (inactive) backend of a runnable *case* at *tile* px (the default :data:`BackendOpener`).
+
+    Raises:
+        BackendError: When the backend cannot be created (runtime missing, wrong precision...).
+    """
     if case.artifact is None:  # pragma: no cover - planned cases without an artifact are skipped
         raise FlairDeployError(f"no artifact for {case.backend} {case.precision}")
     options = dict(case.options)
     if options.get("provider") == "tensorrt":
         # The TensorRT provider builds one engine for one profile: make it this tile and these batches.
-        options.setdefault("profile_batches", (min(cfg.batches), max(cfg.batches), max(cfg.batches)))
+        # min 1: parity batches can be smaller than any benchmarked batch.
+        options.setdefault("profile_batches", (1, max(cfg.batches), max(cfg.batches)))
         if tile is not None:
             options.setdefault("profile_tile", tile)
     return create_backend(
@@ -136,10 +142,15 @@ class _Workload:
             # Always on the CPU at FP32: on a GPU, torch's convolutions would use TF32 by default.
             ref_cfg = self.cfg.model_copy(update={"device": "cpu"})
             case = Case(backend_name, Precision.FP32, "reference", artifact, {}, Precision.FP32)
-            with self.opener(case, tile, ref_cfg) as backend:
-                tiles = self.tiles(backend.description, tile)[: self.cfg.parity_tiles]
-                logits = reference_logits(backend, tiles, batch=min(4, len(tiles)))
-                self._refs[tile] = (backend.description, logits)
+            try:
+                with self.opener(case, tile, ref_cfg) as backend:
+                    tiles = self.tiles(backend.description, tile)[: self.cfg.parity_tiles]
+                    logits = reference_logits(backend, tiles, batch=min(4, len(tiles)))
+                    self._refs[tile] = (backend.description, logits)
+            except FlairDeployError as exc:
+                # No reference is no reason to drop the speed rows: parity columns stay empty.
+                self._refs[tile] = None
+                self.reference_label = f"unavailable ({_first_line(exc)})"
         return self._refs[tile]
 
 
@@ -202,7 +213,7 @@ def run_benchmark(
             raise ConfigError(f"model file {m} does not exist; give a checkpoint, .onnx or engine path")
     if cfg.raster is not None and not cfg.raster.is_file():
         raise ConfigError(f"raster {cfg.raster} does not exist; give a GeoTIFF or VRT path")
-    open_backend = opener or _open_backend
+    open_case = opener or open_backend
     if end_to_end is None:
         from flair_deploy.benchmarking.end_to_end import run_end_to_end
 
@@ -211,7 +222,7 @@ def run_benchmark(
     fp = collect_fingerprint(cfg.device)
     ceilings = resolve_ceilings(cfg, fp)
     cases = plan_cases(cfg, available, fp.ort_providers)
-    work = _Workload(cfg, open_backend)
+    work = _Workload(cfg, open_case)
     rows: list[Row] = []
 
     def emit(row: Row) -> None:
@@ -226,7 +237,7 @@ def run_benchmark(
         for tile_opt in cfg.tiles or (None,):
             try:
                 start = time.perf_counter()
-                backend = open_backend(case, tile_opt, cfg)
+                backend = open_case(case, tile_opt, cfg)
                 backend.__enter__()
                 setup = time.perf_counter() - start
             except FlairDeployError as exc:

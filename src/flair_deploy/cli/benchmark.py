@@ -156,11 +156,10 @@ def command(
     def progress(row: Row) -> None:
         where = f"batch {row.batch} tile {row.tile}" if row.batch else "all batches"
         if row.status is Status.OK:
-            err.print(f"  {row.mode.value:10} {row.label:40} {where:22} {row.tiles_per_s or 0:8.2f} tiles/s")
+            line = f"  {row.mode.value:10} {row.label:36} {where:20} {row.tiles_per_s or 0:8.2f} tiles/s"
         else:
-            err.print(
-                f"  {row.mode.value:10} {row.label:40} {row.status.value}: {row.reason}", highlight=False
-            )
+            line = f"  {row.mode.value:10} {row.label:36} {row.status.value}: {row.reason}"
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
     report = run_benchmark(cfg, on_row=progress)
     render_table(report)

@@ -121,6 +121,8 @@ def test_backend_errors_become_rows_with_reasons(tiny_artifacts, tiny_descriptio
     ckpt, _ = tiny_artifacts
 
     def opener(case, tile, cfg):
+        if case.variant == "reference":
+            raise BackendError("reference checkpoint is unreadable")
         if case.precision is Precision.BF16:
             raise BackendError("bf16 is not supported by this fake")
         return EchoBackend(tiny_description, delay=0.002)
@@ -130,11 +132,12 @@ def test_backend_errors_become_rows_with_reasons(tiny_artifacts, tiny_descriptio
         backends=("torch",),
         precisions=(Precision.FP32, Precision.BF16),
         batches=(3,),
-        parity_tiles=0,
+        parity_tiles=2,
         **FAST,
     )
     report = run_benchmark(cfg, opener=opener)
     (ok,) = report.ok_rows()
     assert ok.p50_ms >= 2.0 and ok.argmax_agreement is None
+    assert report.parity_reference == "unavailable (reference checkpoint is unreadable)"
     (bf16,) = [r for r in report.rows if r.precision is Precision.BF16]
     assert bf16.status is Status.SKIPPED and bf16.reason == "bf16 is not supported by this fake"
