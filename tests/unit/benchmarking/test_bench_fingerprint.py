@@ -92,3 +92,34 @@ def test_gpu_ceiling_table():
     pcie = gpu_ceiling("NVIDIA H100 PCIe", Precision.FP16)
     assert pcie is not None and pcie.gflops == pytest.approx(756_000)
     assert gpu_ceiling("Some Unknown GPU", Precision.FP16) is None
+
+
+def test_peak_gflops_sets_the_fp32_ceiling_and_others_keep_the_estimate_ratio(tmp_path):
+    from flair_deploy.benchmarking import BenchmarkConfig, resolve_ceilings
+
+    fp = _fp(cpu_flags=("fma", "avx2", "avx512_vnni"))
+    onnx = tmp_path / "m.onnx"
+    given = resolve_ceilings(BenchmarkConfig(models=(onnx,), peak_gflops=205.0), fp)
+    assert given[Precision.FP32].gflops == 205.0 and "--peak-gflops" in given[Precision.FP32].source
+    assert given[Precision.INT8].gflops == pytest.approx(4 * 205.0)  # VNNI: x4 the FP32 rate
+    estimated = resolve_ceilings(BenchmarkConfig(models=(onnx,)), fp)
+    assert estimated[Precision.FP32].gflops == pytest.approx(204.8)
+    assert estimated[Precision.FP32].source.startswith("estimated")
+
+
+def test_unknown_gpu_has_no_ceiling_unless_given(tmp_path):
+    from flair_deploy.benchmarking import BenchmarkConfig, resolve_ceilings
+
+    fp = _fp(gpu_name="Mystery GPU")
+    onnx = tmp_path / "m.onnx"
+    assert resolve_ceilings(BenchmarkConfig(models=(onnx,), device="cuda"), fp) == {}
+    given = resolve_ceilings(BenchmarkConfig(models=(onnx,), device="cuda", peak_gflops=500_000.0), fp)
+    assert given[Precision.FP16].gflops == 500_000.0  # the anchor on a GPU is FP16
+    assert given[Precision.FP32].gflops == 500_000.0 and "fp16 figure" in given[Precision.FP32].source
+
+
+def test_measure_peak_probe_on_cpu():
+    from flair_deploy.benchmarking import measure_peak_gflops
+
+    c = measure_peak_gflops("cpu", Precision.FP32, seconds=0.05)
+    assert c.gflops > 0 and c.source.startswith("measured")
