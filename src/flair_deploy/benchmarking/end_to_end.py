@@ -16,6 +16,7 @@ from typing import Any
 
 from flair_deploy.benchmarking.fingerprint import Ceiling
 from flair_deploy.benchmarking.report import Mode, Row, Status
+from flair_deploy.benchmarking.timing import MemoryPeak
 from flair_deploy.errors import FlairDeployError
 from flair_deploy.inference.backends import Backend
 
@@ -75,7 +76,8 @@ def run_end_to_end(
                 overwrite=True,
                 **(options or {}),
             )
-            summary = run_detection(backend, cfg)
+            with MemoryPeak(device=backend.device) as mem:
+                summary = run_detection(backend, cfg)
         except FlairDeployError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return base.model_copy(
@@ -101,7 +103,8 @@ def run_end_to_end(
             "stages": dataclasses.asdict(summary.seconds),
             "achieved_gflops": achieved,
             "ceiling_fraction": achieved / ceiling.gflops if achieved is not None and ceiling else None,
-            "peak_rss_mib": summary.peak_rss_mb,
+            "peak_rss_mib": summary.peak_rss_mb,  # detect's own figure, as in its closing summary
+            "peak_device_mib": mem.device_peak_mib,
             "detect": summary.as_dict(),
         }
     )
