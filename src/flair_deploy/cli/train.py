@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from flair_deploy.errors import ConfigError
+
 if TYPE_CHECKING:
     from flair_deploy.training.run import TrainResult
 
@@ -107,6 +109,11 @@ def command(
     from flair_deploy.training.config import load_train_config, sample_config_base
     from flair_deploy.training.run import train
 
+    if config is None and not sample_data and (train_csv is None or val_csv is None):
+        raise ConfigError(
+            "nothing to train on: give --config FILE, --train-csv and --val-csv, or --sample-data "
+            "(see flair-deploy train --help)"
+        )
     updates: dict[str, Any] = {}
     data: dict[str, Any] = {}
     if out is not None:

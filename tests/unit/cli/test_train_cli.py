@@ -48,6 +48,12 @@ def test_unknown_set_key_is_one_line_and_exit_1(tmp_path, capsys):
     assert "optim.lrate: unknown key" in _one_error_line(err)
 
 
+def test_no_data_at_all_says_what_to_give(capsys):
+    code, _, err = _run(["train"], capsys)
+    assert code == 1
+    assert "--sample-data" in _one_error_line(err)
+
+
 def test_missing_config_file(tmp_path, capsys):
     code, _, err = _run(["train", "--config", str(tmp_path / "nope.yaml")], capsys)
     assert code == 1
