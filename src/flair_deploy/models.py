@@ -16,7 +16,9 @@ exports to ONNX with dynamic height and width.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +79,12 @@ class FlairSegmenter(nn.Module):
         kwargs: dict[str, object] = {"encoder_depth": arch.encoder_depth}
         if arch.decoder_channels is not None:
             kwargs["decoder_channels"] = list(arch.decoder_channels)
+        else:
+            default = _default_decoder_channels(smp, arch.arch)
+            if default is not None and len(default) != arch.encoder_depth:
+                # SMP's U-Net family defaults to five decoder blocks and refuses a shallower encoder
+                # unless given one width per block: keep the default widths of the deepest blocks.
+                kwargs["decoder_channels"] = list(default[: arch.encoder_depth])
         try:
             self.net = smp.create_model(
                 arch.arch,
@@ -126,6 +134,17 @@ class FlairSegmenter(nn.Module):
         return out
 
 
+def _default_decoder_channels(smp: Any, arch: str) -> tuple[int, ...] | None:
+    """Return the default ``decoder_channels`` of an SMP architecture, if it has that parameter."""
+    cls = {name.lower(): obj for name, obj in vars(smp).items() if isinstance(obj, type)}.get(arch.lower())
+    if cls is None:
+        return None
+    param = inspect.signature(cls).parameters.get("decoder_channels")
+    if param is None or not isinstance(param.default, (list, tuple)):
+        return None
+    return tuple(int(c) for c in param.default)
+
+
 def build_model(description: ModelDescription) -> FlairSegmenter:
     """Build an untrained network for *description* (no weight download, ever).
 
@@ -138,4 +157,29 @@ def build_model(description: ModelDescription) -> FlairSegmenter:
     Raises:
         ConfigError: If SMP does not know the architecture or encoder.
     """
-    return FlairSegmenter(description)
+    model = FlairSegmenter(description)
+    _check_output_size(model, description)
+    return model
+
+
+def _check_output_size(model: FlairSegmenter, description: ModelDescription) -> None:
+    """Refuse architectures whose logits are not at input resolution (e.g. SMP's FPN below depth 5).
+
+    A probe at twice the output stride is cheap and catches every such combination before it could
+    silently produce misaligned maps.
+    """
+    side = 2 * description.architecture.output_stride
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        image = torch.zeros(1, description.in_channels, side, side)
+        meta = None if description.metadata is None else torch.zeros(1, description.metadata.dim)
+        out = model(image, meta)
+    model.train(was_training)
+    if tuple(out.shape[-2:]) != (side, side):
+        arch = description.architecture
+        raise ConfigError(
+            f"arch={arch.arch!r} with encoder_depth={arch.encoder_depth} returns {tuple(out.shape[-2:])} "
+            f"logits for a {side}x{side} input; land-cover maps need input resolution: use encoder_depth=5 "
+            "or another architecture"
+        )

@@ -89,3 +89,26 @@ def test_unsafe_pickles_are_refused(tmp_path):
 def test_presets_cover_ign_inc_models():
     assert PRESETS["flair-inc-rgb-12cl-resnet34-unet"].in_channels == 3
     assert PRESETS["flair-inc-rgbie-15cl-resnet34-unet"].num_classes == 19
+
+
+@pytest.mark.parametrize(("arch", "depth"), [("unet", 3), ("unetplusplus", 4), ("deeplabv3plus", 5)])
+def test_shallow_and_other_architectures_build_at_input_resolution(tiny_description, arch, depth):
+    from flair_deploy.description import ArchitectureSpec
+
+    desc = tiny_description.model_copy(
+        update={"architecture": ArchitectureSpec(arch=arch, encoder="resnet18", encoder_depth=depth)}
+    )
+    model = build_model(desc).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 5, 64, 64) * 255).shape == (1, 19, 64, 64)
+
+
+def test_architecture_with_reduced_output_is_refused(tiny_description):
+    from flair_deploy.description import ArchitectureSpec
+    from flair_deploy.errors import ConfigError
+
+    desc = tiny_description.model_copy(
+        update={"architecture": ArchitectureSpec(arch="fpn", encoder="resnet18", encoder_depth=3)}
+    )
+    with pytest.raises(ConfigError, match="use encoder_depth=5"):
+        build_model(desc)
