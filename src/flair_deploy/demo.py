@@ -128,8 +128,9 @@ def run_demo(
     else:
         _say(log, f"[2/6] reusing {best} (pass --retrain to train again)")
 
-    # 3. Export to ONNX with parity against PyTorch. The network is fully convolutional: export it for
-    #    256-px tiles, 16x the pixels of its 64-px training patches, which amortises tile overheads.
+    # 3. Export to ONNX with parity against PyTorch on the validation patches. The network is fully
+    #    convolutional: export it with dynamic height/width so detect can run 256-px tiles, 16x the
+    #    pixels of its 64-px training patches, which amortises per-tile overheads.
     export_dir = out_dir / "export"
     _say(log, f"[3/6] exporting {best.name} to ONNX -> {export_dir}")
     exported = export_model(
@@ -137,7 +138,7 @@ def run_demo(
             checkpoint=best,
             out_dir=export_dir,
             name="sample-unet",
-            tile_size=256,
+            dynamic_hw=True,
             validation=sample.val_csv,
             overwrite=True,
         ),
@@ -162,11 +163,13 @@ def run_demo(
     class_map = out_dir / "landcover.tif"
     _say(log, f"[5/6] detect -> {class_map}")
     summary = detect(
-        DetectConfig(inputs=(ortho,), output=class_map, model=onnx_path, overlap=64, overwrite=True)
+        DetectConfig(
+            inputs=(ortho,), output=class_map, model=onnx_path, tile_size=256, overlap=64, overwrite=True
+        )
     )
     line = (
         f"{summary.tiles} tiles, {summary.mpx_per_s:.2f} Mpx/s, {summary.km2:.3f} km², "
-        f"backend {summary.backend} {summary.precision}, peak RSS {summary.peak_rss_mb:.0f} MB"
+        f"backend {summary.backend}, peak RSS {summary.peak_rss_mb:.0f} MB"
     )
     _say(log, "      " + line)
 
