@@ -75,6 +75,9 @@ def main() -> None:
     ap.add_argument(
         "--no-preprocess-variant", action="store_true", help="skip INT8 without quant_pre_process"
     )
+    ap.add_argument(
+        "--calibration-csv", type=Path, help="FLAIR CSV for INT8 calibration (default: --csv)"
+    )
     ap.add_argument("--out", type=Path, help="folder for the artifacts and bench_export.json")
     args = ap.parse_args()
 
@@ -123,7 +126,9 @@ def main() -> None:
         parity = read_tiles(
             [args.csv], desc, count=args.parity_tiles, with_masks=True, purpose="parity", seed=1
         )
-        calib = read_tiles([args.csv], desc, count=args.calibration_tiles)
+        # Calibrate on other tiles than the parity ones when a calibration list is given (the sample's
+        # training split), so INT8 agreement is measured on data the quantiser never saw.
+        calib = read_tiles([args.calibration_csv or args.csv], desc, count=args.calibration_tiles)
     else:
         parity = synthetic_tiles(desc, args.parity_tiles, seed=1)
         calib = synthetic_tiles(desc, args.calibration_tiles, seed=2)
