@@ -71,7 +71,12 @@ def make_torch_backend(desc: ModelDescription, threads: int | None):
 
         loaded = load_checkpoint(CHECKPOINT[0], preset=CHECKPOINT[1])
         model = loaded.model.eval()
-        return TorchBackend(model, loaded.description, threads=threads), model
+        # The network is fully convolutional: run it at the benchmark's tile and overlap, whatever
+        # patch size it was trained on.
+        described = loaded.description.model_copy(
+            update={"tile_size": desc.tile_size, "overlap": desc.overlap}
+        )
+        return TorchBackend(model, described, threads=threads), model
     torch.manual_seed(0)
     model = build_model(desc).eval()
     return TorchBackend(model, desc, threads=threads), model
