@@ -351,10 +351,14 @@ def masked_softmax(logits: Logits, active: npt.ArrayLike) -> Probabilities:
         ``(N, K, H, W)`` float32 probabilities.
     """
     mask = np.asarray(active, dtype=bool)
-    sub = logits[:, mask].astype(np.float32, copy=True)
+    # Boolean indexing already copies; convert only if needed, and normalise by multiplying with the
+    # reciprocal of one (N, 1, H, W) plane: this runs on the host once per tile in blend mode.
+    sub = logits[:, mask]
+    if sub.dtype != np.float32 or np.may_share_memory(sub, logits):
+        sub = sub.astype(np.float32)
     sub -= sub.max(axis=1, keepdims=True)
     np.exp(sub, out=sub)
-    sub /= sub.sum(axis=1, keepdims=True)
+    sub *= np.reciprocal(sub.sum(axis=1, keepdims=True))
     if mask.all():
         return sub
     out = np.zeros(logits.shape, dtype=np.float32)
