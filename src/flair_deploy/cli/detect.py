@@ -103,7 +103,9 @@ def command(
     margin: Annotated[
         int | None, typer.Option(help="Crop margin discarded on each tile side, pixels (IGN's 'margin').")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Tiles per inference call. (default: 4).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Tiles per inference call (default: 1 on a CPU, 8 on a GPU).")
+    ] = None,
     readers: Annotated[int | None, typer.Option(help="Reader threads. (default: 2).")] = None,
     indices: Annotated[
         bool, typer.Option("--indices", help="Write 0-based class indices (as IGN) instead of FLAIR codes.")

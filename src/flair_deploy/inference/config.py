@@ -29,6 +29,7 @@ __all__ = [
     "DetectConfig",
     "IgnDetectMapping",
     "TilingPlan",
+    "default_batch_size",
     "from_ign_detect",
     "is_ign_detect_config",
 ]
@@ -53,6 +54,11 @@ IGN_DETECT_KEYS = (
 )
 
 
+def default_batch_size(device: str) -> int:
+    """Tiles per inference call when none is configured: 1 on a CPU, 8 on a GPU."""
+    return 1 if device.startswith("cpu") else 8
+
+
 class DetectConfig(FrozenConfig):
     """Everything one ``detect`` run needs.
 
@@ -72,7 +78,9 @@ class DetectConfig(FrozenConfig):
         stitching: ``blend`` (weighted probabilities, no seams) or ``crop`` (IGN's grid).
         blend_border: Pixels of zero weight on inner tile sides; None = overlap // 8.
         pad_mode: Fill of pixels outside the raster: ``reflect`` or ``constant`` (0, as IGN).
-        batch_size: Tiles per inference call.
+        batch_size: Tiles per inference call; None = 1 on a CPU (onnxruntime and PyTorch already use
+            every core on one 512-px tile; larger batches only add memory: 0.83 GB at batch 1 vs
+            1.65 GB at batch 4, and no more tiles/s, for a ResNet-34 U-Net) and 8 on a GPU.
         readers: Reader threads (each opens its own dataset handle).
         prefetch: Tiles read ahead of inference (bounds memory: back-pressure).
         indices: Write 0-based logit indices instead of FLAIR codes.
@@ -92,6 +100,9 @@ class DetectConfig(FrozenConfig):
         altitude: Altitude of the scene in metres (metadata models).
         metadata_json: JSON sidecar with ``date``, ``time``, ``camera``, ``altitude`` (or a FLAIR record).
         expected_classes: Number of logits the model must have (IGN's ``n_classes``).
+        gdal_cache_mb: GDAL block-cache size during the run. GDAL's default is 5 % of RAM, which fills
+            with input blocks that are read once, so memory would grow with the raster; tiles are read
+            and written in row order, so a small cache loses nothing.
     """
 
     inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
@@ -109,7 +120,7 @@ class DetectConfig(FrozenConfig):
     stitching: Literal["blend", "crop"] = "blend"
     blend_border: Annotated[int, Field(ge=0)] | None = None
     pad_mode: Literal["reflect", "constant"] = "reflect"
-    batch_size: Annotated[int, Field(ge=1, le=1024)] = 4
+    batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
     readers: Annotated[int, Field(ge=1, le=64)] = 2
     prefetch: Annotated[int, Field(ge=1, le=4096)] = 16
     indices: bool = False
@@ -129,6 +140,7 @@ class DetectConfig(FrozenConfig):
     altitude: float | None = None
     metadata_json: Path | None = None
     expected_classes: Annotated[int, Field(ge=2)] | None = None
+    gdal_cache_mb: Annotated[int, Field(ge=16, le=65536)] = 128
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

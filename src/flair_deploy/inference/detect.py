@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import rasterio
 
 from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
-from flair_deploy.inference.config import DetectConfig, TilingPlan
+from flair_deploy.inference.config import DetectConfig, TilingPlan, default_batch_size
 from flair_deploy.inference.pipeline import MetadataFn, StageSeconds, check_backend_fits, run_raster
 from flair_deploy.inference.raster import (
     OutputPaths,
@@ -226,7 +227,8 @@ def run_detection(
             f"has {description.num_classes} logits; give matching weights or fix n_classes"
         )
     plan = cfg.resolve_tiling(description)
-    check_backend_fits(backend, plan.tile, cfg.batch_size)
+    batch_size = cfg.batch_size or default_batch_size(str(getattr(backend, "device", "cpu")))
+    check_backend_fits(backend, plan.tile, batch_size)
     inputs = expand_inputs(cfg.inputs)
     plans = plan_outputs(inputs, cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence)
     todo = _check_outputs(plans, cfg)
@@ -267,56 +269,58 @@ def run_detection(
     tiles = skipped = inferred = 0
     pixels_before = 0
     km2 = 0.0
-    for n, (out_paths, info) in enumerate(zip(todo, infos, strict=True), start=1):
-        out_paths.classes.parent.mkdir(parents=True, exist_ok=True)
-        cb = None
-        if progress is not None:
-            cb = _raster_progress(progress, n, len(infos), info.path.name, pixels_before, pixels_total)
-        writer = OutputWriter(
-            info,
-            out_paths,
-            description,
-            indices=cfg.indices,
-            block=cfg.block_size,
-            compress=cfg.compress,
-            overviews=cfg.overviews,
-            cog=cfg.cog,
-            tags=tags,
-        )
-        with writer:
-            run = run_raster(
-                backend,
+    # A bounded GDAL block cache keeps memory flat in the raster size (GDAL's default is 5 % of RAM).
+    with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
+        for n, (out_paths, info) in enumerate(zip(todo, infos, strict=True), start=1):
+            out_paths.classes.parent.mkdir(parents=True, exist_ok=True)
+            cb = None
+            if progress is not None:
+                cb = _raster_progress(progress, n, len(infos), info.path.name, pixels_before, pixels_total)
+            writer = OutputWriter(
                 info,
-                writer,
-                plan,
-                batch_size=cfg.batch_size,
-                readers=cfg.readers,
-                prefetch=cfg.prefetch,
-                pad_mode=cfg.pad_mode,
-                metadata_fn=meta_factory(info) if meta_factory is not None else None,
-                probabilities=cfg.probabilities,
-                confidence=cfg.confidence,
-                progress=cb,
+                out_paths,
+                description,
+                indices=cfg.indices,
+                block=cfg.block_size,
+                compress=cfg.compress,
+                overviews=cfg.overviews,
+                cog=cfg.cog,
+                tags=tags,
             )
-            t_finish0 = time.perf_counter()
-        # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
-        finish_s = time.perf_counter() - t_finish0
-        seconds = seconds + StageSeconds(
-            read=run.seconds.read,
-            preprocess=run.seconds.preprocess,
-            h2d=run.seconds.h2d,
-            compute=run.seconds.compute,
-            d2h=run.seconds.d2h,
-            infer=run.seconds.infer,
-            stitch=run.seconds.stitch,
-            write=run.seconds.write + finish_s,
-        )
-        outputs.extend(out_paths.all())
-        tiles += run.tiles
-        skipped += run.skipped
-        inferred += run.inferred
-        pixels_before += run.pixels
-        km2 += info.area_km2
+            with writer:
+                run = run_raster(
+                    backend,
+                    info,
+                    writer,
+                    plan,
+                    batch_size=batch_size,
+                    readers=cfg.readers,
+                    prefetch=cfg.prefetch,
+                    pad_mode=cfg.pad_mode,
+                    metadata_fn=meta_factory(info) if meta_factory is not None else None,
+                    probabilities=cfg.probabilities,
+                    confidence=cfg.confidence,
+                    progress=cb,
+                )
+                t_finish0 = time.perf_counter()
+            # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
+            finish_s = time.perf_counter() - t_finish0
+            seconds = seconds + StageSeconds(
+                read=run.seconds.read,
+                preprocess=run.seconds.preprocess,
+                h2d=run.seconds.h2d,
+                compute=run.seconds.compute,
+                d2h=run.seconds.d2h,
+                infer=run.seconds.infer,
+                stitch=run.seconds.stitch,
+                write=run.seconds.write + finish_s,
+            )
+            outputs.extend(out_paths.all())
+            tiles += run.tiles
+            skipped += run.skipped
+            inferred += run.inferred
+            pixels_before += run.pixels
+            km2 += info.area_km2
     wall = time.perf_counter() - start
     seconds = dataclasses.replace(seconds, wall=wall)
     return DetectSummary(
