@@ -75,9 +75,7 @@ def main() -> None:
     ap.add_argument(
         "--no-preprocess-variant", action="store_true", help="skip INT8 without quant_pre_process"
     )
-    ap.add_argument(
-        "--calibration-csv", type=Path, help="FLAIR CSV for INT8 calibration (default: --csv)"
-    )
+    ap.add_argument("--calibration-csv", type=Path, help="FLAIR CSV for INT8 calibration (default: --csv)")
     ap.add_argument("--out", type=Path, help="folder for the artifacts and bench_export.json")
     args = ap.parse_args()
 
