@@ -12,21 +12,9 @@ from flair_deploy.errors import ConfigError
 if TYPE_CHECKING:
     from flair_deploy.inference.detect import DetectProgress, DetectSummary
 
+from flair_deploy.cli._options import parse_bands
+
 __all__ = ["command"]
-
-
-def _parse_bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--bands {text!r} is not a comma-separated list of 1-based band numbers, e.g. 1,2,3,4,5"
-        ) from None
-    if not bands:
-        raise ConfigError("--bands is empty; give 1-based band numbers, e.g. 1,2,3,4,5")
-    return bands
 
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -182,7 +170,7 @@ def command(
         device=device,
         precision=precision,
         backend_options=_parse_options(backend_option) or None,
-        bands=_parse_bands(bands),
+        bands=parse_bands(bands),
         stitching=stitching,
         tile_size=tile,
         overlap=overlap,

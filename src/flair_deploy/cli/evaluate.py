@@ -8,26 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flair_deploy.errors import ConfigError
-
 if TYPE_CHECKING:
     from flair_deploy.training.evaluate import EvaluationResult
 
+from flair_deploy.cli._options import parse_bands
+
 __all__ = ["command"]
-
-
-def _parse_bands(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        bands = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--bands {text!r} is not a comma-separated list of 1-based band numbers, e.g. 1,2,3,4,5"
-        ) from None
-    if not bands:
-        raise ConfigError("--bands is empty; give 1-based band numbers, e.g. 1,2,3,4,5")
-    return bands
 
 
 def command(
@@ -101,7 +87,7 @@ def command(
         csv,
         out,
         preset=preset,
-        band_indexes=_parse_bands(bands),
+        band_indexes=parse_bands(bands),
         aerial_json=aerial,
         batch_size=batch_size,
         num_workers=workers,
