@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import typer
 
+from flair_deploy.cli._options import parse_bands
 from flair_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
     from flair_deploy.inference.detect import DetectProgress, DetectSummary
-
-from flair_deploy.cli._options import parse_bands
 
 __all__ = ["command"]
 

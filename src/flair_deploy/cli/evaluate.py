@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from flair_deploy.cli._options import parse_bands
+
 if TYPE_CHECKING:
     from flair_deploy.training.evaluate import EvaluationResult
-
-from flair_deploy.cli._options import parse_bands
 
 __all__ = ["command"]
 
