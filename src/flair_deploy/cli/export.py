@@ -65,8 +65,12 @@ def command(
         str, typer.Option(help="INT8 activation ranges: percentile, entropy or minmax.")
     ] = "percentile",
     int8_scheme: Annotated[
-        str, typer.Option(help="s8s8 (symmetric; TensorRT-compatible) or u8s8 (CPU only).")
-    ] = "s8s8",
+        str | None,
+        typer.Option(
+            help="u8s8 (fastest on CPUs; the default) or s8s8 (symmetric; what TensorRT needs, and the "
+            "default with --tensorrt)."
+        ),
+    ] = None,
     keep_fp32: Annotated[
         str | None,
         typer.Option(help="Comma-separated nodes left unquantized: stem, head, or globs on node names."),

@@ -68,9 +68,13 @@ class Int8Scheme(StrEnum):
     """Integer types of activations and weights in the Q/DQ graph.
 
     * ``s8s8``: signed, symmetric activations and weights (zero point 0). The only scheme TensorRT
-      accepts, and the one onnxruntime recommends for QDQ on CPU first.
+      accepts.
     * ``u8s8``: unsigned asymmetric activations, signed weights; uses the full 8-bit range after ReLU
-      and can be faster on x86 CPUs without VNNI, but cannot feed TensorRT.
+      and maps onto the x86 u8×s8 dot-product instructions (VNNI) directly. Measured on a 2-core
+      AVX-512 VNNI CPU with a U-Net/ResNet-34 at 512²: 8.2 tiles/s against 4.2 for s8s8 and 3.0 for
+      FP32, at the same parity (99.89 % vs 99.86 % argmax agreement). It cannot feed TensorRT.
+
+    The default (``int8_scheme`` unset) is ``u8s8``, or ``s8s8`` when TensorRT engines are requested.
     """
 
     S8S8 = "s8s8"
@@ -167,7 +171,8 @@ class ExportConfig(FrozenConfig):
         calibration: Calibration sources: a FLAIR CSV, GeoTIFFs, or folders of GeoTIFFs.
         calibration_tiles: Number of calibration tiles; fewer available is an error.
         calibration_method: Activation-range calibration method.
-        int8_scheme: Integer types of activations/weights.
+        int8_scheme: Integer types of activations/weights; None = u8s8 (fastest on CPUs), or s8s8
+            when ``tensorrt`` is set (see :class:`Int8Scheme`).
         keep_fp32: Node-name patterns (``fnmatch``) left unquantized; ``stem`` and ``head`` name the
             first convolution and the segmentation head.
         quant_preprocess: Run onnxruntime's ``quant_pre_process`` (shape inference, fusions) first.
@@ -201,7 +206,7 @@ class ExportConfig(FrozenConfig):
     calibration: tuple[Path, ...] = ()
     calibration_tiles: Annotated[int, Field(ge=1)] = 100
     calibration_method: CalibrationMethod = CalibrationMethod.PERCENTILE
-    int8_scheme: Int8Scheme = Int8Scheme.S8S8
+    int8_scheme: Int8Scheme | None = None
     keep_fp32: tuple[str, ...] = ()
     quant_preprocess: bool = True
     tensorrt: bool = False
@@ -238,6 +243,13 @@ class ExportConfig(FrozenConfig):
         if self.preset is not None and given:
             raise ValueError(f"give either a preset or description flags ({', '.join(given)}), not both")
         return self
+
+    @property
+    def resolved_int8_scheme(self) -> Int8Scheme:
+        """The INT8 scheme to use: the configured one, else u8s8 (CPU) or s8s8 (with TensorRT)."""
+        if self.int8_scheme is not None:
+            return self.int8_scheme
+        return Int8Scheme.S8S8 if self.tensorrt else Int8Scheme.U8S8
 
     def all_heads(self) -> tuple[Head, ...]:
         """Return the heads in graph-output order (logits first)."""

@@ -294,7 +294,8 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
                     cfg.calibration, base, count=cfg.calibration_tiles, tile_size=tile, seed=cfg.seed
                 )
             with steps.step(
-                f"Quantizing to INT8 ({cfg.calibration_method.value}, {cfg.int8_scheme.value}) → {path.name}"
+                f"Quantizing to INT8 ({cfg.calibration_method.value}, {cfg.resolved_int8_scheme.value}) "
+                f"→ {path.name}"
             ):
                 d8 = quantize_int8(
                     fp32_path,
@@ -302,7 +303,7 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
                     d32,
                     calib,
                     method=cfg.calibration_method,
-                    scheme=cfg.int8_scheme,
+                    scheme=cfg.resolved_int8_scheme,
                     keep_fp32=cfg.keep_fp32,
                     preprocess=cfg.quant_preprocess,
                 )

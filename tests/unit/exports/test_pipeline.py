@@ -40,7 +40,7 @@ def test_description_survives_each_transform_with_its_provenance(exported, preci
     assert desc.provenance.parity is not None and desc.provenance.parity["agreement"] >= 0.99
     if precision is Precision.INT8:
         assert desc.provenance.calibration_sha256 and len(desc.provenance.calibration_sha256) == 64
-        assert desc.provenance.calibration_method.startswith("percentile/s8s8/per-channel/24 tiles")
+        assert desc.provenance.calibration_method.startswith("percentile/u8s8/per-channel/24 tiles")
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert ONNX_KEY in props
     # QGIS Deepness keys for this single-input model.
@@ -95,3 +95,14 @@ def test_failed_gate_removes_the_artifact_keeps_the_report(export_data, tmp_path
     report = json.loads((tmp_path / "tiny.parity.json").read_text())
     assert report["passed"] is False
     assert "max |Δlogit|" in report["variants"][0]["failures"][0]
+
+
+def test_int8_scheme_defaults_to_u8s8_on_cpu_and_s8s8_for_tensorrt(tmp_path):
+    from flair_deploy.exports.config import ExportConfig, Int8Scheme
+
+    base = {"checkpoint": tmp_path / "m.ckpt", "out_dir": tmp_path, "int8": True, "calibration": [tmp_path]}
+    assert ExportConfig(**base).resolved_int8_scheme is Int8Scheme.U8S8
+    assert ExportConfig(**base, tensorrt=True).resolved_int8_scheme is Int8Scheme.S8S8
+    assert ExportConfig(**base, int8_scheme="s8s8").resolved_int8_scheme is Int8Scheme.S8S8
+    with pytest.raises(ValueError, match="TensorRT accepts only symmetric signed INT8"):
+        ExportConfig(**base, tensorrt=True, int8_scheme="u8s8")
