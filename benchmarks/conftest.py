@@ -1,9 +1,8 @@
 """Artifacts for the throughput suite: the FLAIR U-Net/ResNet-34 (random weights) at 512² tiles.
 
 Built once per session into a temporary folder: a self-describing checkpoint, and through the exports
-package (when importable) its FP32 and INT8 ONNX graphs; INT8 is calibrated on a small sample orthophoto
-(speed is what is measured here, not accuracy, so parity gates are not enforced). Without the exports
-package only the FP32 graph is written, with ``torch.onnx.export``.
+package its FP32 and INT8 ONNX graphs; INT8 is calibrated on a small sample orthophoto (speed is what is
+measured here, not accuracy, so parity gates are not enforced).
 
 Environment: ``FLAIR_BENCH_DEVICE`` (default ``cpu``), ``FLAIR_BENCH_BATCHES`` (default ``1,4``),
 ``FLAIR_BENCH_ROUNDS`` (default 5).
@@ -27,29 +26,9 @@ ROUNDS = int(os.environ.get("FLAIR_BENCH_ROUNDS", "5"))
 
 
 def _export(ckpt: Path, out: Path, description: ModelDescription) -> None:
-    try:
-        from flair_deploy.exports import ExportConfig, export_model
-        from flair_deploy.training.sample import make_sample_ortho
-    except ImportError:
-        model = build_model(description).eval()
-        torch.onnx.export(
-            model,
-            (torch.rand(1, description.in_channels, 512, 512) * 255,),
-            str(out / "flair.fp32.onnx"),
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-            opset_version=17,
-            dynamo=False,
-        )
-        import onnx
+    from flair_deploy.exports import ExportConfig, export_model
+    from flair_deploy.training.sample import make_sample_ortho
 
-        proto = onnx.load(str(out / "flair.fp32.onnx"))
-        for key, value in description.to_metadata_props().items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(out / "flair.fp32.onnx"))
-        return
     ortho = make_sample_ortho(out / "calibration.tif", width=1536, height=1536)
     export_model(
         ExportConfig(

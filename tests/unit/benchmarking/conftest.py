@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
+from flair_deploy.exports.onnx import export_onnx
 from flair_deploy.models import build_model
 
 
@@ -37,20 +37,5 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
         ckpt,
     )
     onnx_path = tmp_path / "tiny.fp32.onnx"
-    x = torch.rand(1, tiny_description.in_channels, 64, 64) * 255
-    torch.onnx.export(
-        model,
-        (x,),
-        str(onnx_path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    proto = onnx.load(str(onnx_path))
-    for key, value in tiny_description.to_metadata_props().items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(onnx_path))
+    export_onnx(model, tiny_description, onnx_path, slim=False)
     return ckpt, onnx_path

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from flair_deploy.description import MetadataSpec, Precision
 from flair_deploy.errors import BackendError, InputSpecError, MissingDependencyError, ModelDescriptionError
@@ -141,22 +140,13 @@ def test_tensor_profile_rejects_wrong_rank():
 def test_real_engine_matches_torch(tmp_path, tiny_description):  # pragma: no cover - needs a GPU
     import tensorrt as trt
 
+    from flair_deploy.exports.onnx import export_onnx
     from flair_deploy.inference.backends.torch_backend import TorchBackend
     from flair_deploy.models import build_model
 
     model = build_model(tiny_description).eval()
     onnx_path = tmp_path / "m.onnx"
-    x = torch.rand(1, 5, 64, 64) * 255
-    torch.onnx.export(
-        model,
-        (x,),
-        str(onnx_path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "n"}, "logits": {0: "n"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    export_onnx(model, tiny_description, onnx_path, slim=False)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
