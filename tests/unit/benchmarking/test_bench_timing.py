@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,9 @@ def test_percentiles_match_numpy():
 def test_memory_peak_sees_an_allocation():
     with MemoryPeak(interval=0.001) as mem:
         before = mem.rss_peak_mib
-        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
-        block.sum()
+        # Fresh anonymous pages, all touched: a heap allocation could be served from memory that
+        # earlier tests freed but the process still holds, which would not raise RSS.
+        block = mmap.mmap(-1, 64 * 2**20)
+        block.write(b"\x01" * len(block))
     assert mem.rss_peak_mib >= before + 32
     assert mem.device_peak_mib is None  # CPU: no device figure
