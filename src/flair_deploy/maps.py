@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from flair_deploy.description import ModelDescription
-from flair_deploy.errors import InputDataError, OutputError
+from flair_deploy.atomic import atomic_path
+from flair_deploy.errors import InputDataError
 
 __all__ = [
     "NODATA_RGBA",
@@ -124,21 +122,6 @@ def write_class_map_tags(dataset: Any, description: ModelDescription, *, indices
     dataset.update_tags(**class_name_tags(description, indices=indices))
 
 
-@contextmanager
-def _atomic_path(path: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary path beside *path*, renamed onto it only if the block succeeds."""
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise OutputError(f"folder {path.parent} does not exist; create it or choose another output path")
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def render_preview_png(
     class_map: NDArray[np.integer[Any]],
     description: ModelDescription,
@@ -171,7 +154,8 @@ def render_preview_png(
 
     Raises:
         InputDataError: If the map is not 2-D or holds values outside 0-255.
-        OutputError: If *path* exists without *overwrite*, or its folder does not exist.
+        OutputError: If *path* exists without *overwrite*, or cannot be written (disk full,
+            folder not writable); missing folders are created.
     """
     arr = np.asarray(class_map)
     if arr.ndim != 2 or arr.size == 0:
@@ -229,7 +213,7 @@ def render_preview_png(
             title_fontsize=10,
             alignment="left",
         )
-    with _atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path
 
@@ -252,7 +236,8 @@ def write_qgis_style(
         *path*.
 
     Raises:
-        OutputError: If *path* exists without *overwrite*, or its folder does not exist.
+        OutputError: If *path* exists without *overwrite*, or cannot be written (disk full,
+            folder not writable); missing folders are created.
     """
     root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
     pipe = ET.SubElement(root, "pipe")
@@ -274,6 +259,6 @@ def write_qgis_style(
     text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
         root, encoding="unicode"
     )
-    with _atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import xml.etree.ElementTree as ET
 
@@ -83,3 +84,24 @@ def test_qgis_style_lists_classes_with_names(tiny_description, tmp_path):
     assert root.find("./pipe/rasterrenderer").get("type") == "paletted"
     assert len(entries) == tiny_description.num_classes
     assert entries[0].attrib == {"value": "1", "color": "#db0e9a", "alpha": "255", "label": "building"}
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(tiny_description, tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def full(self, fname, *_a, **_k):
+        open(fname, "wb").write(b"half a png")  # noqa: SIM115 - a partial write, then the failure
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    out = tmp_path / "sub" / "p.png"
+    with pytest.raises(OutputError) as info:
+        render_preview_png(np.ones((4, 4), np.uint8), tiny_description, out)
+    assert str(info.value).startswith(f"cannot write {out}: No space left on device")
+    assert "\n" not in str(info.value)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_style_goes_into_a_new_folder(tiny_description, tmp_path):
+    path = write_qgis_style(tmp_path / "new" / "map.qml", tiny_description)
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["map.qml"]
