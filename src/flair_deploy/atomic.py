@@ -40,6 +40,7 @@ __all__ = [
     "is_temporary",
     "output_error",
     "remove_stale_temporaries",
+    "scratch_path",
     "temporary_path",
     "write_bytes",
     "write_text",
@@ -64,20 +65,41 @@ def is_temporary(path: Path) -> bool:
     return path.name.startswith(".") and path.name.endswith(PART_SUFFIX)
 
 
+@contextlib.contextmanager
+def scratch_path(path: Path, tag: str) -> Iterator[Path]:
+    """Yield a hidden working file beside *path* (``.NAME.<tag>.<pid>.part``), always removed after.
+
+    For intermediate files that are never an output themselves (a raw export before simplification,
+    a pre-processed graph before quantization).
+
+    Args:
+        path: The output the scratch file helps to produce.
+        tag: What the scratch file holds (letters and digits), so that several can coexist.
+    """
+    tmp = temporary_path(path.with_name(f"{path.name}.{tag}"))
+    try:
+        yield tmp
+    finally:
+        _discard(tmp)
+
+
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete temporaries of *path* left by processes that no longer run; return what was removed.
 
-    A temporary of a *running* process is kept: another job may be writing it right now.
+    Covers :func:`temporary_path` and :func:`scratch_path` names and GDAL's ``.aux.xml`` written
+    beside them. A temporary of a *running* process is kept: another job may be writing it right now.
     """
     removed: list[Path] = []
     prefix = f".{path.name}."
     folder = path.parent
     if not folder.is_dir():
         return removed
-    for p in folder.iterdir():
-        if not (p.name.startswith(prefix) and p.name.endswith(PART_SUFFIX)):
+    for p in sorted(folder.iterdir()):
+        name = p.name.removesuffix(_AUX)
+        if not (name.startswith(prefix) and name.endswith(PART_SUFFIX)):
             continue
-        pid_text = p.name[len(prefix) : -len(PART_SUFFIX)]
+        # ``.NAME.<pid>.part`` or ``.NAME.<tag>.<pid>.part``: the pid is the last field.
+        pid_text = name[len(prefix) : -len(PART_SUFFIX)].rsplit(".", 1)[-1]
         if pid_text.isdigit() and _process_alive(int(pid_text)):
             continue
         with contextlib.suppress(OSError):
@@ -101,18 +123,44 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def output_error(path: Path, exc: OSError) -> OutputError:
-    """Turn an operating-system error while writing *path* into one line saying what to do."""
-    reason = exc.strerror or str(exc)
-    if exc.errno == errno.ENOSPC:
+def output_error(path: Path, exc: BaseException) -> OutputError:
+    """Turn a failure while writing *path* into one line saying what to do.
+
+    Operating-system errors are recognised by their ``errno``. Errors of libraries that carry none
+    (GDAL reports a full disk as a failed TIFF write) are explained by measuring the free space of the
+    destination: next to nothing free means the disk is full.
+    """
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or _first_line(exc)
+    if code is None and _nearly_full(path):
+        code, reason = errno.ENOSPC, f"{reason} (the disk is full)" if reason else "the disk is full"
+    if code == errno.ENOSPC:
         fix = "free some space or choose another output folder"
-    elif exc.errno == errno.EDQUOT:
+    elif code == errno.EDQUOT:
         fix = "the disk quota is exhausted; free some space or choose another output folder"
-    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "choose a folder you can write to"
     else:
-        fix = "check the output folder"
+        fix = "check the output folder (free space, permissions)"
     return OutputError(f"cannot write {path}: {reason}; {fix}")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+#: Below this many free bytes a failed write is reported as a full disk.
+_FULL_BYTES = 1 << 20
+
+
+def _nearly_full(path: Path) -> bool:
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < _FULL_BYTES
+    except OSError:
+        return False
 
 
 def check_destination(path: Path, *, overwrite: bool = False, what: str = "output") -> None:
@@ -246,24 +294,40 @@ class OutputSet:
     def __init__(self, *, overwrite: bool = False) -> None:
         self.overwrite = overwrite
         self._planned: dict[Path, Path] = {}
+        self._created: list[Path] = []
         self._committed = False
 
-    def path(self, final: Path) -> Path:
+    def path(self, final: Path, *, overwrite: bool | None = None) -> Path:
         """Reserve *final* and return the temporary path to write it to.
+
+        Args:
+            final: The output path.
+            overwrite: Replace an existing *final* (default: the set's *overwrite*).
 
         Raises:
             OutputError: If *final* exists without overwrite, or was reserved twice.
         """
         if final in self._planned:
             raise OutputError(f"{final} would be written twice by one command; give distinct names")
-        check_destination(final, overwrite=self.overwrite)
+        check_destination(final, overwrite=self.overwrite if overwrite is None else overwrite)
+        missing = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(final, exc) from None
+        # Folders made for this set go again if it is abandoned (deepest first).
+        self._created += [p for p in missing if p not in self._created]
         tmp = temporary_path(final)
         self._planned[final] = tmp
         return tmp
+
+    def temporary(self, final: Path) -> Path:
+        """Return the temporary path reserved for *final*.
+
+        Raises:
+            KeyError: If *final* was not reserved.
+        """
+        return self._planned[final]
 
     def discard(self, final: Path) -> None:
         """Drop a reserved output (e.g. a variant that failed its gate): it will not appear."""
@@ -314,6 +378,10 @@ class OutputSet:
         for tmp in self._planned.values():
             _discard(tmp)
         self._planned.clear()
+        for folder in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: never a folder that holds anything else
+        self._created.clear()
 
 
 @contextlib.contextmanager

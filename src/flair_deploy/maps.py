@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from flair_deploy.description import ModelDescription
 from flair_deploy.atomic import atomic_path
+from flair_deploy.description import ModelDescription
 from flair_deploy.errors import InputDataError
 
 __all__ = [

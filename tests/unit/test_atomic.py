@@ -117,3 +117,61 @@ def test_check_free_space(tmp_path):
     atomic.check_free_space(tmp_path, 1, what="x")
     with pytest.raises(OutputError, match="not enough space"):
         atomic.check_free_space(tmp_path / "new" / "f", 2**62, what="the class map")
+
+
+def test_scratch_files_are_always_removed_and_never_taken_for_stale(tmp_path):
+    out = tmp_path / "m.int8.onnx"
+    with atomic.scratch_path(out, "pre") as pre:
+        assert pre.name == f".m.int8.onnx.pre.{os.getpid()}.part" and atomic.is_temporary(pre)
+        pre.write_text("x")
+        # A running job's scratch file is kept by another job's clean-up.
+        assert atomic.remove_stale_temporaries(out) == []
+        assert pre.exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError), atomic.scratch_path(out, "q") as q:
+        q.write_text("x")
+        raise ValueError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_aux_sidecar_of_a_dead_temporary_is_removed(tmp_path):
+    out = tmp_path / "map.tif"
+    dead = atomic.temporary_path(out, pid=2**22 + 12345)
+    aux = dead.with_name(dead.name + ".aux.xml")
+    aux.write_text("gdal statistics")
+    assert atomic.remove_stale_temporaries(out) == [aux]
+
+
+def test_library_error_on_a_full_disk_is_explained(tmp_path, monkeypatch):
+    class GdalError(Exception):
+        pass
+
+    exc = GdalError("TIFFAppendToStrip:Write error at scanline 0\nsecond line")
+    msg = str(atomic.output_error(tmp_path / "m.tif", exc))
+    assert "Write error at scanline 0" in msg and "second line" not in msg and "check the output" in msg
+
+    class Usage:
+        free = 10
+
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _p: Usage)
+    msg = str(atomic.output_error(tmp_path / "m.tif", exc))
+    assert "the disk is full" in msg and "free some space" in msg and "\n" not in msg
+
+
+def test_output_set_abandoned_removes_the_folders_it_made(tmp_path):
+    with pytest.raises(RuntimeError), atomic.OutputSet() as outs:
+        outs.path(tmp_path / "a" / "b" / "x").write_text("x")
+        outs.path(tmp_path / "a" / "b" / "c" / "y").write_text("y")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_set_per_output_overwrite(tmp_path):
+    report, model = tmp_path / "r.md", tmp_path / "m.onnx"
+    report.write_text("old report")
+    with atomic.OutputSet() as outs:
+        outs.path(report, overwrite=True).write_text("new report")
+        tmp = outs.path(model)
+        assert outs.temporary(model) == tmp
+        tmp.write_text("m")
+    assert report.read_text() == "new report" and model.read_text() == "m"
