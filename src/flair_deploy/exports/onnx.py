@@ -14,10 +14,8 @@ description survived before renaming it into place.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from flair_deploy._optional import require
+from flair_deploy.atomic import atomic_path, scratch_path
 from flair_deploy.description import ONNX_KEY, ModelDescription, file_sha256
-from flair_deploy.errors import ExportError, ModelDescriptionError, OutputError
+from flair_deploy.errors import ExportError, ModelDescriptionError
 from flair_deploy.exports.config import Exporter, Head
 from flair_deploy.models import FlairSegmenter
 
@@ -35,7 +34,6 @@ __all__ = [
     "INPUT_METADATA",
     "OUTPUT_NAMES",
     "ExportGraph",
-    "atomic_path",
     "export_onnx",
     "graph_regions",
     "load_onnx",
@@ -107,34 +105,6 @@ class ExportGraph(nn.Module):
         return tuple(outputs)
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside *path* and move it onto *path* only if the block succeeds.
-
-    A failure (or interrupt) leaves neither a partial *path* nor the temporary file behind.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        yield tmp
-        tmp.replace(path)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write {path}: {exc.strerror or exc}; check the folder is writable"
-        ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _scratch_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside *path* that is always removed afterwards."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _example_inputs(description: ModelDescription, tile: int, batch: int) -> tuple[Tensor, ...]:
     # Raw-value ranges: the values themselves do not change a traced graph, but realistic inputs keep
     # any data-dependent export check honest.
@@ -191,7 +161,7 @@ def export_onnx(
     was_training = model.training
     graph.eval()
     try:
-        with warnings.catch_warnings(), _scratch_path(path) as raw:
+        with warnings.catch_warnings(), scratch_path(path, "raw") as raw:
             # The tracer warns about Python control flow that is constant for our graph; users
             # cannot act on these, so they are silenced here only.
             warnings.simplefilter("ignore")
@@ -358,10 +328,7 @@ def save_onnx(proto: Any, path: Path, description: ModelDescription, *, check: b
                 f"onnx.checker rejected the {description.provenance.precision} graph: {first}"
             ) from None
     with atomic_path(path) as tmp:
-        try:
-            onnx.save(proto, str(tmp))
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        onnx.save(proto, str(tmp))
         back = read_onnx_description(tmp)
         if back != description:
             raise ExportError(f"the description stamped into {path.name} did not read back identically")

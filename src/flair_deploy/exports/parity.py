@@ -27,11 +27,11 @@ import torch
 from numpy.typing import NDArray
 
 from flair_deploy._optional import require
+from flair_deploy.atomic import OutputSet
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import BackendError
 from flair_deploy.exports.calibration import TileSet
 from flair_deploy.exports.config import ParityGate
-from flair_deploy.exports.onnx import atomic_path
 from flair_deploy.models import FlairSegmenter
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "compare_logits",
     "onnx_logits",
     "reference_logits",
+    "render_reports",
     "write_reports",
 ]
 
@@ -338,16 +339,14 @@ def _markdown(name: str, origin: str, results: Sequence[ParityResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_reports(
-    out_dir: Path, name: str, origin: str, results: Sequence[ParityResult]
-) -> tuple[Path, Path]:
-    """Write ``<name>.parity.json`` and ``<name>.parity.md`` into *out_dir* (atomically).
+def render_reports(name: str, origin: str, results: Sequence[ParityResult]) -> tuple[str, str]:
+    """Return the text of ``<name>.parity.json`` and ``<name>.parity.md``.
 
-    Returns:
-        The JSON and Markdown paths.
+    Args:
+        name: Artifact base name.
+        origin: Where the parity tiles came from.
+        results: One result per checked variant.
     """
-    json_path = out_dir / f"{name}.parity.json"
-    md_path = out_dir / f"{name}.parity.md"
     payload = {
         "model": name,
         "reference": "pytorch-fp32-cpu",
@@ -355,8 +354,24 @@ def write_reports(
         "variants": [r.to_dict() for r in results],
         "passed": all(r.passed for r in results),
     }
-    with atomic_path(json_path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(_markdown(name, origin, results), encoding="utf-8")
+    return json.dumps(payload, indent=2) + "\n", _markdown(name, origin, results)
+
+
+def write_reports(
+    out_dir: Path, name: str, origin: str, results: Sequence[ParityResult]
+) -> tuple[Path, Path]:
+    """Write ``<name>.parity.json`` and ``<name>.parity.md`` into *out_dir* (atomically).
+
+    Returns:
+        The JSON and Markdown paths.
+
+    Raises:
+        OutputError: If a report cannot be written.
+    """
+    json_path = out_dir / f"{name}.parity.json"
+    md_path = out_dir / f"{name}.parity.md"
+    json_text, md_text = render_reports(name, origin, results)
+    with OutputSet(overwrite=True) as outputs:
+        outputs.path(json_path).write_text(json_text, encoding="utf-8")
+        outputs.path(md_path).write_text(md_text, encoding="utf-8")
     return json_path, md_path

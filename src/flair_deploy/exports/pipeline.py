@@ -1,18 +1,27 @@
-"""``export_model``: checkpoint → verified ONNX (FP32, FP16, INT8) → TensorRT engines, in order.
+"""``export_model``: checkpoint → verified ONNX (FP32, FP16, INT8) → TensorRT engines, all or nothing.
 
 Steps, each shown with its duration when ``progress`` is on:
 
 1. load the checkpoint (ours, or IGN weights described by a preset or flags);
-2. check every precondition (output folder, existing artifacts, TensorRT and a GPU when asked) before
-   any artifact is written;
-3. read the parity tiles (validation CSV, else synthetic tiles) and run PyTorch once on them;
+2. check every precondition and every input before any artifact is written: ``keep_fp32`` patterns,
+   the output folder, existing artifacts, free space for the estimated output size, TensorRT and a
+   GPU when asked, the parity tiles (validation CSV, else synthetic tiles) and the calibration tiles;
+3. run PyTorch once on the parity tiles;
 4. export FP32 ONNX, then FP16 and/or INT8 from it; after each, check parity against PyTorch and
    stamp the parity summary into the artifact's description;
-5. build a TensorRT engine (and sidecar) for every ONNX variant that passed;
+5. build a TensorRT engine (and sidecar) for every ONNX variant;
 6. write ``<name>.parity.json`` and ``<name>.parity.md``.
 
-A variant that fails its gate is removed (unless ``verify`` is off) and the export raises
-:class:`~flair_deploy.errors.ParityError` after writing the report.
+Every artifact is written under a hidden temporary name (:class:`~flair_deploy.atomic.OutputSet`)
+and they all appear together when the export succeeds. A failure of any step (a calibration error,
+a full disk, an interrupt) leaves nothing in the output folder, so the fixed rerun needs no
+``--overwrite``.
+
+A variant that fails its parity gate fails the whole export (unless ``verify`` is off): *no* model
+artifact is kept, not even the variants that passed, because a partial set would look like a
+finished export and block the rerun. Only the parity reports are kept, as the explanation; they
+never block a rerun (reports without their artifacts beside them are replaced), and the export
+raises :class:`~flair_deploy.errors.ParityError`.
 """
 
 from __future__ import annotations
@@ -25,6 +34,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flair_deploy.atomic import (
+    OutputSet,
+    check_destination,
+    check_free_space,
+    output_error,
+    remove_stale_temporaries,
+)
 from flair_deploy.checkpoints import LoadedModel, load_checkpoint
 from flair_deploy.description import (
     FLAIR_RVBIE_MEAN,
@@ -44,12 +60,19 @@ from flair_deploy.exports.parity import (
     compare_logits,
     onnx_logits,
     reference_logits,
-    write_reports,
+    render_reports,
 )
-from flair_deploy.exports.precision import convert_fp16, quantize_int8
+from flair_deploy.exports.precision import check_node_patterns, convert_fp16, quantize_int8
 from flair_deploy.exports.tensorrt import EngineFacts, build_engine, gpu_compute_capability, sidecar_path
+from flair_deploy.models import FlairSegmenter
 
-__all__ = ["ExportResult", "describe_from_flags", "export_model", "planned_artifacts"]
+__all__ = [
+    "ExportResult",
+    "describe_from_flags",
+    "estimated_output_bytes",
+    "export_model",
+    "planned_artifacts",
+]
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,7 @@ class ExportResult:
         parity_json: The JSON report.
         parity_markdown: The Markdown report.
         description: The FP32 artifact's description.
+        removed: Artifacts that were not kept (empty: an export that returns kept everything).
     """
 
     out_dir: Path
@@ -155,30 +179,60 @@ def _artifact_name(cfg: ExportConfig, description: ModelDescription) -> str:
 
 
 def planned_artifacts(cfg: ExportConfig, name: str) -> list[Path]:
-    """Return every file an export with *cfg* writes into ``cfg.out_dir``."""
+    """Return every file an export with *cfg* writes into ``cfg.out_dir`` (models, then reports)."""
+    return _model_artifacts(cfg, name) + list(_report_paths(cfg, name))
+
+
+def _model_artifacts(cfg: ExportConfig, name: str) -> list[Path]:
     precisions = [Precision.FP32] + [Precision.FP16] * cfg.fp16 + [Precision.INT8] * cfg.int8
     out = [cfg.out_dir / f"{name}.{p.value}.onnx" for p in precisions]
     if cfg.tensorrt:
         for p in precisions:
             engine = cfg.out_dir / f"{name}.{p.value}.engine"
             out += [engine, sidecar_path(engine)]
-    out += [cfg.out_dir / f"{name}.parity.json", cfg.out_dir / f"{name}.parity.md"]
     return out
 
 
-def _check_outputs(cfg: ExportConfig, name: str) -> None:
-    try:
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {cfg.out_dir}: {exc.strerror or exc}") from None
-    if not os.access(cfg.out_dir, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {cfg.out_dir} is not writable; choose another --out")
-    existing = [p for p in planned_artifacts(cfg, name) if p.exists()]
+def _report_paths(cfg: ExportConfig, name: str) -> tuple[Path, Path]:
+    return cfg.out_dir / f"{name}.parity.json", cfg.out_dir / f"{name}.parity.md"
+
+
+def estimated_output_bytes(cfg: ExportConfig, model: FlairSegmenter) -> int:
+    """Estimate the disk space an export needs at its peak, temporaries included.
+
+    The FP32 graph holds every weight in 4 bytes, FP16 in 2 and INT8 in about 1; an engine is about
+    the size of its ONNX graph. INT8 quantization briefly keeps two scratch graphs, and re-stamping a
+    variant's description briefly holds a second copy of it.
+    """
+    weights = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    fp32 = 4 * weights
+    onnx = fp32 * (1.0 + 0.5 * cfg.fp16 + 0.25 * cfg.int8)
+    engines = onnx if cfg.tensorrt else 0.0
+    scratch = 2 * fp32 if cfg.int8 else 0
+    return int(onnx + engines + scratch + fp32) + (1 << 20)
+
+
+def _check_outputs(cfg: ExportConfig, name: str, model: FlairSegmenter) -> None:
+    folder = cfg.out_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(
+            f"cannot create output folder {cfg.out_dir}: {folder} is a file; choose another --out"
+        )
+    models = _model_artifacts(cfg, name)
+    existing = [p for p in models if p.exists()]
     if existing and not cfg.overwrite:
         raise OutputError(
             f"{existing[0]} exists ({len(existing)} artifact(s) in the way) and won't be overwritten; "
             "add --overwrite or choose another --out / --name"
         )
+    for path in planned_artifacts(cfg, name):
+        # Reports without their artifacts are a failed attempt's explanation: always replaced.
+        check_destination(path, overwrite=True, what="export artifact")
+        # Temporaries of a killed export (never of a running one) only take space.
+        remove_stale_temporaries(path)
+    check_free_space(cfg.out_dir, estimated_output_bytes(cfg, model), what=f"the {name} export")
 
 
 def _with_tile(description: ModelDescription, tile: int | None) -> ModelDescription:
@@ -208,8 +262,9 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         InputDataError: Too few calibration tiles, rasters with the wrong bands.
         MissingDependencyError: TensorRT asked for but not installed.
         ExportError: No GPU for TensorRT, exporter or converter failure.
-        OutputError: Unwritable output folder, existing artifacts without ``overwrite``.
-        ParityError: A variant failed its gate (its artifact was removed; the report was written).
+        OutputError: Unwritable output folder, existing artifacts without ``overwrite``, not enough
+            free space, or a write failing (disk full); nothing is left in the output folder.
+        ParityError: A variant failed its gate: no artifact was kept, only the parity reports.
     """
     steps = _Steps(progress)
     with steps.step(f"Loading {cfg.checkpoint.name}"):
@@ -217,14 +272,15 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     base = _with_tile(loaded.description, cfg.tile_size)
     tile = base.tile_size
     name = _artifact_name(cfg, base)
-    _check_outputs(cfg, name)
+    model = loaded.model
+    # Every input is checked before the first artifact: a typo must not cost minutes of export work.
+    check_node_patterns(cfg.keep_fp32)
+    _check_outputs(cfg, name, model)
     if cfg.tensorrt:
         from flair_deploy._optional import require
 
-        # Fail now, before minutes of export work, if engines cannot be built here.
         require("tensorrt", purpose="building TensorRT engines (--tensorrt)")
         gpu_compute_capability()
-    model = loaded.model
     with steps.step(f"Reading {cfg.parity_tiles} parity tiles"):
         if cfg.validation is not None:
             tiles: TileSet = read_tiles(
@@ -237,99 +293,109 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
             )
         else:
             tiles = synthetic_tiles(base, cfg.parity_tiles, seed=cfg.seed)
+    calib: TileSet | None = None
+    if cfg.int8:
+        with steps.step(f"Reading {cfg.calibration_tiles} calibration tiles"):
+            calib = read_tiles(
+                cfg.calibration, base, count=cfg.calibration_tiles, tile_size=tile, seed=cfg.seed
+            )
+    with steps.step("Running PyTorch on the parity tiles"):
         reference = reference_logits(model, tiles)
+
     results: list[ParityResult] = []
     onnx_paths: dict[Precision, Path] = {}
     descriptions: dict[Precision, ModelDescription] = {}
-    removed: list[Path] = []
+    rejected: list[Path] = []
+    outputs = OutputSet(overwrite=cfg.overwrite)
 
-    def check(precision: Precision, path: Path, description: ModelDescription) -> None:
+    def check(precision: Precision, final: Path, description: ModelDescription) -> None:
+        tmp = outputs.temporary(final)
         with steps.step(f"Checking {precision.value} parity on {len(tiles)} tiles"):
-            candidate = onnx_logits(path, tiles)
+            candidate = onnx_logits(tmp, tiles)
             result = compare_logits(
                 reference,
                 candidate,
                 base,
                 cfg.gates.for_precision(precision),
                 variant=precision.value,
-                artifact=path.name,
+                artifact=final.name,
                 masks=tiles.masks,
             )
         results.append(result)
         if not result.passed and cfg.verify:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-            steps.note(f"[red]✗[/red] {precision.value}: {'; '.join(result.failures)}; removed {path.name}")
+            rejected.append(final)
+            steps.note(f"[red]✗[/red] {precision.value}: {'; '.join(result.failures)}")
             return
         stamped = description.with_provenance(parity=result.summary())
-        restamp_onnx(path, stamped)
-        onnx_paths[precision] = path
+        restamp_onnx(tmp, stamped)
+        onnx_paths[precision] = final
         descriptions[precision] = stamped
 
-    fp32_path = cfg.out_dir / f"{name}.fp32.onnx"
-    with steps.step(f"Exporting FP32 ONNX ({cfg.exporter.value}, opset {cfg.opset}) → {fp32_path.name}"):
-        d32 = export_onnx(
-            model,
-            base,
-            fp32_path,
-            heads=cfg.all_heads(),
-            tile_size=tile,
-            dynamic_hw=cfg.dynamic_hw,
-            opset=cfg.opset,
-            exporter=cfg.exporter,
-            slim=cfg.slim,
-        )
-    check(Precision.FP32, fp32_path, d32)
-    if Precision.FP32 in onnx_paths:
-        # FP16 and INT8 are derived from the FP32 graph, never from a failed one.
-        if cfg.fp16:
-            path = cfg.out_dir / f"{name}.fp16.onnx"
-            with steps.step(f"Converting to FP16 → {path.name}"):
-                d16 = convert_fp16(fp32_path, path, d32)
-            check(Precision.FP16, path, d16)
-        if cfg.int8:
-            path = cfg.out_dir / f"{name}.int8.onnx"
-            with steps.step(f"Reading {cfg.calibration_tiles} calibration tiles"):
-                calib = read_tiles(
-                    cfg.calibration, base, count=cfg.calibration_tiles, tile_size=tile, seed=cfg.seed
-                )
-            with steps.step(
-                f"Quantizing to INT8 ({cfg.calibration_method.value}, {cfg.resolved_int8_scheme.value}) "
-                f"→ {path.name}"
-            ):
-                d8 = quantize_int8(
-                    fp32_path,
-                    path,
-                    d32,
-                    calib,
-                    method=cfg.calibration_method,
-                    scheme=cfg.resolved_int8_scheme,
-                    keep_fp32=cfg.keep_fp32,
-                    preprocess=cfg.quant_preprocess,
-                )
-            check(Precision.INT8, path, d8)
-    engines: dict[Precision, Path] = {}
-    facts: dict[Precision, EngineFacts] = {}
-    if cfg.tensorrt:
-        for precision, path in onnx_paths.items():
-            engine = cfg.out_dir / f"{name}.{precision.value}.engine"
-            with steps.step(f"Building TensorRT {precision.value} engine → {engine.name}"):
-                facts[precision] = build_engine(
-                    path,
-                    engine,
-                    descriptions[precision],
-                    options=cfg.trt,
-                    tile_size=tile,
-                    dynamic_hw=cfg.dynamic_hw,
-                )
-            engines[precision] = engine
-    json_path, md_path = write_reports(cfg.out_dir, name, tiles.origin, results)
-    failed = [r for r in results if not r.passed]
+    json_path, md_path = _report_paths(cfg, name)
+    with outputs:
+        fp32_path = cfg.out_dir / f"{name}.fp32.onnx"
+        with steps.step(f"Exporting FP32 ONNX ({cfg.exporter.value}, opset {cfg.opset}) → {fp32_path.name}"):
+            d32 = export_onnx(
+                model,
+                base,
+                outputs.path(fp32_path),
+                heads=cfg.all_heads(),
+                tile_size=tile,
+                dynamic_hw=cfg.dynamic_hw,
+                opset=cfg.opset,
+                exporter=cfg.exporter,
+                slim=cfg.slim,
+            )
+        check(Precision.FP32, fp32_path, d32)
+        if Precision.FP32 in onnx_paths:
+            # FP16 and INT8 are derived from the FP32 graph, never from a failed one.
+            fp32_tmp = outputs.temporary(fp32_path)
+            if cfg.fp16:
+                path = cfg.out_dir / f"{name}.fp16.onnx"
+                with steps.step(f"Converting to FP16 → {path.name}"):
+                    d16 = convert_fp16(fp32_tmp, outputs.path(path), d32)
+                check(Precision.FP16, path, d16)
+            if calib is not None:
+                path = cfg.out_dir / f"{name}.int8.onnx"
+                with steps.step(
+                    f"Quantizing to INT8 ({cfg.calibration_method.value}, {cfg.resolved_int8_scheme.value}) "
+                    f"→ {path.name}"
+                ):
+                    d8 = quantize_int8(
+                        fp32_tmp,
+                        outputs.path(path),
+                        d32,
+                        calib,
+                        method=cfg.calibration_method,
+                        scheme=cfg.resolved_int8_scheme,
+                        keep_fp32=cfg.keep_fp32,
+                        preprocess=cfg.quant_preprocess,
+                    )
+                check(Precision.INT8, path, d8)
+        failed = [r for r in results if not r.passed]
+        engines: dict[Precision, Path] = {}
+        facts: dict[Precision, EngineFacts] = {}
+        # Engines of an export that will not be kept are minutes of work for nothing.
+        if cfg.tensorrt and not (failed and cfg.verify):
+            for precision, path in onnx_paths.items():
+                engine = cfg.out_dir / f"{name}.{precision.value}.engine"
+                with steps.step(f"Building TensorRT {precision.value} engine → {engine.name}"):
+                    facts[precision] = _build_engine(
+                        outputs, outputs.temporary(path), engine, descriptions[precision], cfg, tile
+                    )
+                engines[precision] = engine
+        json_text, md_text = render_reports(name, tiles.origin, results)
+        outputs.path(json_path, overwrite=True).write_text(json_text, encoding="utf-8")
+        outputs.path(md_path, overwrite=True).write_text(md_text, encoding="utf-8")
+        if failed and cfg.verify:
+            rejected = [p for p in outputs.finals if p not in (json_path, md_path)]
+            for path in rejected:
+                outputs.discard(path)
     if failed and cfg.verify:
         first = failed[0]
         raise ParityError(
             f"{', '.join(r.variant for r in failed)} failed parity ({first.variant}: {'; '.join(first.failures)}); "
-            f"removed the failed artifact(s), see {md_path}; rerun with --no-verify to keep them"
+            f"no artifact was kept, see {md_path}; fix and rerun, or rerun with --no-verify to keep them"
         )
     return ExportResult(
         out_dir=cfg.out_dir,
@@ -341,5 +407,31 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         parity_json=json_path,
         parity_markdown=md_path,
         description=descriptions.get(Precision.FP32, d32),
-        removed=tuple(removed),
+        removed=tuple(rejected),
     )
+
+
+def _build_engine(
+    outputs: OutputSet,
+    onnx_tmp: Path,
+    engine: Path,
+    description: ModelDescription,
+    cfg: ExportConfig,
+    tile: int,
+) -> EngineFacts:
+    """Build *engine* and its sidecar into the temporaries of *outputs*."""
+    engine_tmp = outputs.path(engine)
+    sidecar_tmp = outputs.path(sidecar_path(engine))
+    # build_engine writes the sidecar beside the engine it is given: move it to its reserved name.
+    written = sidecar_path(engine_tmp)
+    try:
+        facts = build_engine(
+            onnx_tmp, engine_tmp, description, options=cfg.trt, tile_size=tile, dynamic_hw=cfg.dynamic_hw
+        )
+        try:
+            os.replace(written, sidecar_tmp)
+        except OSError as exc:
+            raise output_error(sidecar_path(engine), exc) from None
+    finally:
+        written.unlink(missing_ok=True)
+    return facts

@@ -19,19 +19,26 @@ import contextlib
 import fnmatch
 import io
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from flair_deploy._optional import require
+from flair_deploy.atomic import scratch_path
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, ExportError
 from flair_deploy.exports.calibration import TileSet
 from flair_deploy.exports.config import CalibrationMethod, Int8Scheme
 from flair_deploy.exports.onnx import graph_regions, load_onnx, save_onnx, toposort
 
-__all__ = ["FP16_FP32_OPS", "REGION_ALIASES", "convert_fp16", "quantize_int8", "resolve_node_patterns"]
+__all__ = [
+    "FP16_FP32_OPS",
+    "REGION_ALIASES",
+    "check_node_patterns",
+    "convert_fp16",
+    "quantize_int8",
+    "resolve_node_patterns",
+]
 
 #: Op types kept in FP32 in the FP16 graph: they overflow or lose too much in half precision.
 FP16_FP32_OPS: tuple[str, ...] = ("Softmax", "ReduceMean", "Pow", "Exp", "ReduceMax", "ArgMax", "Log")
@@ -98,6 +105,32 @@ def convert_fp16(src: Path, dst: Path, description: ModelDescription) -> ModelDe
     stamped = description.with_provenance(precision="fp16")
     save_onnx(converted, dst, stamped)
     return stamped
+
+
+def check_node_patterns(patterns: Sequence[str]) -> None:
+    """Refuse malformed ``--keep-fp32`` patterns before any work (matching them needs the graph).
+
+    Raises:
+        ConfigError: For an empty pattern, one with surrounding spaces or commas (several patterns run
+            together), an unbalanced ``[...]`` set, or a repeated pattern.
+    """
+    seen: set[str] = set()
+    for pattern in patterns:
+        if not pattern.strip():
+            raise ConfigError("--keep-fp32 holds an empty pattern; give stem, head or globs on node names")
+        if pattern != pattern.strip() or "," in pattern:
+            raise ConfigError(
+                f"--keep-fp32 pattern {pattern!r} holds spaces or commas; give one pattern per item, "
+                "e.g. --keep-fp32 'stem,/model/decoder/*'"
+            )
+        if pattern.count("[") != pattern.count("]"):
+            raise ConfigError(
+                f"--keep-fp32 pattern {pattern!r} has an unbalanced [...] set; close it or match any "
+                "character with ?"
+            )
+        if pattern in seen:
+            raise ConfigError(f"--keep-fp32 pattern {pattern!r} is given twice; name each once")
+        seen.add(pattern)
 
 
 def resolve_node_patterns(proto: Any, patterns: Sequence[str]) -> list[str]:
@@ -186,9 +219,8 @@ def quantize_int8(
     quantization = require("onnxruntime.quantization", purpose="INT8 quantization")
     shape_inference = require("onnxruntime.quantization.shape_inference", purpose="INT8 quantization")
     onnx = require("onnx", purpose="INT8 quantization")
-    scratch = [dst.with_name(f".{dst.name}.{os.getpid()}.{s}.tmp") for s in ("pre", "q")]
-    pre, quantized = scratch
-    try:
+    # Scratch graphs beside dst (same file system, hidden, pid-named), removed whatever happens.
+    with scratch_path(dst, "pre") as pre, scratch_path(dst, "q") as quantized:
         model_in = src
         if preprocess:
             try:
@@ -241,9 +273,6 @@ def quantize_int8(
         finally:
             logging.getLogger().setLevel(level)
         out = onnx.load(str(quantized))
-    finally:
-        for path in scratch:
-            path.unlink(missing_ok=True)
     stamped = description.with_provenance(
         precision="int8",
         calibration_sha256=tiles.sha256,

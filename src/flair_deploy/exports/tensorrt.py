@@ -36,10 +36,11 @@ from types import ModuleType
 from typing import Any
 
 from flair_deploy._optional import require
+from flair_deploy.atomic import atomic_path
 from flair_deploy.description import ModelDescription, Precision, file_sha256
 from flair_deploy.errors import ExportError, OutputError
 from flair_deploy.exports.config import TensorRTOptions
-from flair_deploy.exports.onnx import INPUT_IMAGE, INPUT_METADATA, atomic_path
+from flair_deploy.exports.onnx import INPUT_IMAGE, INPUT_METADATA
 
 __all__ = [
     "SUPPORTED_TRT_MAJORS",

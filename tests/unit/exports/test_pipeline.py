@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from flair_deploy.description import ONNX_KEY, Precision
-from flair_deploy.errors import OutputError, ParityError
+from flair_deploy.errors import ConfigError, InputDataError, OutputError, ParityError
 from flair_deploy.exports import ExportConfig, ParityGate, ParityGates, export_model, read_description
 
 
@@ -82,19 +83,134 @@ def test_existing_artifacts_are_not_overwritten(exported, export_data):
     assert exported.onnx[Precision.FP32].read_bytes() == before
 
 
-def test_failed_gate_removes_the_artifact_keeps_the_report(export_data, tmp_path):
+def test_failed_gate_keeps_no_artifact_only_the_report_and_the_rerun_needs_no_overwrite(
+    export_data, tmp_path
+):
     impossible = ParityGates(fp32=ParityGate(min_agreement=1.0, max_abs_logit=0.0))
     cfg = ExportConfig(
         checkpoint=export_data["checkpoint"], out_dir=tmp_path, gates=impossible, parity_tiles=2
     )
-    with pytest.raises(ParityError, match="fp32 failed parity") as info:
+    with pytest.raises(ParityError, match=r"fp32 failed parity.*no artifact was kept") as info:
         export_model(cfg, progress=False)
     assert "\n" not in str(info.value)
-    assert not (tmp_path / "tiny.fp32.onnx").exists()
-    assert not list(tmp_path.glob(".*.part")), "no temporary file may be left behind"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.parity.json", "tiny.parity.md"]
     report = json.loads((tmp_path / "tiny.parity.json").read_text())
     assert report["passed"] is False
     assert "max |Δlogit|" in report["variants"][0]["failures"][0]
+    # The report of the failed attempt does not block the fixed rerun, which replaces it.
+    fixed = export_model(cfg.model_copy(update={"gates": ParityGates()}), progress=False)
+    assert fixed.passed and fixed.onnx[Precision.FP32].is_file()
+    assert json.loads(fixed.parity_json.read_text())["passed"] is True
+
+
+def _fake_quantize(fail: bool):
+    """A stand-in for INT8 calibration: writes part of its output, then fails, or copies FP32."""
+    from flair_deploy.errors import ExportError
+    from flair_deploy.exports.onnx import load_onnx, save_onnx
+
+    def quantize(src, dst, description, tiles, **_kw):
+        if fail:
+            dst.write_bytes(b"half a graph")
+            raise ExportError("INT8 quantization failed: calibration diverged")
+        stamped = description.with_provenance(precision="int8", calibration_sha256=tiles.sha256)
+        save_onnx(load_onnx(src), dst, stamped)
+        return stamped
+
+    return quantize
+
+
+def test_failed_int8_calibration_leaves_nothing_and_the_rerun_needs_no_overwrite(
+    export_data, tmp_path, monkeypatch
+):
+    from flair_deploy.errors import ExportError
+    from flair_deploy.exports import pipeline
+
+    out = tmp_path / "out"
+    cfg = ExportConfig(
+        checkpoint=export_data["checkpoint"],
+        out_dir=out,
+        int8=True,
+        calibration=(export_data["csv"],),
+        calibration_tiles=2,
+        parity_tiles=2,
+    )
+    monkeypatch.setattr(pipeline, "quantize_int8", _fake_quantize(fail=True))
+    with pytest.raises(ExportError, match="calibration diverged"):
+        export_model(cfg, progress=False)
+    assert not out.exists(), "a failed export must leave nothing, not even its folder"
+    monkeypatch.setattr(pipeline, "quantize_int8", _fake_quantize(fail=False))
+    result = export_model(cfg, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "tiny.fp32.onnx",
+        "tiny.int8.onnx",
+        "tiny.parity.json",
+        "tiny.parity.md",
+    ]
+    assert read_description(result.onnx[Precision.INT8]).provenance.parity is not None
+
+
+def _refuse_export(*_a, **_k):
+    raise AssertionError("the export started although an input is bad")
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        ({"calibration": ("missing.csv",)}, InputDataError, "missing.csv"),
+        ({"calibration_tiles": 10_000}, InputDataError, "calibration sources give only"),
+        ({"validation": "missing.csv"}, InputDataError, "missing.csv"),
+        ({"validation": "garbage.csv"}, InputDataError, "parity"),
+        ({"keep_fp32": ("stem, head",)}, ConfigError, "one pattern per item"),
+        ({"keep_fp32": ("/model/[abc",)}, ConfigError, "unbalanced"),
+        ({"keep_fp32": ("",)}, ConfigError, "empty pattern"),
+    ],
+)
+def test_bad_inputs_are_refused_before_any_work(export_data, tmp_path, monkeypatch, change, error, match):
+    from flair_deploy.exports import pipeline
+
+    monkeypatch.setattr(pipeline, "export_onnx", _refuse_export)
+    (tmp_path / "garbage.csv").write_text("not_a_raster.tif,not_a_mask.tif\n")
+    change = {
+        k: (
+            tuple(tmp_path / p for p in v) if k == "calibration" else tmp_path / v if k == "validation" else v
+        )
+        for k, v in change.items()
+    }
+    base = {"int8": True, "calibration": (export_data["csv"],), "calibration_tiles": 2, "parity_tiles": 2}
+    cfg = ExportConfig(checkpoint=export_data["checkpoint"], out_dir=tmp_path / "out", **{**base, **change})
+    with pytest.raises(error, match=match) as info:
+        export_model(cfg, progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_enough_space_is_refused_before_any_work(export_data, tmp_path, monkeypatch):
+    from flair_deploy import atomic
+    from flair_deploy.exports import pipeline
+
+    class Usage:
+        free = 1 << 20
+
+    monkeypatch.setattr(pipeline, "export_onnx", _refuse_export)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _p: Usage)
+    cfg = ExportConfig(checkpoint=export_data["checkpoint"], out_dir=tmp_path / "out", fp16=True)
+    with pytest.raises(OutputError, match=r"not enough space for the tiny export .* MiB needed, 1 MiB free"):
+        export_model(cfg, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_while_writing_is_one_line_and_leaves_nothing(export_data, tmp_path, monkeypatch):
+    def full(_proto, f, *_a, **_k):
+        open(f, "wb").write(b"partial")  # noqa: SIM115 - a partial write, then the failure
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    out = tmp_path / "out"
+    cfg = ExportConfig(checkpoint=export_data["checkpoint"], out_dir=out, parity_tiles=2)
+    with pytest.raises(OutputError, match="No space left on device; free some space") as info:
+        export_model(cfg, progress=False)
+    assert "\n" not in str(info.value)
+    assert not out.exists()
 
 
 def test_int8_scheme_defaults_to_u8s8_on_cpu_and_s8s8_for_tensorrt(tmp_path):
