@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import rasterio
 
+from flair_deploy.atomic import check_destination, check_free_space, remove_stale_temporaries
 from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.inference.config import DetectConfig, TilingPlan, default_batch_size
@@ -30,9 +30,9 @@ from flair_deploy.inference.raster import (
     OutputPaths,
     OutputWriter,
     RasterInfo,
+    estimated_map_bytes,
     inspect_raster,
     plan_outputs,
-    temporary_path,
 )
 from flair_deploy.inference.tiling import Tile
 
@@ -244,6 +244,7 @@ def run_detection(
         )
         for p in todo
     ]
+    _check_free_space(todo, infos, description, cfg)
     meta_factory = _metadata_factory(cfg, description, notes)
     for info in infos:
         if info.dtype != description.input_dtype:
@@ -272,7 +273,6 @@ def run_detection(
     # A bounded GDAL block cache keeps memory flat in the raster size (GDAL's default is 5 % of RAM).
     with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20):
         for n, (out_paths, info) in enumerate(zip(todo, infos, strict=True), start=1):
-            out_paths.classes.parent.mkdir(parents=True, exist_ok=True)
             cb = None
             if progress is not None:
                 cb = _raster_progress(progress, n, len(infos), info.path.name, pixels_before, pixels_total)
@@ -357,23 +357,25 @@ def _check_outputs(plans: Sequence[OutputPaths], cfg: DetectConfig) -> list[Outp
             hint = " (or --resume to skip finished rasters)" if len(plans) > 1 else ""
             raise OutputError(f"{existing[0]} exists; pass --overwrite to replace it{hint}")
         for p in plan.all():
-            if p.exists() and p.is_dir():
-                raise OutputError(f"output {p} is a folder; choose a file name or another folder")
-            folder = _nearest_existing(p.parent)
-            if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-                raise OutputError(f"cannot write {p}: folder {folder} is not writable; choose another --out")
-            stale = temporary_path(p)
-            if stale.exists():
-                # Leftover of an interrupted run: it never became an output, so it is safe to replace.
-                stale.unlink()
+            check_destination(p, overwrite=True)
+            # Leftovers of killed runs never became outputs; a running job's temporaries are kept.
+            remove_stale_temporaries(p)
         todo.append(plan)
     return todo
 
 
-def _nearest_existing(folder: Path) -> Path:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
+def _check_free_space(
+    todo: Sequence[OutputPaths], infos: Sequence[RasterInfo], description: ModelDescription, cfg: DetectConfig
+) -> None:
+    """Refuse a run whose outputs cannot fit, before the first tile is inferred."""
+    by_folder: dict[Path, int] = {}
+    for paths, info in zip(todo, infos, strict=True):
+        folder = paths.classes.parent
+        by_folder[folder] = by_folder.get(folder, 0) + estimated_map_bytes(
+            info, paths, description, cog=cfg.cog
+        )
+    for folder, needed in by_folder.items():
+        check_free_space(folder, needed, what="the class maps")
 
 
 def _stitching_label(plan: TilingPlan) -> str:

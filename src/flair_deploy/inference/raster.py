@@ -20,8 +20,8 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -29,11 +29,13 @@ from typing import Any, Literal, Self
 import numpy as np
 import numpy.typing as npt
 import rasterio
+from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap (not in rasterio.errors)
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window
 
+from flair_deploy.atomic import OutputSet, output_error, scratch_path
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
@@ -45,6 +47,7 @@ __all__ = [
     "OutputWriter",
     "RasterInfo",
     "TileReader",
+    "estimated_map_bytes",
     "gsd_metres",
     "inspect_raster",
     "plan_outputs",
@@ -346,18 +349,35 @@ def plan_outputs(
     return plans
 
 
-def temporary_path(path: Path) -> Path:
-    """Hidden in-progress name beside *path* (``.NAME.part``): never mistaken for a finished map."""
-    return path.with_name(f".{path.name}.part")
+def estimated_map_bytes(
+    info: RasterInfo, paths: OutputPaths, description: ModelDescription, *, cog: bool
+) -> int:
+    """A deliberately low estimate of the disk space one input's outputs take.
+
+    Uncompressed sizes (one byte per pixel and band, a third more for overviews) divided by a
+    compression ratio that class maps easily beat, doubled for COG (the plain GeoTIFF and its COG copy
+    coexist while converting). Low on purpose: it refuses runs that cannot fit, never runs that might;
+    a disk that fills up later is reported by the write itself.
+    """
+    bands = 1 + (description.num_classes if paths.probabilities is not None else 0)
+    bands += 1 if paths.confidence is not None else 0
+    raw = info.width * info.height * bands * 4 // 3
+    return raw // _COMPRESSION_GUESS * (2 if cog else 1)
+
+
+#: Compression ratio assumed by :func:`estimated_map_bytes` (deflate/zstd with predictor).
+_COMPRESSION_GUESS = 8
+
+
+_Kind = Literal["classes", "probabilities", "confidence"]
 
 
 @dataclass
 class _Target:
     final: Path
     tmp: Path
-    kind: Literal["classes", "probabilities", "confidence"]
+    kind: _Kind
     dataset: Any = None
-    extra: list[Path] = field(default_factory=list)
 
 
 class OutputWriter:
@@ -407,20 +427,25 @@ class OutputWriter:
             lut[i] = i if indices else c.code
         lut[NO_CLASS] = description.nodata
         self._lut = lut
-        self._targets: list[_Target] = [_Target(paths.classes, temporary_path(paths.classes), "classes")]
+        # All outputs of one input appear together (hidden pid-named temporaries, renamed on success).
+        # Existing outputs were refused (or accepted with --overwrite) by the caller up front.
+        self._outputs = OutputSet(overwrite=True)
+        self._targets: list[_Target] = []
+        self._paths: list[tuple[Path, _Kind]] = [(paths.classes, "classes")]
         if paths.probabilities is not None:
-            self._targets.append(
-                _Target(paths.probabilities, temporary_path(paths.probabilities), "probabilities")
-            )
+            self._paths.append((paths.probabilities, "probabilities"))
         if paths.confidence is not None:
-            self._targets.append(_Target(paths.confidence, temporary_path(paths.confidence), "confidence"))
+            self._paths.append((paths.confidence, "confidence"))
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Self:
         try:
-            for t in self._targets:
-                t.dataset = rasterio.open(t.tmp, "w", **self._profile(t.kind))
-                self._describe(t)
+            for final, kind in self._paths:
+                t = _Target(final, self._outputs.path(final), kind)
+                self._targets.append(t)
+                with self._gdal_errors(t):
+                    t.dataset = rasterio.open(t.tmp, "w", **self._profile(t.kind))
+                    self._describe(t)
         except BaseException:
             self._abort()
             raise
@@ -437,6 +462,14 @@ class OutputWriter:
         except BaseException:
             self._abort()
             raise
+
+    @contextlib.contextmanager
+    def _gdal_errors(self, t: _Target) -> Iterator[None]:
+        """Report GDAL's write failures (a full disk, a vanished folder) as one line naming *t*."""
+        try:
+            yield
+        except (RasterioError, CPLE_BaseError, OSError) as exc:
+            raise output_error(t.final, exc) from None
 
     def _profile(self, kind: str) -> dict[str, Any]:
         info = self.info
@@ -482,14 +515,15 @@ class OutputWriter:
         window = Window(0, chunk.row, self.info.width, chunk.rows)
         invalid = chunk.classes == NO_CLASS
         for t in self._targets:
-            if t.kind == "classes":
-                t.dataset.write(self._lut[chunk.classes], 1, window=window)
-            elif t.kind == "probabilities" and chunk.probabilities is not None:
-                t.dataset.write(chunk.probabilities, window=window)
-                t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
-            elif t.kind == "confidence" and chunk.confidence is not None:
-                t.dataset.write(chunk.confidence, 1, window=window)
-                t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
+            with self._gdal_errors(t):
+                if t.kind == "classes":
+                    t.dataset.write(self._lut[chunk.classes], 1, window=window)
+                elif t.kind == "probabilities" and chunk.probabilities is not None:
+                    t.dataset.write(chunk.probabilities, window=window)
+                    t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
+                elif t.kind == "confidence" and chunk.confidence is not None:
+                    t.dataset.write(chunk.confidence, 1, window=window)
+                    t.dataset.write_mask(np.where(invalid, 0, 255).astype(np.uint8), window=window)
 
     # ------------------------------------------------------------------ finishing
     def _overview_factors(self) -> list[int]:
@@ -502,44 +536,44 @@ class OutputWriter:
     def _finalise(self) -> None:
         factors = self._overview_factors() if self.overviews and not self.cog else []
         for t in self._targets:
-            t.dataset.close()
-            t.dataset = None
-            if factors:
-                # Built on the closed-and-reopened file: in create mode GDAL may not see the colour
-                # table yet when it resamples paletted bands.
-                resampling = Resampling.mode if t.kind == "classes" else Resampling.average
-                with rasterio.open(t.tmp, "r+") as ds:
-                    ds.build_overviews(factors, resampling)
-                    ds.update_tags(ns="rio_overview", resampling=resampling.name)
+            with self._gdal_errors(t):
+                t.dataset.close()
+                t.dataset = None
+                if factors:
+                    # Built on the closed-and-reopened file: in create mode GDAL may not see the colour
+                    # table yet when it resamples paletted bands.
+                    resampling = Resampling.mode if t.kind == "classes" else Resampling.average
+                    with rasterio.open(t.tmp, "r+") as ds:
+                        ds.build_overviews(factors, resampling)
+                        ds.update_tags(ns="rio_overview", resampling=resampling.name)
         if self.cog:
             for t in self._targets:
-                self._to_cog(t)
-        for t in self._targets:
-            # GDAL keeps some metadata in a PAM sidecar (.aux.xml): it travels with its raster.
-            aux = t.tmp.with_name(t.tmp.name + ".aux.xml")
-            os.replace(t.tmp, t.final)
-            if aux.exists():
-                os.replace(aux, t.final.with_name(t.final.name + ".aux.xml"))
+                with self._gdal_errors(t):
+                    self._to_cog(t)
+        # Renames every map (and its .aux.xml, the PAM sidecar where GDAL keeps some metadata) into
+        # place; a stale .aux.xml of a map being replaced is removed, it would describe the old one.
+        self._outputs.commit()
 
     def _to_cog(self, t: _Target) -> None:
         from rasterio.shutil import copy as gdal_copy
 
-        cog_tmp = t.tmp.with_name(t.tmp.name + ".cog")
-        t.extra.append(cog_tmp)
-        resampling = "MODE" if t.kind == "classes" else "AVERAGE"
-        gdal_copy(
-            t.tmp,
-            cog_tmp,
-            driver="COG",
-            compress=self.compress.upper(),
-            predictor="YES",
-            bigtiff="IF_SAFER",
-            blocksize=str(self.block),
-            resampling=resampling,
-            overview_resampling=resampling,
-        )
-        t.tmp.unlink()
-        os.replace(cog_tmp, t.tmp)
+        with scratch_path(t.final, "cog") as cog_tmp:
+            resampling = "MODE" if t.kind == "classes" else "AVERAGE"
+            gdal_copy(
+                t.tmp,
+                cog_tmp,
+                driver="COG",
+                compress=self.compress.upper(),
+                predictor="YES",
+                bigtiff="IF_SAFER",
+                blocksize=str(self.block),
+                resampling=resampling,
+                overview_resampling=resampling,
+            )
+            os.replace(cog_tmp, t.tmp)
+            aux = cog_tmp.with_name(cog_tmp.name + ".aux.xml")
+            if aux.exists():
+                os.replace(aux, t.tmp.with_name(t.tmp.name + ".aux.xml"))
 
     def _abort(self) -> None:
         for t in self._targets:
@@ -547,6 +581,4 @@ class OutputWriter:
                 with contextlib.suppress(Exception):
                     t.dataset.close()
                 t.dataset = None
-            for p in (t.tmp, t.tmp.with_name(t.tmp.name + ".aux.xml"), *t.extra):
-                with contextlib.suppress(OSError):
-                    p.unlink()
+        self._outputs.abort()

@@ -6,11 +6,11 @@ import pytest
 import rasterio
 from tests.fakes import EchoBackend
 
+from flair_deploy.atomic import temporary_path
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.inference import DetectConfig, run_detection
 from flair_deploy.inference.backends.base import Backend, BackendName, StageTimes
-from flair_deploy.inference.raster import temporary_path
 
 K = 19
 
