@@ -347,7 +347,7 @@ class OutputSet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is not None:
-            self._abort()
+            self.abort()
             return
         self.commit()
 
@@ -362,7 +362,7 @@ class OutputSet:
             return
         missing = [final for final, tmp in self._planned.items() if not tmp.exists()]
         if missing:
-            self._abort()
+            self.abort()
             raise OutputError(f"{missing[0]} was reserved but never written; nothing was kept")
         done: list[Path] = []
         try:
@@ -370,11 +370,12 @@ class OutputSet:
                 _move_into_place(tmp, final)
                 done.append(final)
         except OSError as exc:
-            self._abort()
+            self.abort()
             raise output_error(final, exc) from None
         self._committed = True
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Remove every temporary and the folders made for them: no reserved output appears."""
         for tmp in self._planned.values():
             _discard(tmp)
         self._planned.clear()

@@ -25,8 +25,6 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,10 +37,11 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
+from flair_deploy.atomic import OutputSet, atomic_path, check_destination, output_error
 from flair_deploy.checkpoints import load_checkpoint
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
-from flair_deploy.maps import _atomic_path, write_class_map_tags, write_qgis_style
+from flair_deploy.maps import write_class_map_tags, write_qgis_style
 from flair_deploy.training.metrics import (
     CONVENTIONS,
     ConfusionMatrix,
@@ -208,16 +207,10 @@ def evaluate(
     codes = np.array([c.code for c in desc.classes], dtype=np.uint8)
     cm = ConfusionMatrix(desc.num_classes, ignore_index=_IGNORE)
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    staging = out_dir / f".{PREDICTIONS_DIR}.part"
-    if save_predictions:
-        shutil.rmtree(staging, ignore_errors=True)  # leftover of an interrupted run of ours
-        staging.mkdir()
+    # Reports and predictions appear together when the evaluation completes, or not at all: an
+    # interrupted or failed run leaves nothing that blocks (or looks like) a finished one.
     written: list[Path] = []
-    try:
+    with OutputSet(overwrite=True) as outputs:
         start = time.perf_counter()
         index = 0
         for batch in _progress(loader, enabled=progress, total=len(loader)):
@@ -231,9 +224,9 @@ def evaluate(
                 for pred_i in pred.cpu().numpy():
                     pair = pairs[index]
                     index += 1
-                    _write_prediction(
-                        staging / f"PRED_{pair.image.stem}.tif", codes[pred_i], pair.image, desc
-                    )
+                    final = out_dir / PREDICTIONS_DIR / f"PRED_{pair.image.stem}.tif"
+                    _write_prediction(final, outputs.path(final), codes[pred_i], pair.image, desc)
+                    written.append(final)
             else:
                 index += image.shape[0]
         seconds = time.perf_counter() - start
@@ -250,16 +243,16 @@ def evaluate(
 
         report = _metrics_report(metrics, desc, csv_path=Path(csv_path), patches=len(pairs), seconds=seconds)
         path = out_dir / METRICS_FILE
-        with _atomic_path(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(path)
-        written.append(write_confusion_matrix_csv(out_dir / MATRIX_CSV, matrix, names))
-        written.append(write_confusion_matrix_png(out_dir / MATRIX_PNG, matrix, names, desc.active_mask))
+        text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+        outputs.path(path).write_text(text, encoding="utf-8")
+        write_confusion_matrix_csv(outputs.path(out_dir / MATRIX_CSV), matrix, names)
+        write_confusion_matrix_png(outputs.path(out_dir / MATRIX_PNG), matrix, names, desc.active_mask)
+        reports = [path, out_dir / MATRIX_CSV, out_dir / MATRIX_PNG]
         if save_predictions:
-            write_qgis_style(staging / "classes.qml", desc)
-            written.extend(_publish(staging, out_dir / PREDICTIONS_DIR))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            style = out_dir / PREDICTIONS_DIR / "classes.qml"
+            write_qgis_style(outputs.path(style), desc, overwrite=True)
+            written.append(style)
+        written = reports + written
     return EvaluationResult(
         metrics=metrics,
         confusion_matrix=matrix,
@@ -273,6 +266,7 @@ def evaluate(
 def _check_outputs(out_dir: Path, *, save_predictions: bool, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output folder {out_dir} is an existing file; choose a folder path")
+    check_destination(out_dir / METRICS_FILE, overwrite=True)  # a writable folder, found up front
     if overwrite:
         return
     names = [METRICS_FILE, MATRIX_CSV, MATRIX_PNG]
@@ -320,8 +314,13 @@ def _progress(loader: Iterable[Any], *, enabled: bool, total: int) -> Iterable[A
     return track(loader, total=total, description="evaluate", transient=True)
 
 
-def _write_prediction(path: Path, codes: NDArray[np.uint8], image_path: Path, desc: ModelDescription) -> None:
+def _write_prediction(
+    final: Path, path: Path, codes: NDArray[np.uint8], image_path: Path, desc: ModelDescription
+) -> None:
+    """Write the prediction map *final* to *path* (its temporary name)."""
     import rasterio
+    from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
+    from rasterio.errors import RasterioError
 
     with rasterio.open(image_path) as src:
         crs, transform, src_nodata = src.crs, src.transform, src.nodata
@@ -343,19 +342,13 @@ def _write_prediction(path: Path, codes: NDArray[np.uint8], image_path: Path, de
         "transform": transform,
         "compress": "lzw",
     }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(codes, 1)
-        write_class_map_tags(dst, desc)
-
-
-def _publish(staging: Path, target: Path) -> list[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    moved = []
-    for src in sorted(staging.iterdir()):
-        dst = target / src.name
-        os.replace(src, dst)
-        moved.append(dst)
-    return moved
+    try:
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(codes, 1)
+            write_class_map_tags(dst, desc)
+    except (RasterioError, CPLE_BaseError, OSError) as exc:
+        # A full disk reaches us as a failed TIFF write: one line naming the map.
+        raise output_error(final, exc) from None
 
 
 def _metrics_report(
@@ -416,7 +409,7 @@ def write_confusion_matrix_csv(
     writer.writerow(["ground truth \\ prediction", *class_names])
     for name, row in zip(class_names, np.asarray(matrix), strict=True):
         writer.writerow([name, *(int(v) for v in row)])
-    with _atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     return path
 
@@ -475,6 +468,6 @@ def write_confusion_matrix_png(
                         color="white" if v > 0.5 else "black",
                     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="%")
-    with _atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path

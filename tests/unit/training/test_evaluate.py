@@ -184,3 +184,33 @@ def test_cli_bad_input_is_one_line_and_exit_1(problem, constant_checkpoint, patc
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_full_disk_while_writing_predictions_is_one_line_and_leaves_nothing(
+    constant_checkpoint, patch_csv, tmp_path, monkeypatch
+):
+    from rasterio._err import CPLE_FileIOError
+    from rasterio.io import DatasetWriter
+
+    from flair_deploy import atomic
+
+    class Usage:
+        free = 10
+
+    calls = []
+
+    def full(self, *_a, **_k):
+        calls.append(1)
+        if len(calls) > 1:  # the first map is written, the second finds the disk full
+            monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _p: Usage)
+            raise CPLE_FileIOError(1, 3, "TIFFAppendToStrip:Write error at scanline 0")
+        return original(self, *_a, **_k)
+
+    original = DatasetWriter.write
+    monkeypatch.setattr(DatasetWriter, "write", full)
+    out = tmp_path / "eval"
+    with pytest.raises(OutputError) as info:
+        evaluate(constant_checkpoint, patch_csv, out, save_predictions=True, progress=False)
+    msg = str(info.value)
+    assert "PRED_IMG_000001.tif" in msg and "the disk is full" in msg and "\n" not in msg
+    assert not out.exists(), "a failed evaluation leaves nothing behind"
