@@ -1,0 +1,130 @@
+"""Raster output: every map of one input appears whole and together, or not at all."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio._err import CPLE_FileIOError
+from rasterio.io import DatasetWriter
+from tests.fakes import EchoBackend
+
+from flair_deploy import atomic
+from flair_deploy.errors import OutputError
+from flair_deploy.inference import DetectConfig, run_detection
+from flair_deploy.inference.raster import OutputPaths, OutputWriter, estimated_map_bytes, inspect_raster
+from flair_deploy.inference.stitching import OutputChunk
+
+H = W = 40
+
+
+@pytest.fixture
+def source(write_geotiff):
+    rng = np.random.default_rng(0)
+    return write_geotiff(rng.integers(0, 255, (5, H, W)).astype(np.uint8), "ortho.tif")
+
+
+def _paths(source, folder, *, extras=True):
+    return OutputPaths(
+        source,
+        folder / "map.tif",
+        folder / "map_proba.tif" if extras else None,
+        folder / "map_confidence.tif" if extras else None,
+    )
+
+
+def _chunk(k):
+    classes = np.tile(np.arange(W, dtype=np.uint8) % 3, (H, 1))
+    return OutputChunk(0, classes, np.full((H, W), 200, np.uint8), np.zeros((k, H, W), np.uint8))
+
+
+def _writer(source, paths, desc):
+    return OutputWriter(inspect_raster(source, desc), paths, desc, overviews=False, block=16)
+
+
+def test_maps_appear_together_only_when_complete(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path / "maps")
+    with _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+        # While writing, only hidden pid-named temporaries exist.
+        names = sorted(p.name for p in paths.classes.parent.iterdir())
+        assert names == sorted(atomic.temporary_path(p).name for p in paths.all())
+        assert all(atomic.is_temporary(paths.classes.parent / n) for n in names)
+    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(p.name for p in paths.all())
+    with rasterio.open(paths.classes) as ds:
+        codes = [c.code for c in tiny_description.classes]
+        assert ds.read(1)[0, :3].tolist() == codes[:3]
+
+
+def test_an_aborted_write_leaves_nothing_not_even_the_folder(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path / "maps")
+    with pytest.raises(RuntimeError, match="interrupted"), _writer(source, paths, tiny_description) as w:
+        w.write(_chunk(tiny_description.num_classes))
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
+
+
+def test_overwrite_removes_the_stale_aux_sidecar_of_the_old_map(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path, extras=False)
+    paths.classes.write_bytes(b"old map")
+    stale = paths.classes.with_name("map.tif.aux.xml")
+    stale.write_text("<PAMDataset>statistics of the old map</PAMDataset>")
+    with _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    assert not stale.exists() or "old map" not in stale.read_text()
+    with rasterio.open(paths.classes) as ds:
+        assert ds.width == W
+
+
+def test_a_full_disk_is_one_line_naming_the_map_and_leaves_nothing(
+    source, tmp_path, tiny_description, monkeypatch
+):
+    class Usage:
+        free = 10
+
+    def full(self, *_a, **_k):
+        monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _p: Usage)
+        raise CPLE_FileIOError(1, 3, "TIFFAppendToStrip:Write error at scanline 0")
+
+    monkeypatch.setattr(DatasetWriter, "write", full)
+    paths = _paths(source, tmp_path / "maps")
+    with pytest.raises(OutputError) as info, _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {paths.classes}: TIFFAppendToStrip") and "\n" not in msg
+    assert "(the disk is full); free some space" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
+
+
+def test_estimate_grows_with_the_outputs(source, tmp_path, tiny_description):
+    info = inspect_raster(source, tiny_description)
+    small = estimated_map_bytes(info, _paths(source, tmp_path, extras=False), tiny_description, cog=False)
+    big = estimated_map_bytes(info, _paths(source, tmp_path), tiny_description, cog=True)
+    assert 0 < small < big
+
+
+def test_detect_refuses_a_disk_too_small_before_any_output(source, tmp_path, tiny_description, monkeypatch):
+    class Usage:
+        free = 0
+
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _p: Usage)
+    out = tmp_path / "maps" / "map.tif"
+    with (
+        EchoBackend(tiny_description) as b,
+        pytest.raises(OutputError, match="not enough space for the class maps"),
+    ):
+        run_detection(b, DetectConfig(inputs=(source,), output=out, overviews=False, block_size=16))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
+
+
+def test_detect_removes_temporaries_of_dead_runs_but_not_of_running_ones(source, tmp_path, tiny_description):
+    out = tmp_path / "map.tif"
+    dead = atomic.temporary_path(out, pid=2**22 + 12345)
+    running = atomic.temporary_path(out, pid=os.getppid())  # another live process is writing it
+    dead.write_bytes(b"left over")
+    running.write_bytes(b"in progress")
+    with EchoBackend(tiny_description) as b:
+        run_detection(b, DetectConfig(inputs=(source,), output=out, overviews=False, block_size=16))
+    assert out.is_file() and not dead.exists() and running.exists()
