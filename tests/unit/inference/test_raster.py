@@ -128,3 +128,13 @@ def test_detect_removes_temporaries_of_dead_runs_but_not_of_running_ones(source,
     with EchoBackend(tiny_description) as b:
         run_detection(b, DetectConfig(inputs=(source,), output=out, overviews=False, block_size=16))
     assert out.is_file() and not dead.exists() and running.exists()
+
+
+def test_cog_conversion_leaves_only_the_maps(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path / "maps")
+    info = inspect_raster(source, tiny_description)
+    with OutputWriter(info, paths, tiny_description, block=16, cog=True) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(p.name for p in paths.all())
+    with rasterio.open(paths.classes) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
