@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from collections.abc import Callable
 from enum import StrEnum
@@ -19,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from flair_deploy.atomic import atomic_path, write_text
 from flair_deploy.benchmarking.fingerprint import Ceiling, Fingerprint
 from flair_deploy.description import Precision
 from flair_deploy.errors import OutputError
@@ -169,29 +169,13 @@ class BenchmarkReport(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------- writing
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    if path.parent and not path.parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; choose a writable path") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_json(report: BenchmarkReport, path: Path) -> None:
     """Write the report as indented JSON (atomically).
 
     Raises:
-        OutputError: If the file cannot be written.
+        OutputError: If the file cannot be written (disk full, folder not writable), as one line.
     """
-    text = report.model_dump_json(indent=2) + "\n"
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(path, report.model_dump_json(indent=2) + "\n")
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -302,10 +286,9 @@ def write_markdown(report: BenchmarkReport, path: Path) -> None:
     """Write :func:`to_markdown` to *path* (atomically).
 
     Raises:
-        OutputError: If the file cannot be written.
+        OutputError: If the file cannot be written (disk full, folder not writable), as one line.
     """
-    text = to_markdown(report)
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(path, to_markdown(report))
 
 
 def render_table(report: BenchmarkReport, console: Any | None = None) -> None:
@@ -417,11 +400,9 @@ def write_plot(report: BenchmarkReport, path: Path) -> None:
     fig.suptitle(f"flair-deploy benchmark on {machine}", fontsize=10)
     fig.tight_layout()
 
-    def save(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=120)
-
     try:
-        _atomic_write(path, save)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120)
     finally:
         plt.close(fig)
 
