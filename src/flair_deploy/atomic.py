@@ -179,7 +179,9 @@ def check_destination(path: Path, *, overwrite: bool = False, what: str = "outpu
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise OutputError(f"cannot write {path}: {folder} is not a folder; choose another output path")
+        raise OutputError(
+            f"cannot write {path}: folder {folder} is not writable (it is a file); choose another output path"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {path}: folder {folder} is not writable; choose another output path")
 
