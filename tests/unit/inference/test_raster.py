@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -138,3 +139,19 @@ def test_cog_conversion_leaves_only_the_maps(source, tmp_path, tiny_description)
     assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(p.name for p in paths.all())
     with rasterio.open(paths.classes) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_detect_on_a_disk_that_fills_up_is_one_line_and_leaves_nothing(
+    source, tmp_path, tiny_description, monkeypatch
+):
+    def full(self, *_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as rasterio raises it when GDAL sees ENOSPC
+
+    monkeypatch.setattr(DatasetWriter, "write", full)
+    out = tmp_path / "maps" / "map.tif"
+    with EchoBackend(tiny_description) as b, pytest.raises(OutputError) as info:
+        run_detection(b, DetectConfig(inputs=(source,), output=out, overviews=False, block_size=16))
+    assert str(info.value) == (
+        f"cannot write {out}: No space left on device; free some space or choose another output folder"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
