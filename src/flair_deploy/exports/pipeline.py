@@ -21,7 +21,8 @@ A variant that fails its parity gate fails the whole export (unless ``verify`` i
 artifact is kept, not even the variants that passed, because a partial set would look like a
 finished export and block the rerun. Only the parity reports are kept, as the explanation; they
 never block a rerun (reports without their artifacts beside them are replaced), and the export
-raises :class:`~flair_deploy.errors.ParityError`.
+raises :class:`~flair_deploy.errors.ParityError`. With ``overwrite``, an earlier export in the
+folder is left whole, reports included.
 """
 
 from __future__ import annotations
@@ -387,15 +388,21 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         json_text, md_text = render_reports(name, tiles.origin, results)
         outputs.path(json_path, overwrite=True).write_text(json_text, encoding="utf-8")
         outputs.path(md_path, overwrite=True).write_text(md_text, encoding="utf-8")
+        where = f"see {md_path}"
         if failed and cfg.verify:
             rejected = [p for p in outputs.finals if p not in (json_path, md_path)]
             for path in rejected:
                 outputs.discard(path)
+            if any(p.exists() for p in _model_artifacts(cfg, name)):
+                # With --overwrite, an earlier export is left whole: its reports still describe it.
+                outputs.discard(json_path)
+                outputs.discard(md_path)
+                where = f"the earlier export in {cfg.out_dir} is untouched"
     if failed and cfg.verify:
         first = failed[0]
         raise ParityError(
             f"{', '.join(r.variant for r in failed)} failed parity ({first.variant}: {'; '.join(first.failures)}); "
-            f"no artifact was kept, see {md_path}; fix and rerun, or rerun with --no-verify to keep them"
+            f"no artifact was kept, {where}; fix and rerun, or rerun with --no-verify to keep them"
         )
     return ExportResult(
         out_dir=cfg.out_dir,

@@ -101,6 +101,11 @@ def test_failed_gate_keeps_no_artifact_only_the_report_and_the_rerun_needs_no_ov
     fixed = export_model(cfg.model_copy(update={"gates": ParityGates()}), progress=False)
     assert fixed.passed and fixed.onnx[Precision.FP32].is_file()
     assert json.loads(fixed.parity_json.read_text())["passed"] is True
+    # A failing --overwrite rerun leaves the earlier, good export whole, reports included.
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ParityError, match=r"earlier export .* is untouched"):
+        export_model(cfg.model_copy(update={"overwrite": True}), progress=False)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 def _fake_quantize(fail: bool):
