@@ -88,7 +88,7 @@ def test_failed_gate_keeps_no_artifact_only_the_report_and_the_rerun_needs_no_ov
 ):
     impossible = ParityGates(fp32=ParityGate(min_agreement=1.0, max_abs_logit=0.0))
     cfg = ExportConfig(
-        checkpoint=export_data["checkpoint"], out_dir=tmp_path, gates=impossible, parity_tiles=2
+        checkpoint=export_data["checkpoint"], out_dir=tmp_path, gates=impossible, parity_tiles=2, slim=False
     )
     with pytest.raises(ParityError, match=r"fp32 failed parity.*no artifact was kept") as info:
         export_model(cfg, progress=False)
@@ -138,6 +138,7 @@ def test_failed_int8_calibration_leaves_nothing_and_the_rerun_needs_no_overwrite
         calibration=(export_data["csv"],),
         calibration_tiles=2,
         parity_tiles=2,
+        slim=False,  # the graph simplifier is not under test: seconds saved
     )
     monkeypatch.setattr(pipeline, "quantize_int8", _fake_quantize(fail=True))
     with pytest.raises(ExportError, match="calibration diverged"):
@@ -211,7 +212,7 @@ def test_full_disk_while_writing_is_one_line_and_leaves_nothing(export_data, tmp
 
     monkeypatch.setattr(onnx, "save", full)
     out = tmp_path / "out"
-    cfg = ExportConfig(checkpoint=export_data["checkpoint"], out_dir=out, parity_tiles=2)
+    cfg = ExportConfig(checkpoint=export_data["checkpoint"], out_dir=out, parity_tiles=2, slim=False)
     with pytest.raises(OutputError, match="No space left on device; free some space") as info:
         export_model(cfg, progress=False)
     assert "\n" not in str(info.value)
