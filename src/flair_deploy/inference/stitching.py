@@ -331,7 +331,8 @@ class RowBandStitcher:
             acc, wsum = self._acc[:, a:b], self._wsum[a:b]
             empty = wsum <= 0.0
             # argmax of the weighted sum = argmax of the weighted mean: no division needed for classes.
-            arg = acc.argmax(axis=0)
+            # The accumulators hold the active classes only, so every plane may win.
+            arg = masked_argmax(acc, [True] * len(self.active_index))
             cls[a:b] = np.where(empty, NO_CLASS, self.active_index[arg])
             if conf is None and probs is None:
                 continue
