@@ -1,8 +1,9 @@
 """From logits to predictions: the one masked softmax and masked argmax, and the one mean IoU.
 
 FLAIR models keep 19 logits even when some classes were not trained (IGN's "15 classes" and "12
-classes" models); those *inactive* classes must never be predicted. Every stage (training metrics,
-evaluation, export parity, inference backends, stitching) goes through these functions:
+classes" models); those *inactive* classes must never be predicted. Training metrics, evaluation,
+export parity, the inference backends' host and device paths, stitching and benchmarks all go through
+these functions:
 
 * :func:`masked_argmax`: the most probable active class (int64 logit index);
 * :func:`masked_classes`: the same as uint8 plus its softmax probability (the confidence);
@@ -17,9 +18,13 @@ How they stay cheap: the argmax and the confidence work one class plane at a tim
 temporary is an ``(N, H, W)`` plane and the ``(N, K, H, W)`` logits are never copied; the confidence is
 ``1 / sum_k exp(l_k - l_max)``, so no softmax is materialised for it. The softmax copies the active
 planes once, shifts and exponentiates them in place and normalises by multiplying with one reciprocal
-plane. The argmax is a maximum
-plus one comparison per class, from the last class down, which returns the *first* maximal class as
-``argmax`` does, and is faster than numpy's ``argmax`` along a non-last axis (a transposed copy).
+plane. The argmax is a maximum plus one comparison per class, from the last class down, which returns
+the *first* maximal class as ``argmax`` does, and is faster than numpy's ``argmax`` along a non-last
+axis (which makes a transposed copy).
+
+The active flags are host values (a tuple, list or numpy array, e.g. ``ModelDescription.active_mask``)
+whatever the logits' device, so that choosing the class planes never synchronises a GPU. (The ONNX
+heads compute the same thing inside the exported graph, with an additive ``-1e4`` bias.)
 
 :func:`confusion_matrix`, :func:`class_iou` and :func:`mean_iou` score class indices against ground
 truth; training metrics, evaluation and export parity all take their IoU from :func:`class_iou`.
