@@ -45,7 +45,7 @@ from flair_deploy.description import ArchitectureSpec, ModelDescription, class_p
 from flair_deploy.inference import DetectConfig, run_detection
 from flair_deploy.inference.tiling import make_grid
 from flair_deploy.models import build_model
-from flair_deploy.training.sample import make_sample_ortho
+from flair_deploy.sample import make_sample_ortho
 
 
 # ---------------------------------------------------------------------- models

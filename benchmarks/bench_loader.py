@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from flair_deploy.sample import make_sample_dataset, make_sample_ortho, sample_description
 from flair_deploy.training.data import loader_throughput
-from flair_deploy.training.sample import make_sample_dataset, make_sample_ortho, sample_description
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -27,7 +27,7 @@ ROUNDS = int(os.environ.get("FLAIR_BENCH_ROUNDS", "5"))
 
 def _export(ckpt: Path, out: Path, description: ModelDescription) -> None:
     from flair_deploy.exports import ExportConfig, export_model
-    from flair_deploy.training.sample import make_sample_ortho
+    from flair_deploy.sample import make_sample_ortho
 
     ortho = make_sample_ortho(out / "calibration.tif", width=1536, height=1536)
     export_model(

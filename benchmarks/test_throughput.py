@@ -16,10 +16,10 @@ from flair_deploy.benchmarking import (
     gflop_per_tile,
     open_backend,
     plan_cases,
-    synthetic_tiles,
 )
 from flair_deploy.description import Precision
 from flair_deploy.inference.backends import available_backends
+from flair_deploy.sample import sample_tiles
 
 CASES = [
     ("torch", Precision.FP32, "eager"),
@@ -49,7 +49,7 @@ def test_infer_throughput(benchmark, bench_config, ceilings, backend, precision,
     if case.skip is not None:
         pytest.skip(case.skip)
     with open_backend(case, 512, bench_config) as runtime:
-        images = synthetic_tiles(runtime.description, batch, 512)
+        images = sample_tiles(runtime.description, batch, 512)
         runtime.infer(images)  # first call: allocation, kernel selection
         benchmark.pedantic(runtime.infer, args=(images,), rounds=ROUNDS, iterations=1, warmup_rounds=1)
         median = benchmark.stats.stats.median

@@ -31,8 +31,6 @@ import torch
 from torch import Tensor
 
 from flair_deploy.description import (
-    FLAIR_RVBIE_MEAN,
-    FLAIR_RVBIE_STD,
     ArchitectureSpec,
     ModelDescription,
     Normalization,
@@ -40,6 +38,7 @@ from flair_deploy.description import (
     file_sha256,
 )
 from flair_deploy.errors import CheckpointError
+from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 from flair_deploy.models import FlairSegmenter, build_model
 
 __all__ = [
@@ -54,16 +53,16 @@ __all__ = [
 
 CheckpointLayout = Literal["flair-deploy", "ign-lightning", "ign-state-dict", "smp-state-dict"]
 
-_BANDS = {"rgbie": ("R", "G", "B", "NIR", "E"), "rgbi": ("R", "G", "B", "NIR"), "rgb": ("R", "G", "B")}
+_BANDS = {"rgbie": FLAIR_BANDS, "rgbi": FLAIR_BANDS[:4], "rgb": FLAIR_BANDS[:3]}
 
 
 def _ign_preset(bands: str, ncl: int) -> ModelDescription:
     names = _BANDS[bands]
-    n = len(names)
+    mean, std = flair_statistics(names)
     return ModelDescription(
         name=f"FLAIR-INC_{bands}_{ncl}cl_resnet34-unet",
         bands=names,
-        normalization=Normalization(mean=FLAIR_RVBIE_MEAN[:n], std=FLAIR_RVBIE_STD[:n]),
+        normalization=Normalization(mean=mean, std=std),
         classes=class_preset(f"flair{ncl}"),
         architecture=ArchitectureSpec(arch="unet", encoder="resnet34"),
     )

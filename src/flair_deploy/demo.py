@@ -91,9 +91,9 @@ def run_demo(
     from flair_deploy.inference.config import DetectConfig
     from flair_deploy.inference.detect import detect
     from flair_deploy.maps import render_preview_png
+    from flair_deploy.sample import make_sample_dataset, make_sample_ortho
     from flair_deploy.training.config import load_train_config, sample_config_base
     from flair_deploy.training.run import train
-    from flair_deploy.training.sample import make_sample_dataset, make_sample_ortho
 
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)

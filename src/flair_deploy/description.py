@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flair_deploy.errors import ModelDescriptionError
 
+# FLAIR's bands, statistics and nomenclature live in flair_format; the names stay importable from here.
+from flair_deploy.flair_format import FLAIR_BANDS, FLAIR_CLASSES, FLAIR_RVBIE_MEAN, FLAIR_RVBIE_STD
+
 __all__ = [
     "FLAIR_CLASSES",
     "FLAIR_RVBIE_MEAN",
@@ -47,33 +50,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 ONNX_KEY = "flair_deploy.description"
-
-#: FLAIR #1 statistics for (R, G, B, NIR, elevation), as published in IGN's ``flair-1-config.yaml``.
-FLAIR_RVBIE_MEAN: tuple[float, ...] = (105.08, 110.87, 101.82, 106.38, 53.26)
-FLAIR_RVBIE_STD: tuple[float, ...] = (52.17, 45.38, 44.0, 39.69, 79.3)
-
-#: FLAIR #1 nomenclature: mask code → (name, colour) as published with the dataset.
-FLAIR_CLASSES: tuple[tuple[int, str, str], ...] = (
-    (1, "building", "#db0e9a"),
-    (2, "pervious surface", "#938e7b"),
-    (3, "impervious surface", "#f80c00"),
-    (4, "bare soil", "#a97101"),
-    (5, "water", "#1553ae"),
-    (6, "coniferous", "#194a26"),
-    (7, "deciduous", "#46e483"),
-    (8, "brushwood", "#f3a60d"),
-    (9, "vineyard", "#660082"),
-    (10, "herbaceous vegetation", "#55ff00"),
-    (11, "agricultural land", "#fff30d"),
-    (12, "plowed land", "#e4df7c"),
-    (13, "swimming pool", "#3de6eb"),
-    (14, "snow", "#ffffff"),
-    (15, "clear cut", "#8ab3a0"),
-    (16, "mixed", "#6b714f"),
-    (17, "ligneous", "#c5dc42"),
-    (18, "greenhouse", "#9999ff"),
-    (19, "other", "#000000"),
-)
 
 
 class _Frozen(BaseModel):
@@ -268,7 +244,7 @@ class ModelDescription(_Frozen):
 
     schema_version: int = SCHEMA_VERSION
     name: str = "flair-unet-resnet34"
-    bands: Annotated[tuple[str, ...], Field(min_length=1)] = ("R", "G", "B", "NIR", "E")
+    bands: Annotated[tuple[str, ...], Field(min_length=1)] = FLAIR_BANDS
     normalization: Normalization = Normalization()
     input_dtype: Literal["uint8", "uint16", "float32"] = "uint8"
     classes: Annotated[tuple[ClassInfo, ...], Field(min_length=2)] = Field(

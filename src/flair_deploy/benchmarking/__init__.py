@@ -38,7 +38,7 @@ from flair_deploy.benchmarking.report import (
 )
 from flair_deploy.benchmarking.runner import open_backend, resolve_ceilings, run_benchmark
 from flair_deploy.benchmarking.timing import LatencyStats, MemoryPeak, measure
-from flair_deploy.benchmarking.workload import UNET_RESNET34_GFLOP_512, gflop_per_tile, synthetic_tiles
+from flair_deploy.benchmarking.workload import UNET_RESNET34_GFLOP_512, gflop_per_tile
 
 __all__ = [
     "UNET_RESNET34_GFLOP_512",
@@ -64,7 +64,6 @@ __all__ = [
     "render_table",
     "resolve_ceilings",
     "run_benchmark",
-    "synthetic_tiles",
     "to_markdown",
     "write_json",
     "write_markdown",

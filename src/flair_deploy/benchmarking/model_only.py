@@ -15,7 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from flair_deploy.benchmarking.timing import LatencyStats, MemoryPeak, measure
-from flair_deploy.inference.backends import Backend, StageTimes, masked_argmax
+from flair_deploy.inference.backends import Backend, StageTimes
+from flair_deploy.predictions import masked_argmax
 
 __all__ = ["ModelOnlyResult", "Parity", "compare_logits", "measure_model_only", "reference_logits"]
 
@@ -126,7 +127,7 @@ def compare_logits(logits: Array, reference: Array, active: tuple[bool, ...]) ->
         raise ValueError(
             f"logits of shape {logits.shape} cannot be compared with reference {reference.shape}"
         )
-    classes, _ = masked_argmax(logits, active)
-    ref_classes, _ = masked_argmax(reference, active)
+    classes = masked_argmax(logits, active)
+    ref_classes = masked_argmax(reference, active)
     delta = float(np.max(np.abs(logits.astype(np.float32) - reference))) if logits.size else 0.0
     return Parity(argmax_agreement=float(np.mean(classes == ref_classes)), max_abs_dlogit=delta)

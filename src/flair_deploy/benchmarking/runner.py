@@ -26,10 +26,11 @@ from flair_deploy.benchmarking.fingerprint import (
 from flair_deploy.benchmarking.model_only import compare_logits, measure_model_only, reference_logits
 from flair_deploy.benchmarking.plan import BenchmarkConfig, Case, parity_reference, plan_cases
 from flair_deploy.benchmarking.report import BenchmarkReport, Mode, Row, Status
-from flair_deploy.benchmarking.workload import gflop_per_tile, raster_tiles, synthetic_tiles
+from flair_deploy.benchmarking.workload import gflop_per_tile, raster_tiles
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import FlairDeployError
 from flair_deploy.inference.backends import Backend, available_backends, create_backend
+from flair_deploy.sample import sample_tiles
 
 __all__ = ["BackendOpener", "RowCallback", "open_backend", "resolve_ceilings", "run_benchmark"]
 
@@ -131,7 +132,7 @@ class _Workload:
             if self.cfg.raster is not None:
                 self._tiles[key] = raster_tiles(self.cfg.raster, desc, self.count, tile)
             else:
-                self._tiles[key] = synthetic_tiles(desc, self.count, tile)
+                self._tiles[key] = sample_tiles(desc, self.count, tile)
         return self._tiles[key]
 
     def reference_logits(self, tile: int) -> tuple[ModelDescription, Array] | None:
@@ -261,7 +262,7 @@ def run_benchmark(
         "min_time_s": cfg.min_time,
         "min_iters": cfg.min_iters,
         "warmup_iters": cfg.warmup_iters,
-        "tiles_from": str(cfg.raster) if cfg.raster else "sample world (flair_deploy.training.sample)",
+        "tiles_from": str(cfg.raster) if cfg.raster else "sample world (flair_deploy.sample)",
         "threads": cfg.threads or "runtime default",
         "device": cfg.device,
     }

@@ -1,8 +1,9 @@
 """What a benchmark feeds the model: realistic tiles and the work (FLOP) each one costs.
 
 Timings on all-zero inputs can flatter some runtimes and make parity meaningless, so tiles come from a
-raster when one is given and otherwise from the project's sample-world generator (land-cover patches,
-buildings and roads with FLAIR-like spectra and elevation).
+raster when one is given (:func:`raster_tiles`) and otherwise from the project's sample-world generator
+(:func:`flair_deploy.sample.sample_tiles`: land-cover patches, buildings and roads with FLAIR-like
+spectra and elevation).
 """
 
 from __future__ import annotations
@@ -17,42 +18,11 @@ import numpy.typing as npt
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import InputDataError
 
-__all__ = ["UNET_RESNET34_GFLOP_512", "gflop_per_tile", "raster_tiles", "synthetic_tiles"]
+__all__ = ["UNET_RESNET34_GFLOP_512", "gflop_per_tile", "raster_tiles"]
 
 #: Forward-pass cost of the FLAIR U-Net/ResNet-34 on one 512 x 512 tile (2 FLOP per multiply-add),
 #: the figure the project's ceilings are drawn with. Counting with torch's FlopCounterMode gives 64.7.
 UNET_RESNET34_GFLOP_512 = 64.4
-
-_FLAIR_BANDS = ("R", "G", "B", "NIR", "E")
-
-
-def synthetic_tiles(
-    description: ModelDescription, count: int, tile: int, *, seed: int = 0
-) -> npt.NDArray[np.float32]:
-    """Render *count* tiles of the sample world (:func:`flair_deploy.training.sample.render_scene`).
-
-    The sample world has FLAIR-like regions, buildings and roads with per-class R, G, B, NIR and
-    elevation signatures; tiles are taken from distinct places so a batch is not one image repeated.
-    Bands are picked by name; a band the sample world lacks is filled with the R band.
-
-    Args:
-        description: Model description (bands and input dtype).
-        count: Number of tiles.
-        tile: Tile edge in pixels.
-        seed: World seed (the same seed gives the same tiles).
-
-    Returns:
-        ``(count, C, tile, tile)`` float32 raw values in the description's input range.
-    """
-    from flair_deploy.training.sample import render_scene
-
-    index = [_FLAIR_BANDS.index(b.upper()) if b.upper() in _FLAIR_BANDS else 0 for b in description.bands]
-    scale = {"uint8": 1.0, "uint16": 257.0, "float32": 1.0 / 255.0}[description.input_dtype]
-    out = np.empty((count, len(index), tile, tile), dtype=np.float32)
-    for i in range(count):
-        image, _ = render_scene(i * 7919, i * 104729, tile, tile, seed=seed)
-        out[i] = image[index].astype(np.float32) * np.float32(scale)
-    return out
 
 
 def raster_tiles(path: Path, description: ModelDescription, count: int, tile: int) -> npt.NDArray[np.float32]:

@@ -18,7 +18,7 @@ __all__ = ["command"]
 
 def _sample_paths(root: Path, *, overwrite: bool) -> dict[str, Any]:
     """Generate the sample dataset into *root* (or reuse one generated there before)."""
-    from flair_deploy.training.sample import make_sample_dataset
+    from flair_deploy.sample import make_sample_dataset
 
     if (root / "sample.json").is_file() and not overwrite:
         aerial = root / "aerial_metadata.json"

@@ -2,9 +2,10 @@
 
 Tiles are **raw band values** as float32 ``(N, C, T, T)`` (the graph normalises), taken from
 
-* a FLAIR CSV (one row per patch: image path, optional mask path; a header naming ``image``/``img`` and
-  ``mask``/``msk`` columns, or none with the image first; relative paths are relative to the CSV), or
-* GeoTIFFs / ortho rasters (or folders of them), from integer windows spread over each raster.
+* a FLAIR CSV, read by :func:`~flair_deploy.flair_format.read_patch_csv` (the rule of ``train`` and
+  ``evaluate``; here the mask column is optional), or
+* rasters (:data:`~flair_deploy.flair_format.RASTER_SUFFIXES`), or folders of them searched
+  recursively, from integer windows spread over each raster.
 
 Tiles are drawn round-robin across every input so that one large raster cannot dominate, with a
 seeded generator so the same sources always give the same set. :attr:`TileSet.sha256` hashes the
@@ -17,7 +18,6 @@ and RGBI models).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,19 +28,14 @@ from numpy.typing import NDArray
 
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import InputDataError
+from flair_deploy.flair_format import FLAIR_BANDS, PatchPair, list_rasters, read_patch_csv
+from flair_deploy.sample import sample_tiles
 
 __all__ = [
-    "FLAIR_BAND_ORDER",
-    "RASTER_SUFFIXES",
     "TileSet",
     "read_tiles",
     "synthetic_tiles",
 ]
-
-#: Band order of FLAIR #1 image patches.
-FLAIR_BAND_ORDER: tuple[str, ...] = ("R", "G", "B", "NIR", "E")
-#: File suffixes taken from calibration folders.
-RASTER_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 
 
 @dataclass(frozen=True)
@@ -81,56 +76,19 @@ class TileSet:
             yield feed
 
 
-@dataclass(frozen=True)
-class _Item:
-    image: Path
-    mask: Path | None
-
-
-def _csv_items(path: Path) -> list[_Item]:
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputDataError(f"cannot read CSV {path}: {exc}") from None
-    if not rows:
-        raise InputDataError(f"CSV {path} is empty; expected one row per patch: image path[, mask path]")
-    header = [c.strip().lower() for c in rows[0]]
-    img_col, msk_col = 0, 1
-    names_img = [n for n in ("image", "img", "image_path", "img_path") if n in header]
-    if names_img:
-        img_col = header.index(names_img[0])
-        names_msk = [n for n in ("mask", "msk", "mask_path", "msk_path") if n in header]
-        msk_col = header.index(names_msk[0]) if names_msk else -1
-        rows = rows[1:]
-    items = []
-    for row in rows:
-        image = (path.parent / row[img_col].strip()).resolve()
-        mask = None
-        if 0 <= msk_col < len(row) and row[msk_col].strip():
-            mask = (path.parent / row[msk_col].strip()).resolve()
-        items.append(_Item(image, mask))
-    return items
-
-
-def _expand(sources: Sequence[Path]) -> list[_Item]:
-    items: list[_Item] = []
+def _expand(sources: Sequence[Path]) -> list[PatchPair]:
+    items: list[PatchPair] = []
     for src in sources:
         if src.is_dir():
-            found = sorted(p for p in src.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
-            if not found:
-                raise InputDataError(
-                    f"folder {src} holds no rasters ({', '.join(RASTER_SUFFIXES)}); give GeoTIFFs or a FLAIR CSV"
-                )
-            items += [_Item(p, None) for p in found]
+            items += [PatchPair(p, None) for p in list_rasters(src, recursive=True)]
         elif src.suffix.lower() == ".csv":
-            items += _csv_items(src)
+            items += read_patch_csv(src, require_masks=False)
         elif src.is_file():
-            items.append(_Item(src, None))
+            items.append(PatchPair(src, None))
         else:
-            raise InputDataError(f"tile source {src} does not exist; give a FLAIR CSV, GeoTIFFs or a folder")
+            raise InputDataError(f"tile source {src} does not exist; give a FLAIR CSV, rasters or a folder")
     if not items:
-        raise InputDataError("no tile sources given; give a FLAIR CSV, GeoTIFFs or a folder of GeoTIFFs")
+        raise InputDataError("no tile sources given; give a FLAIR CSV, rasters or a folder of rasters")
     return items
 
 
@@ -138,7 +96,7 @@ def _band_indexes(path: Path, count: int, description: ModelDescription) -> list
     c = description.in_channels
     if count == c:
         return list(range(1, c + 1))
-    if count == len(FLAIR_BAND_ORDER) and description.bands == FLAIR_BAND_ORDER[:c]:
+    if count == len(FLAIR_BANDS) and description.bands == FLAIR_BANDS[:c]:
         return list(range(1, c + 1))
     raise InputDataError(
         f"raster {path} has {count} bands but the model expects {c} ({', '.join(description.bands)}); "
@@ -253,33 +211,17 @@ def synthetic_metadata(description: ModelDescription, count: int, seed: int) -> 
 def synthetic_tiles(
     description: ModelDescription, count: int, *, tile_size: int | None = None, seed: int = 0
 ) -> TileSet:
-    """Return structured synthetic tiles: smooth blobs of plausible band values with texture.
+    """Return *count* tiles of the sample world (:func:`flair_deploy.sample.sample_tiles`).
 
-    Used for parity when no validation CSV is given. Unlike white noise, these tiles have regions and
-    edges, so the network's activations (and its argmax decisions) resemble those on real imagery.
+    Used for parity (and calibration in benchmarks) when no real tiles are given: the sample world
+    has FLAIR-like regions, roofs and roads with per-class spectra and elevation, so the network's
+    activations (and its argmax decisions) resemble those on real imagery, unlike white noise.
 
     Args:
-        description: The model's description (bands, normalisation statistics, metadata).
+        description: The model's description (bands, input dtype, metadata).
         count: Number of tiles.
         tile_size: Tile edge; None uses the description's.
-        seed: Generator seed.
+        seed: World seed (the same seed gives the same tiles).
     """
-    tile = tile_size or description.tile_size
-    rng = np.random.default_rng(seed)
-    c = description.in_channels
-    norm = description.normalization
-    mean = np.asarray(norm.mean if len(norm.mean) == c else [norm.max_value / 2] * c, dtype=np.float32)
-    std = np.asarray(norm.std if len(norm.std) == c else [norm.max_value / 5] * c, dtype=np.float32)
-    top = float(norm.max_value) if description.input_dtype != "float32" else float(mean.max() + 3 * std.max())
-    yy, xx = np.mgrid[0:tile, 0:tile].astype(np.float32)
-    images = np.empty((count, c, tile, tile), dtype=np.float32)
-    for n in range(count):
-        k = int(rng.integers(4, 12))
-        centres = rng.uniform(0, tile, size=(k, 2)).astype(np.float32)
-        dist = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
-        region = dist.argmin(axis=0)
-        values = mean[None, :] + std[None, :] * rng.standard_normal((k, c)).astype(np.float32)
-        img = values[region].transpose(2, 0, 1)
-        img += rng.standard_normal((c, tile, tile)).astype(np.float32) * std[:, None, None] * 0.1
-        images[n] = np.clip(img, 0.0, top)
+    images = sample_tiles(description, count, tile_size or description.tile_size, seed=seed)
     return TileSet(images, None, synthetic_metadata(description, count, seed), "synthetic tiles")

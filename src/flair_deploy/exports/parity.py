@@ -33,6 +33,7 @@ from flair_deploy.errors import BackendError
 from flair_deploy.exports.calibration import TileSet
 from flair_deploy.exports.config import ParityGate
 from flair_deploy.models import FlairSegmenter
+from flair_deploy.predictions import confusion_matrix, masked_argmax, masked_softmax, mean_iou
 
 __all__ = [
     "NEAR_TIE_MARGIN",
@@ -164,32 +165,15 @@ def onnx_logits(path: Path, tiles: TileSet, *, batch_size: int = 4, threads: int
     return np.concatenate(outs).astype(np.float32, copy=False)
 
 
-def _masked_argmax(logits: NDArray[np.float32], active: NDArray[np.bool_]) -> NDArray[np.int64]:
-    masked = np.where(active[None, :, None, None], logits, -np.inf)
-    index: NDArray[np.int64] = masked.argmax(axis=1)
-    return index
-
-
 def _top2_margin(logits: NDArray[np.float32], active: NDArray[np.bool_]) -> NDArray[np.float32]:
-    x = np.where(active[None, :, None, None], logits, -np.inf)
-    x = x - x.max(axis=1, keepdims=True)
-    p = np.exp(x)
-    p /= p.sum(axis=1, keepdims=True)
+    p = masked_softmax(logits, active)
     top2 = np.partition(p, -2, axis=1)[:, -2:]
     return (top2[:, 1] - top2[:, 0]).astype(np.float32)
 
 
 def _miou(pred: NDArray[np.int64], masks: NDArray[np.int16], active: NDArray[np.bool_]) -> float:
-    k = active.size
-    valid = (masks >= 0) & active[np.clip(masks, 0, k - 1)]
-    cm = np.bincount(masks[valid].astype(np.int64) * k + pred[valid], minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(np.float64)
-    union = cm.sum(0) + cm.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = tp / union
     # Classes absent from both ground truth and predictions neither help nor hurt (NaN, skipped).
-    scored = iou[active & (union > 0)]
-    return float(scored.mean()) if scored.size else float("nan")
+    return mean_iou(confusion_matrix(pred, masks, active.size), active)
 
 
 def compare_logits(
@@ -253,7 +237,7 @@ def compare_logits(
             r64, c64 = r.reshape(-1).astype(np.float64), np.nan_to_num(c.reshape(-1)).astype(np.float64)
             denom = float(np.linalg.norm(r64) * np.linalg.norm(c64))
             cosines.append(float(r64 @ c64) / denom if denom > 0 else float(np.array_equal(r64, c64)))
-        rp, cp = _masked_argmax(ref, active), _masked_argmax(np.nan_to_num(cand), active)
+        rp, cp = masked_argmax(ref, active), masked_argmax(np.nan_to_num(cand), active)
         tie = _top2_margin(ref, active) < near_tie_margin
         flipped = rp != cp
         same += int((~flipped).sum())

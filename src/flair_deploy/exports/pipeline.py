@@ -44,8 +44,6 @@ from flair_deploy.atomic import (
 )
 from flair_deploy.checkpoints import LoadedModel, load_checkpoint
 from flair_deploy.description import (
-    FLAIR_RVBIE_MEAN,
-    FLAIR_RVBIE_STD,
     ArchitectureSpec,
     ModelDescription,
     Normalization,
@@ -53,7 +51,7 @@ from flair_deploy.description import (
     class_preset,
 )
 from flair_deploy.errors import ConfigError, OutputError, ParityError
-from flair_deploy.exports.calibration import FLAIR_BAND_ORDER, TileSet, read_tiles, synthetic_tiles
+from flair_deploy.exports.calibration import TileSet, read_tiles, synthetic_tiles
 from flair_deploy.exports.config import ExportConfig
 from flair_deploy.exports.onnx import export_onnx, restamp_onnx
 from flair_deploy.exports.parity import (
@@ -65,6 +63,7 @@ from flair_deploy.exports.parity import (
 )
 from flair_deploy.exports.precision import check_node_patterns, convert_fp16, quantize_int8
 from flair_deploy.exports.tensorrt import EngineFacts, build_engine, gpu_compute_capability, sidecar_path
+from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 from flair_deploy.models import FlairSegmenter
 
 __all__ = [
@@ -147,22 +146,20 @@ def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
     """
     if cfg.bands is None and cfg.classes_preset is None and cfg.arch is None and cfg.encoder is None:
         return None
-    bands = cfg.bands or FLAIR_BAND_ORDER
-    unknown = [b for b in bands if b not in FLAIR_BAND_ORDER]
+    bands = cfg.bands or FLAIR_BANDS
+    unknown = [b for b in bands if b not in FLAIR_BANDS]
     if unknown:
         raise ConfigError(
-            f"band(s) {unknown} have no FLAIR statistics; use names from {', '.join(FLAIR_BAND_ORDER)} "
+            f"band(s) {unknown} have no FLAIR statistics; use names from {', '.join(FLAIR_BANDS)} "
             "or export from a self-describing checkpoint"
         )
-    idx = [FLAIR_BAND_ORDER.index(b) for b in bands]
+    mean, std = flair_statistics(bands)
     arch = ArchitectureSpec(arch=cfg.arch or "unet", encoder=cfg.encoder or "resnet34")
     classes = class_preset(cfg.classes_preset or "flair19")
     return ModelDescription(
         name=f"flair-{arch.arch}-{arch.encoder}-{''.join(b.lower()[0] for b in bands)}-{len(classes)}cl",
         bands=tuple(bands),
-        normalization=Normalization(
-            mean=tuple(FLAIR_RVBIE_MEAN[i] for i in idx), std=tuple(FLAIR_RVBIE_STD[i] for i in idx)
-        ),
+        normalization=Normalization(mean=mean, std=std),
         classes=classes,
         architecture=arch,
     )

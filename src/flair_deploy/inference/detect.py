@@ -24,6 +24,7 @@ import rasterio
 from flair_deploy.atomic import check_destination, check_free_space, remove_stale_temporaries
 from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.flair_format import list_rasters
 from flair_deploy.inference.config import DetectConfig, TilingPlan, default_batch_size
 from flair_deploy.inference.pipeline import MetadataFn, StageSeconds, check_backend_fits, run_raster
 from flair_deploy.inference.raster import (
@@ -37,8 +38,6 @@ from flair_deploy.inference.raster import (
 from flair_deploy.inference.tiling import Tile
 
 __all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "run_detection"]
-
-_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +139,7 @@ class DetectSummary:
 
 
 def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
-    """Expand folders into the rasters they hold (``*.tif``, ``*.tiff``, ``*.vrt``, sorted).
+    """Expand folders into the rasters they hold (:data:`~flair_deploy.flair_format.RASTER_SUFFIXES`, sorted).
 
     Raises:
         InputDataError: For a missing path or a folder with no raster.
@@ -148,10 +147,7 @@ def expand_inputs(inputs: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in inputs:
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in _RASTER_SUFFIXES and q.is_file())
-            if not found:
-                raise InputDataError(f"folder {p} holds no .tif, .tiff or .vrt raster; give raster files")
-            out.extend(found)
+            out.extend(list_rasters(p))
         elif not p.exists():
             raise InputDataError(f"input raster {p} does not exist; check the path")
         else:

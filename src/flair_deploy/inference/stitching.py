@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from flair_deploy.errors import ConfigError
 from flair_deploy.inference.tiling import Tile, TileGrid
+from flair_deploy.predictions import masked_argmax
 
 __all__ = ["OutputBand", "OutputChunk", "RowBandStitcher", "TilePrediction", "blend_window"]
 
@@ -199,6 +200,7 @@ class RowBandStitcher:
         self.grid = grid
         self.mode = grid.mode
         self.num_classes = len(active)
+        self.active = tuple(bool(a) for a in active)
         self.active_index = np.flatnonzero(np.asarray(active, dtype=bool))
         self.want_conf = confidence
         self.want_probs = probabilities
@@ -285,10 +287,9 @@ class RowBandStitcher:
         valid = p.valid[tile_r, tile_c]
         if p.probabilities is not None:
             probs = p.probabilities[:, tile_r, tile_c]
-            sub = probs[self.active_index]
-            arg = sub.argmax(axis=0)
-            cls = self.active_index[arg].astype(np.uint8)
-            conf = np.take_along_axis(sub, arg[None], axis=0)[0]
+            arg = masked_argmax(probs, self.active)
+            cls = arg.astype(np.uint8)
+            conf = np.take_along_axis(probs, arg[None], axis=0)[0]
             if self.want_probs:
                 self._prob[:, band_r, band_c] = np.where(valid, _to_u8(probs), 0)
         elif p.classes is not None and p.confidence is not None:
@@ -330,7 +331,8 @@ class RowBandStitcher:
             acc, wsum = self._acc[:, a:b], self._wsum[a:b]
             empty = wsum <= 0.0
             # argmax of the weighted sum = argmax of the weighted mean: no division needed for classes.
-            arg = acc.argmax(axis=0)
+            # The accumulators hold the active classes only, so every plane may win.
+            arg = masked_argmax(acc, [True] * len(self.active_index))
             cls[a:b] = np.where(empty, NO_CLASS, self.active_index[arg])
             if conf is None and probs is None:
                 continue

@@ -5,8 +5,8 @@
 * :class:`SegmentationTask`: the LightningModule whose checkpoints rebuild their network alone;
 * :func:`train`: Lightning Trainer with checkpoints, early stopping, logs and a learning curve.
 
-Data (:mod:`~flair_deploy.training.data`), the sample dataset (:mod:`~flair_deploy.training.sample`)
-and metrics (:mod:`~flair_deploy.training.metrics`) live in their own modules.
+Data (:mod:`~flair_deploy.training.data`) and metrics (:mod:`~flair_deploy.training.metrics`) live in
+their own modules; the sample dataset generator is :mod:`flair_deploy.sample`.
 """
 
 from __future__ import annotations

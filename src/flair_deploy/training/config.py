@@ -29,8 +29,6 @@ from pydantic import Field, ValidationError, model_validator
 
 from flair_deploy.config import FrozenConfig, apply_overrides, read_yaml, validation_message
 from flair_deploy.description import (
-    FLAIR_RVBIE_MEAN,
-    FLAIR_RVBIE_STD,
     ArchitectureSpec,
     ClassInfo,
     ModelDescription,
@@ -40,9 +38,9 @@ from flair_deploy.description import (
     class_preset,
 )
 from flair_deploy.errors import ConfigError, ModelDescriptionError
+from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 
 __all__ = [
-    "FLAIR_BAND_NAMES",
     "CheckpointSection",
     "ClassEntry",
     "DataSection",
@@ -58,9 +56,6 @@ __all__ = [
     "resolve_paths",
     "sample_config_base",
 ]
-
-#: Names of FLAIR #1's five bands, indexed by 1-based band number - 1.
-FLAIR_BAND_NAMES: tuple[str, ...] = ("R", "G", "B", "NIR", "E")
 
 #: Dotted keys holding file paths (resolved against the YAML file's folder).
 PATH_KEYS: tuple[str, ...] = (
@@ -375,7 +370,7 @@ class TrainConfig(FrozenConfig):
                 f"data.normalization.mean/std are only used with kind=meanstd, not {norm.kind!r}; "
                 "remove them or set kind=meanstd"
             )
-        if norm.kind == "flair-rvbie" and max(bands) > len(FLAIR_RVBIE_MEAN):
+        if norm.kind == "flair-rvbie" and max(bands) > len(FLAIR_BANDS):
             raise ValueError(
                 f"data.normalization.kind=flair-rvbie covers FLAIR bands 1-5, but bands are {list(bands)}; "
                 "use kind=meanstd with your own statistics"
@@ -436,20 +431,14 @@ class TrainConfig(FrozenConfig):
         """Names of the selected bands (FLAIR names for bands 1-5 unless given)."""
         if self.data.band_names is not None:
             return self.data.band_names
-        return tuple(
-            FLAIR_BAND_NAMES[b - 1] if b <= len(FLAIR_BAND_NAMES) else f"B{b}" for b in self.data.bands
-        )
+        return tuple(FLAIR_BANDS[b - 1] if b <= len(FLAIR_BANDS) else f"B{b}" for b in self.data.bands)
 
     def normalization(self) -> Normalization:
         """Return the description's normalisation for the selected bands."""
         norm = self.data.normalization
         if norm.kind == "flair-rvbie":
-            idx = [b - 1 for b in self.data.bands]
-            return Normalization(
-                kind=NormalizationKind.MEANSTD,
-                mean=tuple(FLAIR_RVBIE_MEAN[i] for i in idx),
-                std=tuple(FLAIR_RVBIE_STD[i] for i in idx),
-            )
+            mean, std = flair_statistics(self.data.bands)
+            return Normalization(kind=NormalizationKind.MEANSTD, mean=mean, std=std)
         if norm.kind == "meanstd":
             assert norm.mean is not None and norm.std is not None  # checked by the validator
             return Normalization(kind=NormalizationKind.MEANSTD, mean=norm.mean, std=norm.std)
@@ -499,7 +488,7 @@ def sample_config_base() -> dict[str, Any]:
     19 logits of which the 9 classes the sample draws are active. On 160 training patches it reaches a
     validation mIoU above 0.9 in a few CPU minutes (see docs/training.md).
     """
-    drawn = {1, 2, 3, 4, 5, 6, 7, 10, 11}  # flair_deploy.training.sample.SAMPLE_CLASS_CODES
+    drawn = {1, 2, 3, 4, 5, 6, 7, 10, 11}  # flair_deploy.sample.SAMPLE_CLASS_CODES
     return {
         "data": {
             "bands": [1, 2, 3, 4, 5],

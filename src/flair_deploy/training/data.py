@@ -1,9 +1,8 @@
 """FLAIR training data: patch lists, the patch dataset and the Lightning data module.
 
-FLAIR #1 lists its patches in CSV files with no header: column 0 the image GeoTIFF, column 1 its mask.
-:func:`read_patch_csv` reads such a list (paths absolute or relative to the CSV's folder, unlike IGN's
-code which resolves them against the working directory). :class:`FlairPatchDataset` reads one patch per
-item and returns
+FLAIR #1 lists its patches in CSV files: column 0 the image GeoTIFF, column 1 its mask.
+:func:`~flair_deploy.flair_format.read_patch_csv` reads such a list (one rule for every command, see
+``docs/data.md``). :class:`FlairPatchDataset` reads one patch per item and returns
 
 * ``"image"``: float32 ``(C, H, W)`` **raw** band values (the model normalises inside its graph, so
   training, export and inference all feed the same thing);
@@ -19,10 +18,8 @@ workers).
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ import lightning
 from flair_deploy.aerial import AERIAL_DIM, AerialRecord, encode_aerial, load_aerial_json
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError
+from flair_deploy.flair_format import PatchPair, read_patch_csv
 from flair_deploy.training.transforms import radiometric_jitter, random_d4
 
 __all__ = [
@@ -51,68 +49,6 @@ __all__ = [
 ]
 
 Sample = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class PatchPair:
-    """One listed patch: an image GeoTIFF and its mask (None when predicting without labels)."""
-
-    image: Path
-    mask: Path | None
-
-
-def read_patch_csv(path: Path, *, require_masks: bool = True) -> list[PatchPair]:
-    """Read a FLAIR patch list.
-
-    Args:
-        path: CSV with no header; column 0 the image path, column 1 the mask path. Relative paths are
-            resolved against the CSV's folder. Blank lines are skipped.
-        require_masks: If True every row needs a mask column; if False a row may list the image alone.
-
-    Returns:
-        The pairs, in file order.
-
-    Raises:
-        InputDataError: If the CSV is missing or empty, a row has the wrong number of columns, or a
-            listed file does not exist; the message names the CSV and the line.
-    """
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except OSError as exc:
-        raise InputDataError(f"cannot read patch list {path}: {exc.strerror or exc}") from None
-    expected = "2 columns (image,mask)" if require_masks else "1 or 2 columns (image[,mask])"
-    base = path.parent
-    pairs: list[PatchPair] = []
-    for lineno, row in enumerate(rows, start=1):
-        cells = [c.strip() for c in row]
-        if not any(cells):
-            continue
-        if len(cells) > 2 or (require_masks and len(cells) < 2) or not cells[0]:
-            raise InputDataError(
-                f"{path}, line {lineno}: got {len(cells)} column(s) {row!r}, expected {expected} "
-                "with no header, as FLAIR's lists"
-            )
-        image = _resolve(base, cells[0])
-        mask = _resolve(base, cells[1]) if len(cells) == 2 and cells[1] else None
-        if require_masks and mask is None:
-            raise InputDataError(f"{path}, line {lineno}: the mask column is empty; expected {expected}")
-        for kind, p in (("image", image), ("mask", mask)):
-            if p is not None and not p.is_file():
-                raise InputDataError(
-                    f"{path}, line {lineno}: {kind} file {p} does not exist "
-                    f"(relative paths are resolved against {base})"
-                )
-        pairs.append(PatchPair(image=image, mask=mask))
-    if not pairs:
-        raise InputDataError(f"patch list {path} is empty; expected one 'image,mask' row per patch")
-    return pairs
-
-
-def _resolve(base: Path, text: str) -> Path:
-    p = Path(text).expanduser()
-    return p if p.is_absolute() else base / p
 
 
 class FlairPatchDataset(Dataset[Sample]):

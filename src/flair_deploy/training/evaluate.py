@@ -202,7 +202,7 @@ def evaluate(
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but no CUDA GPU is available; use --device cpu")
     model = loaded.model.to(dev).eval()
-    active = torch.tensor(desc.active_mask, device=dev)
+    active = desc.active_mask
     stride = desc.architecture.output_stride
     codes = np.array([c.code for c in desc.classes], dtype=np.uint8)
     cm = ConfusionMatrix(desc.num_classes, ignore_index=_IGNORE)

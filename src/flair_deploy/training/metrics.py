@@ -53,6 +53,9 @@ from torch import Tensor
 
 from flair_deploy.errors import ModelDescriptionError
 
+# The one masked argmax (numpy or torch, any device); importable from here as training always did.
+from flair_deploy.predictions import class_iou, masked_argmax
+
 __all__ = [
     "CHALLENGE_NUM_CLASSES",
     "CONVENTIONS",
@@ -69,29 +72,6 @@ Convention = Literal["present", "ign", "challenge"]
 CONVENTIONS: tuple[Convention, ...] = get_args(Convention)
 #: The challenge scores 12 classes plus "other".
 CHALLENGE_NUM_CLASSES = 13
-
-
-def masked_argmax(logits: Tensor, active: Sequence[bool] | Tensor) -> Tensor:
-    """Return per-pixel class indices, never choosing an inactive (untrained) class.
-
-    Args:
-        logits: ``(N, K, H, W)`` (or ``(K, H, W)``) logits.
-        active: ``K`` flags, True for trained classes (``ModelDescription.active_mask``).
-
-    Returns:
-        int64 indices with the class dimension removed.
-    """
-    flags = torch.as_tensor(active, dtype=torch.bool, device=logits.device)
-    class_dim = logits.dim() - 3
-    if flags.numel() != logits.shape[class_dim]:
-        raise ValueError(f"{flags.numel()} active flags for {logits.shape[class_dim]} logits")
-    if bool(flags.all()):
-        return logits.argmax(dim=class_dim)
-    shape = [1] * logits.dim()
-    shape[class_dim] = -1
-    # -inf rather than a large negative number so that even fp16 logits cannot win.
-    masked = logits.masked_fill(~flags.view(shape), float("-inf"))
-    return masked.argmax(dim=class_dim)
 
 
 class ConfusionMatrix:
@@ -287,16 +267,17 @@ def compute_metrics(
 
     if convention == "present":
         # Drop GT rows of untrained classes; keep every column so predicting one is still an error.
-        rows = m[flags].astype(np.float64)
-        tp = np.diag(m)[flags].astype(np.float64)
-        gt = rows.sum(axis=1)
-        pred = rows.sum(axis=0)[flags]
+        sub = m.astype(np.float64)
+        sub[~flags] = 0.0
+        iou = class_iou(sub)[flags]
+        tp, gt, pred = np.diag(sub)[flags], sub.sum(axis=1)[flags], sub.sum(axis=0)[flags]
         names = [n for n, a in zip(names, flags, strict=True) if a]
-        total = float(rows.sum())
+        total = float(sub.sum())
         nan_to_zero, averaged = False, list(range(len(names)))
     elif convention == "ign":
         keep = np.flatnonzero(flags)
         sub = m[np.ix_(keep, keep)].astype(np.float64)
+        iou = class_iou(sub)
         tp, gt, pred = np.diag(sub), sub.sum(axis=1), sub.sum(axis=0)
         names = [names[i] for i in keep]
         total = float(sub.sum())
@@ -307,6 +288,7 @@ def compute_metrics(
         fold = np.minimum(np.arange(k), CHALLENGE_NUM_CLASSES - 1)
         sub = np.zeros((CHALLENGE_NUM_CLASSES, CHALLENGE_NUM_CLASSES), dtype=np.float64)
         np.add.at(sub, (fold[:, None], fold[None, :]), m)
+        iou = class_iou(sub)
         tp, gt, pred = np.diag(sub), sub.sum(axis=1), sub.sum(axis=0)
         # Index 12 is "other" whatever the model called its 13th class (e.g. "swimming pool" in flair19).
         names = [*names[:12], "other"]
@@ -315,7 +297,6 @@ def compute_metrics(
     else:
         raise ValueError(f"unknown metric convention {convention!r}; choose one of {list(CONVENTIONS)}")
 
-    iou = _divide(tp, gt + pred - tp)
     precision = _divide(tp, pred)
     recall = _divide(tp, gt)
     # 2TP / (2TP + FP + FN) equals 2PR / (P + R) where both are defined, and stays defined (0) for a

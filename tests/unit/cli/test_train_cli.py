@@ -83,7 +83,7 @@ def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
 
 
 def test_sample_data_run_reports_checkpoint_and_throughput(tmp_path, capsys, monkeypatch):
-    import flair_deploy.training.sample as sample_mod
+    import flair_deploy.sample as sample_mod
 
     real = sample_mod.make_sample_dataset
 

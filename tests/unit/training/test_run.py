@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.sample import make_sample_dataset
 from flair_deploy.training.config import load_train_config, sample_config_base
 from flair_deploy.training.run import plot_learning_curve, train
-from flair_deploy.training.sample import make_sample_dataset
 
 
 def _tiny_config(sample, out, *overrides):

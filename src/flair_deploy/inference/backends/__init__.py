@@ -23,8 +23,6 @@ from flair_deploy.inference.backends.base import (
     Backend,
     BackendName,
     StageTimes,
-    masked_argmax,
-    masked_softmax,
     parse_device,
     parse_precision,
 )
@@ -37,8 +35,6 @@ __all__ = [
     "available_backends",
     "backend_for_artifact",
     "create_backend",
-    "masked_argmax",
-    "masked_softmax",
 ]
 
 #: Model-file suffix → the backend that reads it.

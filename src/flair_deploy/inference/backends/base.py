@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError
+from flair_deploy.predictions import masked_classes, masked_softmax
 
 __all__ = [
     "Backend",
@@ -41,8 +42,6 @@ __all__ = [
     "Probabilities",
     "StageTimes",
     "check_options",
-    "masked_argmax",
-    "masked_softmax",
     "parse_device",
     "parse_precision",
     "physical_cores",
@@ -265,14 +264,18 @@ class Backend(abc.ABC):
         """Run the network on an already-validated batch and fill :attr:`last_times`."""
 
     def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        """Host fallback: logits from :meth:`_infer`, softmax in numpy."""
+        """Host fallback: logits from :meth:`_infer`, then :func:`~flair_deploy.predictions.masked_softmax`."""
         logits = self._infer(images, metadata)
-        return masked_softmax(logits, self._active_mask)
+        probs: Probabilities = masked_softmax(logits, self._active_mask)
+        return probs
 
     def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        """Host fallback: logits from :meth:`_infer`, masked argmax in numpy."""
+        """Host fallback: logits from :meth:`_infer`, then :func:`~flair_deploy.predictions.masked_classes`."""
         logits = self._infer(images, metadata)
-        return masked_argmax(logits, self._active_mask)
+        classes: Classes
+        confidence: Confidence
+        classes, confidence = masked_classes(logits, self._active_mask)
+        return classes, confidence
 
     # ------------------------------------------------------------------ validation
     def _validate(self, images: Any, metadata: Any) -> tuple[Batch, MetadataBatch | None]:
@@ -337,53 +340,6 @@ class Backend(abc.ABC):
             metadata = np.ascontiguousarray(metadata)
         # Runtimes read raw memory (IOBinding, pinned copies): hand them C-contiguous arrays.
         return np.ascontiguousarray(images), metadata
-
-
-# ---------------------------------------------------------------------- numpy helpers
-def masked_softmax(logits: Logits, active: npt.ArrayLike) -> Probabilities:
-    """Softmax over the active classes along axis 1; inactive classes get probability 0.
-
-    Args:
-        logits: ``(N, K, H, W)`` logits.
-        active: ``K`` booleans, True for trained classes.
-
-    Returns:
-        ``(N, K, H, W)`` float32 probabilities.
-    """
-    mask = np.asarray(active, dtype=bool)
-    # Boolean indexing already copies; convert only if needed, and normalise by multiplying with the
-    # reciprocal of one (N, 1, H, W) plane: this runs on the host once per tile in blend mode.
-    sub = logits[:, mask]
-    if sub.dtype != np.float32 or np.may_share_memory(sub, logits):
-        sub = sub.astype(np.float32)
-    sub -= sub.max(axis=1, keepdims=True)
-    np.exp(sub, out=sub)
-    sub *= np.reciprocal(sub.sum(axis=1, keepdims=True))
-    if mask.all():
-        return sub
-    out = np.zeros(logits.shape, dtype=np.float32)
-    out[:, mask] = sub
-    return out
-
-
-def masked_argmax(logits: Logits, active: npt.ArrayLike) -> tuple[Classes, Confidence]:
-    """Most probable active class (logit index) and its softmax probability.
-
-    Args:
-        logits: ``(N, K, H, W)`` logits.
-        active: ``K`` booleans, True for trained classes.
-
-    Returns:
-        ``(N, H, W)`` uint8 logit indices and ``(N, H, W)`` float32 confidences.
-    """
-    mask = np.asarray(active, dtype=bool)
-    index = np.flatnonzero(mask)
-    sub = logits[:, mask].astype(np.float32, copy=False)
-    arg = sub.argmax(axis=1)
-    top = np.take_along_axis(sub, arg[:, None], axis=1)
-    # max softmax probability = 1 / sum_k exp(l_k - l_max): no need to materialise the softmax.
-    conf = 1.0 / np.exp(sub - top).sum(axis=1)
-    return index[arg].astype(np.uint8), conf.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------- option parsing

@@ -43,11 +43,10 @@ from flair_deploy.inference.backends.base import (
     Probabilities,
     StageTimes,
     check_options,
-    masked_argmax,
-    masked_softmax,
     parse_device,
     physical_cores,
 )
+from flair_deploy.predictions import masked_classes, masked_softmax
 
 __all__ = ["PROVIDERS", "OrtBackend", "tensorrt_provider_options"]
 
@@ -417,13 +416,8 @@ class OrtBackend(Backend):
 
         self._torch_cuda = torch.cuda.is_available()
         if self._torch_cuda:
-            bias = np.where(np.asarray(self.description.active_mask), 0.0, -np.inf).astype(np.float32)
             dev = torch.device(f"cuda:{self._device_index}")
-            self._torch_state = {
-                "device": dev,
-                "bias": torch.from_numpy(bias).to(dev).view(1, -1, 1, 1),
-                "pinned": {},
-            }
+            self._torch_state = {"device": dev, "pinned": {}}
 
     def _deactivate(self) -> None:
         self._session = None
@@ -482,15 +476,13 @@ class OrtBackend(Backend):
             t2 = time.perf_counter()
             outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
             if post == "softmax":
-                outs = [masked_softmax(outs[0].astype(np.float32), self._active_mask)]
+                outs = [masked_softmax(outs[0], self._active_mask)]
             elif post == "argmax":
-                outs = list(masked_argmax(outs[0].astype(np.float32), self._active_mask))
+                outs = list(masked_classes(outs[0], self._active_mask))
             self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
             return [o[:n] for o in outs]
 
         import torch
-
-        from flair_deploy.inference.backends.torch_backend import device_classes, device_softmax
 
         dev = state["device"]
         pinned: dict[tuple[str, tuple[int, ...], Any], Any] = state["pinned"]
@@ -551,9 +543,9 @@ class OrtBackend(Backend):
             return [o[:n] for o in outs]
         # Run() returns once the provider's stream has finished, so torch may read the logits now.
         results = (
-            device_softmax(logits_dev.float(), state["bias"])
+            (masked_softmax(logits_dev, self._active_mask),)
             if post == "softmax"
-            else device_classes(logits_dev.float(), state["bias"])
+            else masked_classes(logits_dev, self._active_mask)
         )
         torch.cuda.current_stream(dev).synchronize()
         t2 = time.perf_counter()
@@ -569,9 +561,9 @@ class OrtBackend(Backend):
         if self.provider == "cpu":
             outs = self._run_cpu(images, metadata, roles)
             if post == "softmax":
-                return [masked_softmax(outs[0].astype(np.float32, copy=False), self._active_mask)]
+                return [masked_softmax(outs[0], self._active_mask)]
             if post == "argmax":
-                return list(masked_argmax(outs[0].astype(np.float32, copy=False), self._active_mask))
+                return list(masked_classes(outs[0], self._active_mask))
             return outs
         return self._run_device(images, metadata, roles, post)
 

@@ -38,8 +38,9 @@ from flair_deploy.inference.backends.base import (
     parse_device,
     parse_precision,
 )
+from flair_deploy.predictions import masked_classes, masked_softmax
 
-__all__ = ["TorchBackend", "device_classes", "device_softmax"]
+__all__ = ["TorchBackend"]
 
 _OPTIONS = ("channels_last", "compile", "cuda_graphs", "threads", "timing")
 _AUTOCAST: dict[Precision, torch.dtype] = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
@@ -85,38 +86,6 @@ class _GraphRunner:
         with torch.cuda.graph(graph):
             static_out = self._forward(static_x, static_m)
         return graph, static_x, static_m, static_out
-
-
-def device_softmax(logits: Tensor, mask_bias: Tensor) -> tuple[Tensor]:
-    """Softmax over the active classes, on the logits' device.
-
-    Args:
-        logits: ``(N, K, H, W)`` float32 logits.
-        mask_bias: ``(1, K, 1, 1)``: 0 for active classes, ``-inf`` for inactive ones, which thereby
-            get probability exactly 0.
-
-    Returns:
-        A 1-tuple with the ``(N, K, H, W)`` probabilities.
-    """
-    return (torch.softmax(logits + mask_bias, dim=1),)
-
-
-def device_classes(logits: Tensor, mask_bias: Tensor) -> tuple[Tensor, Tensor]:
-    """Most probable active class (uint8 logit index) and its probability, on the logits' device.
-
-    Args:
-        logits: ``(N, K, H, W)`` float32 logits.
-        mask_bias: As for :func:`device_softmax`.
-
-    Returns:
-        ``(N, H, W)`` uint8 indices and ``(N, H, W)`` float32 probabilities.
-    """
-    masked = logits + mask_bias  # a fresh tensor: the in-place steps below do not touch the logits
-    top, index = masked.max(dim=1)
-    # p(top) = 1 / sum_k exp(l_k - top): one in-place exp pass, no (N, K, H, W) softmax and no
-    # logsumexp (whose handling of the -inf bias is markedly slower on CPU).
-    conf = masked.sub_(top.unsqueeze(1)).exp_().sum(dim=1).reciprocal_()
-    return index.to(torch.uint8), conf
 
 
 class TorchBackend(Backend):
@@ -183,7 +152,6 @@ class TorchBackend(Backend):
         self._is_cuda = kind == "cuda"
         self._forward: _Forward | None = None
         self._pinned: dict[tuple[str, tuple[int, ...], torch.dtype], Tensor] = {}
-        self._mask_bias: Tensor | None = None
         self._saved_threads: int | None = None
         self._was_training = False
 
@@ -287,13 +255,10 @@ class TorchBackend(Backend):
             return out.float()
 
         self._forward = _GraphRunner(forward, self._torch_device) if self.cuda_graphs else forward
-        bias = np.where(np.asarray(self.description.active_mask), 0.0, -np.inf).astype(np.float32)
-        self._mask_bias = torch.from_numpy(bias).to(self._torch_device).view(1, -1, 1, 1)
 
     def _deactivate(self) -> None:
         self._forward = None
         self._pinned.clear()
-        self._mask_bias = None
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         self.model.to("cpu")
@@ -346,9 +311,7 @@ class TorchBackend(Backend):
     def _run(
         self, images: Batch, metadata: MetadataBatch | None, post: Callable[[Tensor], tuple[Tensor, ...]]
     ) -> tuple[np.ndarray[Any, Any], ...]:
-        if (
-            self._forward is None or self._mask_bias is None
-        ):  # pragma: no cover - guarded by Backend._validate
+        if self._forward is None:  # pragma: no cover - guarded by Backend._validate
             raise BackendError("the torch backend is not active; run inference inside `with backend:`")
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -373,15 +336,12 @@ class TorchBackend(Backend):
         return logits
 
     def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        bias = self._mask_bias
-        assert bias is not None  # set by _activate; _validate guarantees we are active
-
-        (probs,) = self._run(images, metadata, lambda out: device_softmax(out, bias))
+        active = self.description.active_mask
+        # On the device: only the probabilities come back to the host.
+        (probs,) = self._run(images, metadata, lambda out: (masked_softmax(out, active),))
         return probs
 
     def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        bias = self._mask_bias
-        assert bias is not None
-
-        classes, conf = self._run(images, metadata, lambda out: device_classes(out, bias))
+        active = self.description.active_mask
+        classes, conf = self._run(images, metadata, lambda out: masked_classes(out, active))
         return classes, conf

@@ -39,6 +39,7 @@ from flair_deploy.inference.backends.base import (
     check_options,
     parse_device,
 )
+from flair_deploy.predictions import masked_classes, masked_softmax
 
 __all__ = ["EngineIO", "TensorProfile", "TrtBackend", "read_engine_io", "read_sidecar", "sidecar_path"]
 
@@ -246,7 +247,6 @@ class TrtBackend(Backend):
         if io.image.min[2:] == io.image.max[2:]:
             self.supports_dynamic_hw = False
             self.fixed_hw = (io.image.min[2], io.image.min[3])
-        bias = np.where(np.asarray(self.description.active_mask), 0.0, -np.inf).astype(np.float32)
         self._state = {
             "trt": trt,
             "torch": torch,
@@ -255,7 +255,6 @@ class TrtBackend(Backend):
             "engine": engine,
             "context": context,
             "io": io,
-            "bias": torch.from_numpy(bias).to(dev).view(1, -1, 1, 1),
             "pinned": {},
             "buffers": {},
         }
@@ -326,8 +325,6 @@ class TrtBackend(Backend):
             outs[name] = out
         if not context.execute_async_v3(stream.cuda_stream):
             raise BackendError(f"TensorRT failed to enqueue a batch of shape {images.shape}")
-        from flair_deploy.inference.backends.torch_backend import device_classes, device_softmax
-
         roles = self._output_roles()
         if want == "logits":
             results: tuple[Any, ...] = (outs[roles["logits"]].float(),)
@@ -335,12 +332,12 @@ class TrtBackend(Backend):
             results = (
                 (outs[roles["probabilities"]].float(),)
                 if "probabilities" in roles
-                else device_softmax(outs[roles["logits"]].float(), state["bias"])
+                else (masked_softmax(outs[roles["logits"]], self.description.active_mask),)
             )
         elif "class_index" in roles and "confidence" in roles:
             results = (outs[roles["class_index"]].to(torch.uint8), outs[roles["confidence"]].float())
         else:
-            results = device_classes(outs[roles["logits"]].float(), state["bias"])
+            results = masked_classes(outs[roles["logits"]], self.description.active_mask)
         if self.timing:
             stream.synchronize()
         t2 = time.perf_counter()

@@ -18,7 +18,6 @@ from flair_deploy.inference.backends import (
     backend_for_artifact,
     create_backend,
 )
-from flair_deploy.inference.backends.base import masked_argmax, masked_softmax
 from flair_deploy.inference.backends.torch_backend import TorchBackend
 from flair_deploy.models import build_model
 
@@ -404,20 +403,6 @@ def test_available_backends_reports_reasons():
 
 
 # ---------------------------------------------------------------------- helpers and the double
-def test_masked_helpers_agree_with_a_direct_computation():
-    rng = np.random.default_rng(3)
-    logits = rng.normal(size=(2, 4, 3, 5)).astype(np.float32) * 4
-    active = np.array([True, False, True, True])
-    logits[:, 1] += 100  # the inactive class dominates the raw logits
-    ref = np.exp(logits[:, active]) / np.exp(logits[:, active]).sum(axis=1, keepdims=True)
-    probs = masked_softmax(logits, active)
-    np.testing.assert_allclose(probs[:, active], ref, rtol=1e-5)
-    assert (probs[:, 1] == 0).all()
-    classes, conf = masked_argmax(logits, active)
-    np.testing.assert_array_equal(classes, np.flatnonzero(active)[ref.argmax(axis=1)])
-    np.testing.assert_allclose(conf, ref.max(axis=1), rtol=1e-5)
-
-
 def test_echo_backend_is_a_step_function_of_band0_and_position_independent(desc):
     echo = EchoBackend(desc)
     x = tiles(desc, 1, (8, 12))

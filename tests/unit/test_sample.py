@@ -12,13 +12,14 @@ import rasterio
 from flair_deploy.aerial import load_aerial_json
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, OutputError
-from flair_deploy.training.data import FlairPatchDataset, read_patch_csv
-from flair_deploy.training.sample import (
+from flair_deploy.sample import (
     SAMPLE_CLASS_CODES,
     make_sample_dataset,
     make_sample_ortho,
     render_scene,
+    sample_tiles,
 )
+from flair_deploy.training.data import FlairPatchDataset, read_patch_csv
 
 
 def _digest(root):
@@ -156,3 +157,23 @@ def test_sample_ortho(tmp_path):
 def test_sample_json_marker(sample):
     marker = json.loads((sample.root / "sample.json").read_text())
     assert marker["class_codes"] == list(SAMPLE_CLASS_CODES) and marker["size"] == 32
+
+
+def test_sample_tiles_follow_the_model_bands_and_dtype(tiny_description):
+    # What export parity and benchmarks feed a model: windows of the same world, bands picked by name.
+    tiles = sample_tiles(tiny_description, 3, 32, seed=0)
+    assert tiles.shape == (3, 5, 32, 32) and tiles.dtype == np.float32
+    expected, _ = render_scene(7919, 104729, 32, 32, seed=0)
+    np.testing.assert_array_equal(tiles[1], expected.astype(np.float32))
+    nir_r = tiny_description.model_copy(update={"bands": ("NIR", "R"), "input_dtype": "uint16"})
+    np.testing.assert_array_equal(sample_tiles(nir_r, 3, 32)[1], expected[[3, 0]].astype(np.float32) * 257)
+    assert not np.array_equal(tiles, sample_tiles(tiny_description, 3, 32, seed=1))
+
+
+def test_sample_module_needs_no_torch():
+    # The runtime install (detect, benchmark on ONNX) has no torch but uses the sample world.
+    import subprocess
+    import sys
+
+    code = "import sys, flair_deploy.sample; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

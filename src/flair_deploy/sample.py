@@ -23,21 +23,25 @@ are uint8; R, G, B and NIR are never 0 (see the nodata convention of :func:`make
 The hash-based geometry (never a stateful random generator) is what makes windows independent; the
 per-pixel noise is drawn from a generator seeded by ``(seed, row, col)`` of the window, so it is
 deterministic too.
+
+This is the project's only generator of synthetic imagery: the sample dataset (``train --sample-data``),
+the sample orthophotos (demo, benchmarks), and the tiles that export (parity without a validation CSV)
+and benchmarking feed a model (:func:`sample_tiles`) all come from it. It needs numpy (and rasterio to
+write files), never torch.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from flair_deploy.aerial import AERIAL_ENCODING
+from flair_deploy.atomic import atomic_folder, atomic_path
 from flair_deploy.description import (
     ArchitectureSpec,
     ModelDescription,
@@ -45,6 +49,7 @@ from flair_deploy.description import (
     class_preset,
 )
 from flair_deploy.errors import ConfigError, OutputError
+from flair_deploy.flair_format import FLAIR_BANDS
 
 __all__ = [
     "SAMPLE_CLASS_CODES",
@@ -55,6 +60,7 @@ __all__ = [
     "make_sample_ortho",
     "render_scene",
     "sample_description",
+    "sample_tiles",
 ]
 
 SAMPLE_GSD = 0.2
@@ -230,6 +236,39 @@ def _roads(coord: np.ndarray, seed: int, salt: int) -> np.ndarray:
     return on
 
 
+# ---------------------------------------------------------------------------------------------- tiles
+def sample_tiles(
+    description: ModelDescription, count: int, tile: int | None = None, *, seed: int = 0
+) -> npt.NDArray[np.float32]:
+    """Render *count* tiles of the sample world as a model's raw input.
+
+    What export (parity and calibration without real tiles) and benchmarking feed a model: FLAIR-like
+    regions, roofs and roads, taken from distinct places so that a batch is not one image repeated.
+    Bands are picked by name from :data:`~flair_deploy.flair_format.FLAIR_BANDS` (case-insensitive); a
+    band the sample world lacks is filled with its R band. Values are scaled to the description's
+    input dtype (uint8 as is, uint16 x 257, float32 / 255).
+
+    Args:
+        description: Model description (bands and input dtype).
+        count: Number of tiles.
+        tile: Tile edge in pixels; None uses the description's.
+        seed: World seed (the same seed gives the same tiles).
+
+    Returns:
+        ``(count, C, tile, tile)`` float32 raw band values.
+    """
+    edge = tile or description.tile_size
+    upper = [b.upper() for b in FLAIR_BANDS]
+    index = [upper.index(b.upper()) if b.upper() in upper else 0 for b in description.bands]
+    scale = {"uint8": 1.0, "uint16": 257.0, "float32": 1.0 / 255.0}[description.input_dtype]
+    out = np.empty((count, len(index), edge, edge), dtype=np.float32)
+    for i in range(count):
+        # Large prime strides: far-apart windows of the world, one per tile.
+        image, _ = render_scene(i * 7919, i * 104729, edge, edge, seed=seed)
+        out[i] = image[index].astype(np.float32) * np.float32(scale)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- dataset
 @dataclass(frozen=True)
 class SampleDataset:
@@ -306,7 +345,7 @@ def make_sample_dataset(
 
     Patches are windows of the sample world (:func:`render_scene`) at random positions over France;
     their geotransforms and aerial records give those positions. The dataset is written to a
-    temporary folder beside *out_dir* and renamed when complete.
+    temporary folder beside *out_dir* and renamed when complete (:func:`flair_deploy.atomic.atomic_folder`).
 
     Args:
         out_dir: Folder to create.
@@ -332,8 +371,7 @@ def make_sample_dataset(
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if n < 1:
             raise ConfigError(f"{name} must be >= 1, got {n}")
-    existing = out_dir.exists()
-    if existing:
+    if out_dir.exists():
         if not out_dir.is_dir():
             raise OutputError(f"{out_dir} exists and is not a folder; choose another sample output folder")
         if any(out_dir.iterdir()):
@@ -347,21 +385,10 @@ def make_sample_dataset(
                     f"{out_dir} is not empty and is not a flair-deploy sample dataset (no {_MARKER}); "
                     "refusing to delete it, choose an empty or new folder"
                 )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     description = sample_description(size)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
+    # The checks above refuse what must not be replaced; the folder appears whole, or not at all.
+    with atomic_folder(out_dir, overwrite=True) as tmp:
         _write_dataset(tmp, description, n_train, n_val, n_test, size, seed, with_aerial)
-        if existing:
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return SampleDataset(
         root=out_dir,
         train_csv=out_dir / "train.csv",
@@ -408,7 +435,7 @@ def _write_dataset(
                 root / img_rel, "w", count=5, dtype="uint8", transform=transform, **common
             ) as dst:
                 dst.write(image)
-                dst.descriptions = ("R", "G", "B", "NIR", "E")
+                dst.descriptions = FLAIR_BANDS
             with rasterio.open(
                 root / msk_rel, "w", count=1, dtype="uint8", transform=transform, **common
             ) as dst:
@@ -523,10 +550,9 @@ def make_sample_ortho(
     }
     if compress:
         profile.update(compress=compress, num_threads="ALL_CPUS")
-    tmp = path.with_name(f".{path.name}.part")
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.descriptions = ("R", "G", "B", "NIR", "E")
+        with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            dst.descriptions = FLAIR_BANDS
             for r in range(0, height, block):
                 h = min(block, height - r)
                 for c in range(0, width, block):
@@ -535,13 +561,8 @@ def make_sample_ortho(
                     if nodata_border:
                         _blank_border(image, r, c, width, height, nodata_border)
                     dst.write(image, window=Window(c, r, w, h))
-        tmp.replace(path)
     except RasterioIOError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write sample ortho {path}: {exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
