@@ -479,7 +479,7 @@ class OutputWriter:
     # ------------------------------------------------------------------ writing
     def write(self, chunk: OutputChunk) -> None:
         """Write final rows (a whole number of blocks, or the raster's last rows)."""
-        window = Window(0, chunk.row, self.info.width, chunk.rows)
+        window = Window(chunk.col, chunk.row, chunk.width, chunk.rows)
         invalid = chunk.classes == NO_CLASS
         for t in self._targets:
             if t.kind == "classes":

@@ -131,3 +131,72 @@ def test_blend_does_not_depend_on_the_chunking():
         o = c.output
         np.testing.assert_array_equal(acc, acc_all[:, o.row0 : o.row1, o.col0 : o.col1])
         np.testing.assert_array_equal(w, w_all[o.row0 : o.row1, o.col0 : o.col1])
+
+
+# ---------------------------------------------------------------------- chunked detection
+@pytest.fixture
+def context_backend(tiny_description):
+    from tests.unit.inference.test_detect import ContextBackend
+
+    return ContextBackend(tiny_description)
+
+
+def _detect(backend, src, out, **kw):
+    from flair_deploy.inference import DetectConfig, run_detection
+
+    cfg = DetectConfig(inputs=(src,), output=out, overviews=False, block_size=32, **kw)
+    with backend:
+        summary = run_detection(backend, cfg)
+    return summary
+
+
+def _read_all(path):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+def _plan(width_blocks, height_blocks):
+    def plan(grid, *, block, **_):
+        h = height_blocks * block if height_blocks else -(-grid.height // block) * block
+        return plan_chunks(grid, chunk_width=width_blocks * block, chunk_height=h, block=block)
+
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("stitching", "extra"),
+    [("blend", {"probabilities": True, "confidence": True}), ("crop", {"confidence": True}), ("crop", {})],
+)
+@pytest.mark.parametrize(("width_blocks", "height_blocks"), [(3, None), (2, 3)])
+def test_map_does_not_depend_on_the_chunking(
+    write_geotiff, tmp_path, context_backend, monkeypatch, stitching, extra, width_blocks, height_blocks
+):
+    from flair_deploy.inference import pipeline
+
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (5, 40, 70)).astype(np.float32)
+    noise = rng.integers(0, 30, (5, 300, 520))
+    data = (np.kron(base, np.ones((8, 8), np.float32))[:, :300, :520] + noise).clip(0, 255).astype(np.uint8)
+    src = write_geotiff(data, "ortho.tif")
+    whole = _detect(context_backend, src, tmp_path / "whole.tif", stitching=stitching, chunk_mb=1024, **extra)
+    monkeypatch.setattr(pipeline, "default_chunk_plan", _plan(width_blocks, height_blocks))
+    parts = _detect(context_backend, src, tmp_path / "parts.tif", stitching=stitching, **extra)
+    assert parts.tiles == whole.tiles
+    # Blend tiles straddling a chunk edge are computed by both chunks; crop cores here fall on block edges.
+    assert parts.tiles_inferred > whole.tiles_inferred if stitching == "blend" else True
+    for suffix in ("", "_proba", "_confidence"):
+        a, b = tmp_path / f"whole{suffix}.tif", tmp_path / f"parts{suffix}.tif"
+        assert a.exists() == b.exists()
+        if a.exists():
+            np.testing.assert_array_equal(_read_all(a), _read_all(b))
+
+
+def test_the_memory_budget_cuts_wide_rasters_into_strips(write_geotiff, tmp_path, context_backend):
+    data = np.random.default_rng(2).integers(0, 256, (5, 100, 600)).astype(np.uint8)
+    src = write_geotiff(data, "ortho.tif")
+    whole = _detect(context_backend, src, tmp_path / "whole.tif", chunk_mb=1024)
+    strips = _detect(context_backend, src, tmp_path / "strips.tif", chunk_mb=1)
+    assert strips.tiles_inferred > whole.tiles_inferred
+    np.testing.assert_array_equal(_read_all(tmp_path / "whole.tif"), _read_all(tmp_path / "strips.tif"))
