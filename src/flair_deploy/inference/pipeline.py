@@ -219,6 +219,27 @@ def check_backend_fits(backend: _BackendLike, tile: int, batch_size: int) -> Non
         raise ConfigError(
             f"tile size {tile} is not a multiple of the network's output stride {backend.hw_multiple}"
         )
+    d = backend.description
+    # One batch in flight: float32 input, logits and probabilities (the network's own activations
+    # come on top): a tile size whose batch alone cannot fit is refused before anything is written.
+    need = batch_size * tile * tile * 4 * (d.in_channels + 2 * d.num_classes)
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ConfigError(
+            f"--tile {tile} with --batch-size {batch_size} needs about {need / 2**30:.1f} GiB for one batch's "
+            f"inputs and outputs alone, more than the {available / 2**30:.1f} GiB of memory available; use "
+            f"a smaller --tile (the model's is {d.tile_size}) or --batch-size"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations, or None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return None
 
 
 def default_chunk_plan(
@@ -234,7 +255,8 @@ def default_chunk_plan(
     """Cut a raster into full-height strips as wide as the stitching memory budget allows.
 
     Strips cost duplicated tiles only on their vertical boundaries (none for a raster that fits one
-    strip); memory is the strip's row band, whatever the raster's height.
+    strip); memory is the strip's row band, whatever the raster's height. A strip is at least four
+    tiles wide (or the raster's width), even if that exceeds the budget.
 
     Raises:
         ConfigError: If the budget cannot hold one block-wide strip.
@@ -250,6 +272,9 @@ def default_chunk_plan(
         confidence=confidence,
         probabilities=probabilities,
     )
+    # A strip narrower than a few tiles would recompute most of its tiles for its neighbour: the
+    # budget gives way to at least four tiles' width.
+    width = max(width, min(-(-4 * grid.size // block) * block, -(-grid.width // block) * block))
     height = -(-grid.height // block) * block
     return plan_chunks(grid, chunk_width=width, chunk_height=height, block=block)
 
