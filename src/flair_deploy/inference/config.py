@@ -103,6 +103,9 @@ class DetectConfig(FrozenConfig):
         gdal_cache_mb: GDAL block-cache size during the run. GDAL's default is 5 % of RAM, which fills
             with input blocks that are read once, so memory would grow with the raster; tiles are read
             and written in row order, so a small cache loses nothing.
+        chunk_mb: Stitching memory budget, MiB: the output is cut into strips as wide as this allows
+            (accumulators of one tile row over the strip's width), so memory does not grow with the
+            raster's width; tiles on strip boundaries are computed for both strips.
     """
 
     inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
@@ -141,6 +144,7 @@ class DetectConfig(FrozenConfig):
     metadata_json: Path | None = None
     expected_classes: Annotated[int, Field(ge=2)] | None = None
     gdal_cache_mb: Annotated[int, Field(ge=16, le=65536)] = 128
+    chunk_mb: Annotated[int, Field(ge=1, le=1 << 20)] = 256
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -289,6 +289,7 @@ def run_detection(
                     info,
                     writer,
                     plan,
+                    chunk_budget_mb=cfg.chunk_mb,
                     batch_size=batch_size,
                     readers=cfg.readers,
                     prefetch=cfg.prefetch,

@@ -1,5 +1,9 @@
 """The streaming detection pipeline for one raster: read → batch → infer → stitch → write, overlapped.
 
+The raster's output is cut into chunks (:mod:`~flair_deploy.inference.chunks`), processed one after the
+other through the same threads; each chunk is stitched on its own, so memory is bounded by the chunk's
+width, not the raster's, and the map does not depend on the chunking.
+
 ::
 
     reader threads (own handles) ──ordered, bounded──► main thread: batch + backend
@@ -24,7 +28,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,12 +37,19 @@ import numpy as np
 import numpy.typing as npt
 
 from flair_deploy.errors import ConfigError
+from flair_deploy.inference.chunks import (
+    DEFAULT_CHUNK_BUDGET_MB,
+    Chunk,
+    ChunkPlan,
+    chunk_width_for_budget,
+    plan_chunks,
+)
 from flair_deploy.inference.config import TilingPlan
 from flair_deploy.inference.raster import OutputWriter, PadMode, RasterInfo, TileReader
 from flair_deploy.inference.stitching import OutputChunk, RowBandStitcher, TilePrediction
-from flair_deploy.inference.tiling import Tile, make_grid
+from flair_deploy.inference.tiling import Tile, TileGrid, make_grid
 
-__all__ = ["MetadataFn", "ProgressFn", "RasterRun", "StageSeconds", "run_raster"]
+__all__ = ["MetadataFn", "ProgressFn", "RasterRun", "StageSeconds", "default_chunk_plan", "run_raster"]
 
 #: Per-tile metadata vector from the tile (metadata models only).
 MetadataFn = Callable[[Tile], npt.NDArray[np.float32]]
@@ -111,10 +122,11 @@ class RasterRun:
 
     Attributes:
         tiles: Tiles in the grid.
-        skipped: Tiles skipped because every pixel was nodata.
-        inferred: Tiles run through the network.
+        skipped: Tile computations skipped because every pixel was nodata.
+        inferred: Tiles run through the network (tiles on chunk boundaries count once per chunk).
         pixels: Raster pixels covered (width × height).
         seconds: Per-stage seconds.
+        chunks: Chunks the raster was cut into.
     """
 
     tiles: int
@@ -122,10 +134,12 @@ class RasterRun:
     inferred: int
     pixels: int
     seconds: StageSeconds
+    chunks: int = 1
 
 
 @dataclass
 class _Read:
+    chunk: Chunk
     tile: Tile
     image: npt.NDArray[np.float32] | None
     valid: npt.NDArray[np.bool_] | None
@@ -205,6 +219,64 @@ def check_backend_fits(backend: _BackendLike, tile: int, batch_size: int) -> Non
         raise ConfigError(
             f"tile size {tile} is not a multiple of the network's output stride {backend.hw_multiple}"
         )
+    d = backend.description
+    # One batch in flight: float32 input, logits and probabilities (the network's own activations
+    # come on top): a tile size whose batch alone cannot fit is refused before anything is written.
+    need = batch_size * tile * tile * 4 * (d.in_channels + 2 * d.num_classes)
+    available = _available_memory()
+    if available is not None and need > available:
+        raise ConfigError(
+            f"--tile {tile} with --batch-size {batch_size} needs about {need / 2**30:.1f} GiB for one batch's "
+            f"inputs and outputs alone, more than the {available / 2**30:.1f} GiB of memory available; use "
+            f"a smaller --tile (the model's is {d.tile_size}) or --batch-size"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations, or None if unknown."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return None
+
+
+def default_chunk_plan(
+    grid: TileGrid,
+    *,
+    block: int,
+    active_classes: int,
+    num_classes: int,
+    budget_mb: int = DEFAULT_CHUNK_BUDGET_MB,
+    confidence: bool = False,
+    probabilities: bool = False,
+) -> ChunkPlan:
+    """Cut a raster into full-height strips as wide as the stitching memory budget allows.
+
+    Strips cost duplicated tiles only on their vertical boundaries (none for a raster that fits one
+    strip); memory is the strip's row band, whatever the raster's height. A strip is at least four
+    tiles wide (or the raster's width), even if that exceeds the budget.
+
+    Raises:
+        ConfigError: If the budget cannot hold one block-wide strip.
+    """
+    width = chunk_width_for_budget(
+        budget_mb * 2**20,
+        width=grid.width,
+        tile=grid.size,
+        active_classes=active_classes,
+        num_classes=num_classes,
+        mode=grid.mode,
+        block=block,
+        confidence=confidence,
+        probabilities=probabilities,
+    )
+    # A strip narrower than a few tiles would recompute most of its tiles for its neighbour: the
+    # budget gives way to at least four tiles' width.
+    width = max(width, min(-(-4 * grid.size // block) * block, -(-grid.width // block) * block))
+    height = -(-grid.height // block) * block
+    return plan_chunks(grid, chunk_width=width, chunk_height=height, block=block)
 
 
 def run_raster(
@@ -213,6 +285,8 @@ def run_raster(
     writer: OutputWriter,
     plan: TilingPlan,
     *,
+    chunks: Sequence[Chunk] | None = None,
+    chunk_budget_mb: int = DEFAULT_CHUNK_BUDGET_MB,
     batch_size: int = 4,
     readers: int = 2,
     prefetch: int = 16,
@@ -229,6 +303,9 @@ def run_raster(
         info: The checked input raster.
         writer: The open output writer (inside ``with writer:``).
         plan: Resolved tiling.
+        chunks: The chunks to compute (of the plan made from the same grid and the writer's block
+            size); None cuts the whole raster by *chunk_budget_mb* (:func:`default_chunk_plan`).
+        chunk_budget_mb: Stitching memory budget per chunk, MiB, when *chunks* is None.
         batch_size: Tiles per backend call.
         readers: Reader threads.
         prefetch: Maximum tiles read ahead of inference.
@@ -247,15 +324,30 @@ def run_raster(
         info.width, info.height, plan.tile, mode=plan.mode, overlap=plan.overlap, margin=plan.margin
     )
     active = backend.description.active_mask
-    stitcher = RowBandStitcher(
-        grid,
-        active=active,
-        overlap=plan.overlap,
-        border=plan.border,
-        block=writer.block,
-        confidence=confidence,
-        probabilities=probabilities,
-    )
+    if chunks is None:
+        chunks = default_chunk_plan(
+            grid,
+            block=writer.block,
+            active_classes=sum(active),
+            num_classes=len(active),
+            budget_mb=chunk_budget_mb,
+            confidence=confidence,
+            probabilities=probabilities,
+        ).chunks
+
+    def new_stitcher(chunk: Chunk) -> RowBandStitcher:
+        return RowBandStitcher(
+            grid,
+            active=active,
+            overlap=plan.overlap,
+            border=plan.border,
+            block=writer.block,
+            confidence=confidence,
+            probabilities=probabilities,
+            chunk=chunk,
+        )
+
+    current: list[tuple[Chunk, RowBandStitcher]] = []  # the chunk being stitched (stitch thread only)
     # crop without probabilities needs only the class and its probability: cheaper on every backend.
     want_classes = plan.mode == "crop" and not probabilities
 
@@ -270,6 +362,12 @@ def run_raster(
         reads, result = item
         k = 0
         for r in reads:
+            if not current or current[0][0] is not r.chunk:
+                if current:
+                    for c in current.pop()[1].finish():
+                        _put(write_q, c, abort)
+                current.append((r.chunk, new_stitcher(r.chunk)))
+            stitcher = current[0][1]
             if r.image is None or r.valid is None:
                 chunks = stitcher.advance(r.tile)
             else:
@@ -289,7 +387,7 @@ def run_raster(
 
     read_s = prep_s = infer_s = h2d = compute = d2h = 0.0
     skipped = inferred = done = 0
-    total = len(grid)
+    total = sum(c.tiles for c in chunks)
     pixels_per_tile = info.width * info.height / max(total, 1)
     try:
         pending: list[_Read] = []
@@ -322,7 +420,8 @@ def run_raster(
                 progress(done, total, int(done * pixels_per_tile))
             pending, n_images = [], 0
 
-        reads = _ordered_reads(grid, info, readers, prefetch, pad_mode, metadata_fn, abort)
+        work = ((c, t) for c in chunks for t in c.tile_grid_tiles(grid))
+        reads = _ordered_reads(work, info, readers, prefetch, pad_mode, metadata_fn, abort)
         with contextlib.closing(reads):
             for r in reads:
                 read_s += r.read_s
@@ -340,8 +439,8 @@ def run_raster(
             flush()
         _put(stitch_q, _STOP, abort)
         stitch_t.join()
-        if stitch_t.error is None:
-            for c in stitcher.finish():
+        if stitch_t.error is None and current:
+            for c in current.pop()[1].finish():
                 _put(write_q, c, abort)
         _put(write_q, _STOP, abort)
         writer_t.join()
@@ -369,11 +468,11 @@ def run_raster(
         write=writer_t.busy,
         wall=time.perf_counter() - start,
     )
-    return RasterRun(total, skipped, inferred, info.width * info.height, seconds)
+    return RasterRun(len(grid), skipped, inferred, info.width * info.height, seconds, len(chunks))
 
 
 def _ordered_reads(
-    grid: Any,
+    work: Iterator[tuple[Chunk, Tile]],
     info: RasterInfo,
     readers: int,
     prefetch: int,
@@ -381,12 +480,12 @@ def _ordered_reads(
     metadata_fn: MetadataFn | None,
     abort: threading.Event,
 ) -> Generator[_Read, None, None]:
-    """Read tiles on a thread pool, at most *prefetch* ahead, yielding them in row-major order."""
+    """Read tiles on a thread pool, at most *prefetch* ahead, yielding them in *work*'s order."""
     local = threading.local()
     opened: list[TileReader] = []
     lock = threading.Lock()
 
-    def task(tile: Tile) -> _Read:
+    def task(chunk: Chunk, tile: Tile) -> _Read:
         if abort.is_set():
             raise _Aborted
         reader: TileReader | None = getattr(local, "reader", None)
@@ -400,22 +499,21 @@ def _ordered_reads(
         t1 = time.perf_counter()
         meta = metadata_fn(tile) if (metadata_fn is not None and out is not None) else None
         if out is None:
-            return _Read(tile, None, None, None, t1 - t0, 0.0)
-        return _Read(tile, out[0], out[1], meta, reader.last_read_s, (t1 - t0) - reader.last_read_s)
+            return _Read(chunk, tile, None, None, None, t1 - t0, 0.0)
+        return _Read(chunk, tile, out[0], out[1], meta, reader.last_read_s, (t1 - t0) - reader.last_read_s)
 
-    tiles = iter(grid)
     futures: deque[Future[_Read]] = deque()
     pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="detect-reader")
     try:
-        for tile in tiles:
-            futures.append(pool.submit(task, tile))
+        for chunk, tile in work:
+            futures.append(pool.submit(task, chunk, tile))
             if len(futures) >= prefetch:
                 break
         while futures:
             fut = futures.popleft()
-            nxt = next(tiles, None)
+            nxt = next(work, None)
             if nxt is not None:
-                futures.append(pool.submit(task, nxt))
+                futures.append(pool.submit(task, *nxt))
             yield fut.result()
     finally:
         for f in futures:

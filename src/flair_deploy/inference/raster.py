@@ -249,26 +249,49 @@ class TileReader:
     def read(self, tile: Tile) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]] | None:
         """Read one tile.
 
+        Pixels that are nodata (GDAL's dataset mask) or, in floating-point rasters, NaN or ±inf in any
+        selected band are invalid: they get no prediction and are set to 0 before the network sees
+        them, so one bad pixel cannot spoil its tile.
+
         Args:
             tile: The tile (may extend past the raster).
 
         Returns:
             ``(C, T, T)`` float32 raw values and a ``(T, T)`` validity mask, or None when every pixel of
-            the tile is nodata (the tile is skipped).
+            the tile is invalid (the tile is skipped).
+
+        Raises:
+            InputDataError: If GDAL cannot read the window (truncated file, missing VRT source), naming
+                the file and the window.
         """
         info = self.info
         start = time.perf_counter()
         c0, r0, w, h = tile.read_window(info.width, info.height)
         window = Window(c0, r0, w, h)
-        if info.all_valid:
-            valid = np.ones((h, w), dtype=bool)
-        else:
-            # The dataset mask is GDAL's per-pixel validity: nodata in every band, alpha or a mask band.
-            valid = self._src.dataset_mask(window=window) > 0
-            if not valid.any():
-                self.last_read_s = time.perf_counter() - start
-                return None
-        data = self._src.read(indexes=list(info.bands), window=window, out_dtype="float32")
+        try:
+            if info.all_valid:
+                valid = np.ones((h, w), dtype=bool)
+            else:
+                # The dataset mask is GDAL's per-pixel validity: nodata in every band, alpha or a mask band.
+                valid = self._src.dataset_mask(window=window) > 0
+                if not valid.any():
+                    self.last_read_s = time.perf_counter() - start
+                    return None
+            data = self._src.read(indexes=list(info.bands), window=window, out_dtype="float32")
+        except RasterioError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputDataError(
+                f"cannot read {info.path} at window col {c0}, row {r0}, {w} x {h} px: {first}; "
+                "check that the file is complete (gdalinfo -checksum) and that a VRT's sources exist"
+            ) from None
+        if info.dtype.startswith("float"):
+            finite = np.isfinite(data).all(axis=0)
+            if not finite.all():
+                valid &= finite
+                data[:, ~finite] = 0.0
+                if not valid.any():
+                    self.last_read_s = time.perf_counter() - start
+                    return None
         self.last_read_s = time.perf_counter() - start
         pad = tile.padding(info.width, info.height)
         if any(p for side in pad for p in side):
@@ -318,6 +341,11 @@ def plan_outputs(
         ConfigError: If several inputs share a name, or an output would replace an input.
     """
     plans: list[OutputPaths] = []
+    if out.suffix and out.suffix.lower() not in _TIF_SUFFIXES and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} has the suffix {out.suffix!r}; class maps are GeoTIFFs: give NAME.tif for one "
+            "input, or a folder name without a suffix"
+        )
     single_file = len(inputs) == 1 and out.suffix.lower() in _TIF_SUFFIXES
     if not single_file and out.suffix.lower() in _TIF_SUFFIXES:
         raise ConfigError(
@@ -512,7 +540,7 @@ class OutputWriter:
     # ------------------------------------------------------------------ writing
     def write(self, chunk: OutputChunk) -> None:
         """Write final rows (a whole number of blocks, or the raster's last rows)."""
-        window = Window(0, chunk.row, self.info.width, chunk.rows)
+        window = Window(chunk.col, chunk.row, chunk.width, chunk.rows)
         invalid = chunk.classes == NO_CLASS
         for t in self._targets:
             with self._gdal_errors(t):

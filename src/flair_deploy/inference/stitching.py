@@ -1,10 +1,11 @@
-"""Stitch tile predictions into full-width row bands, in memory bounded by the raster's width.
+"""Stitch tile predictions over one chunk of the output, in row bands as wide as the chunk.
 
-Tiles arrive in row-major order. The stitcher keeps one band of ``tile`` rows over the full width; when
-the first tile of the next tile row arrives, every row above that row's first kept pixel is final: it
-is reduced to uint8 (class index, confidence, optional probabilities) and handed to an
-:class:`OutputBand`, which releases rows only in whole output blocks. Memory is therefore
-``O(width × tile × active classes)`` whatever the raster's height.
+Each :class:`~flair_deploy.inference.chunks.Chunk` is stitched on its own: its tiles (of the global
+grid) arrive in row-major order, and the stitcher keeps one band of ``tile`` rows over the chunk's
+width; when the first tile of the next tile row arrives, every row above that row's first kept pixel is
+final: it is reduced to uint8 (class index, confidence, optional probabilities) and handed to an
+:class:`OutputBand`, which releases rows only in whole output blocks. Only pixels inside the chunk are
+accumulated, so memory is ``O(chunk width × tile × active classes)`` whatever the raster's size.
 
 * ``blend``: probabilities of the *active* classes times a separable window, summed, then divided by
   the summed weights. The window (:func:`blend_window`) is 1 in the tile centre, 0 over a small border
@@ -25,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flair_deploy.errors import ConfigError
+from flair_deploy.inference.chunks import Box, Chunk
 from flair_deploy.inference.tiling import Tile, TileGrid
 from flair_deploy.predictions import masked_argmax
 
@@ -69,17 +71,24 @@ class OutputChunk:
         classes: ``(n, W)`` uint8 logit indices, 255 where there is no prediction.
         confidence: ``(n, W)`` uint8 ``round(255 × p)`` of the chosen class, or None.
         probabilities: ``(K, n, W)`` uint8 ``round(255 × p)`` per logit, or None.
+        col: First column (the chunk's left edge).
     """
 
     row: int
     classes: _U8
     confidence: _U8 | None
     probabilities: _U8 | None
+    col: int = 0
 
     @property
     def rows(self) -> int:
-        """Number of rows in the chunk."""
+        """Number of rows."""
         return int(self.classes.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Number of columns."""
+        return int(self.classes.shape[1])
 
 
 def blend_window(size: int, overlap: int, border: int, *, inner_start: bool, inner_stop: bool) -> _F32:
@@ -153,6 +162,7 @@ def _concat(chunks: Sequence[OutputChunk]) -> OutputChunk:
         np.concatenate([c.classes for c in chunks]),
         None if conf[0] is None else np.concatenate([c for c in conf if c is not None]),
         None if probs[0] is None else np.concatenate([p for p in probs if p is not None], axis=1),
+        chunks[0].col,
     )
 
 
@@ -162,20 +172,23 @@ def _slice(chunk: OutputChunk, a: int, b: int) -> OutputChunk:
         chunk.classes[a:b],
         None if chunk.confidence is None else chunk.confidence[a:b],
         None if chunk.probabilities is None else chunk.probabilities[:, a:b],
+        chunk.col,
     )
 
 
 class RowBandStitcher:
-    """Accumulate tile predictions row band by row band; emit final rows in block-aligned chunks.
+    """Accumulate a chunk's tile predictions row band by row band; emit final rows in whole blocks.
 
     Args:
-        grid: The tile grid (its mode selects blend or crop).
+        grid: The raster's global tile grid (its mode selects blend or crop).
         active: Per-logit flag: True for trained classes.
         overlap: Blend overlap the grid was built with.
         border: Blend border given zero weight on inner tile sides.
         block: Output block height; chunks are released in multiples of it.
         confidence: Produce the confidence plane.
         probabilities: Produce per-logit uint8 probabilities.
+        chunk: The chunk to stitch (its tiles must be fed, in row-major order); None for the whole
+            raster as one chunk.
 
     Raises:
         ConfigError: If the blend border does not fit in the overlap.
@@ -191,6 +204,7 @@ class RowBandStitcher:
         block: int = 256,
         confidence: bool = False,
         probabilities: bool = False,
+        chunk: Chunk | None = None,
     ) -> None:
         if grid.mode == "blend" and overlap > 0 and not 0 <= 2 * border < overlap:
             raise ConfigError(
@@ -204,12 +218,13 @@ class RowBandStitcher:
         self.active_index = np.flatnonzero(np.asarray(active, dtype=bool))
         self.want_conf = confidence
         self.want_probs = probabilities
-        self.output = OutputBand(grid.height, block)
+        self.box = chunk.output if chunk is not None else Box(0, 0, grid.height, grid.width)
+        self.output = OutputBand(self.box.row1, block)
         self._overlap, self._border = overlap, border
-        w, t = grid.width, grid.size
+        w, t = self.box.width, grid.size
         self._band_rows = t
-        self._base = 0  # absolute row of band row 0
-        self._row_index = 0  # current tile row
+        self._base = self.box.row0  # absolute row of band row 0
+        self._row_index = chunk.tile_rows[0] if chunk is not None else 0  # current tile row
         if self.mode == "blend":
             self._acc: _F32 = np.zeros((len(self.active_index), t, w), dtype=np.float32)
             self._wsum: _F32 = np.zeros((t, w), dtype=np.float32)
@@ -244,8 +259,8 @@ class RowBandStitcher:
         return out
 
     def finish(self) -> list[OutputChunk]:
-        """Finalise every remaining row; returns the last chunks."""
-        return self._finalize(self.grid.height) + self.output.finish()
+        """Finalise every remaining row of the chunk; returns the last rows."""
+        return self._finalize(self.box.row1) + self.output.finish()
 
     # ------------------------------------------------------------------ blend
     def _window(self, tile: Tile) -> _F32:
@@ -262,12 +277,16 @@ class RowBandStitcher:
         return np.outer(self._windows[rk], self._windows[ck])
 
     def _regions(self, tile: Tile) -> tuple[slice, slice, slice, slice]:
-        """Return (band rows, band cols, tile rows, tile cols) slices of the tile's kept area."""
-        r, c = tile.row, tile.col
-        band_r = slice(r.keep_start - self._base, r.keep_stop - self._base)
-        tile_r = slice(r.keep_start - r.start, r.keep_stop - r.start)
-        band_c = slice(c.keep_start, c.keep_stop)
-        tile_c = slice(c.keep_start - c.start, c.keep_stop - c.start)
+        """Return (band rows, band cols, tile rows, tile cols) slices of the tile's kept area in the chunk."""
+        r, c, box = tile.row, tile.col, self.box
+        r0, r1 = max(r.keep_start, box.row0), min(r.keep_stop, box.row1)
+        c0, c1 = max(c.keep_start, box.col0), min(c.keep_stop, box.col1)
+        if r0 >= r1 or c0 >= c1:
+            raise AssertionError(f"tile {tile.index} keeps no pixel of the chunk {box}")
+        band_r = slice(r0 - self._base, r1 - self._base)
+        tile_r = slice(r0 - r.start, r1 - r.start)
+        band_c = slice(c0 - box.col0, c1 - box.col0)
+        tile_c = slice(c0 - c.start, c1 - c.start)
         if band_r.start < 0 or band_r.stop > self._band_rows:
             raise AssertionError(f"tile rows {r} fall outside the row band at {self._base}")
         return band_r, band_c, tile_r, tile_c
@@ -303,7 +322,7 @@ class RowBandStitcher:
 
     # ------------------------------------------------------------------ finalising
     def _finalize(self, upto: int) -> list[OutputChunk]:
-        n = min(upto, self.grid.height) - self._base
+        n = min(upto, self.box.row1) - self._base
         if n <= 0:
             return []
         if n > self._band_rows:
@@ -319,10 +338,11 @@ class RowBandStitcher:
             self._cls[:n].copy(),
             self._conf[:n].copy() if self.want_conf else None,
             self._prob[:, :n].copy() if self.want_probs else None,
+            self.box.col0,
         )
 
     def _reduce_blend(self, n: int) -> OutputChunk:
-        w = self.grid.width
+        w = self.box.width
         cls = np.empty((n, w), dtype=np.uint8)
         conf = np.empty((n, w), dtype=np.uint8) if self.want_conf else None
         probs = np.zeros((self.num_classes, n, w), dtype=np.uint8) if self.want_probs else None
@@ -342,7 +362,7 @@ class RowBandStitcher:
                 conf[a:b] = _to_u8(top * inv)
             if probs is not None:
                 probs[self.active_index, a:b] = _to_u8(acc * inv)
-        return OutputChunk(self._base, cls, conf, probs)
+        return OutputChunk(self._base, cls, conf, probs, self.box.col0)
 
     def _shift(self, n: int) -> None:
         """Drop the first *n* band rows and clear the freed rows at the bottom."""
