@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flair_deploy.artifacts import read_engine_description
 from flair_deploy.description import MetadataSpec, Precision
 from flair_deploy.errors import BackendError, InputSpecError, MissingDependencyError, ModelDescriptionError
 from flair_deploy.inference.backends import create_backend
-from flair_deploy.artifacts import read_engine_description
 from flair_deploy.inference.backends.trt_backend import (
     TensorProfile,
     TrtBackend,
