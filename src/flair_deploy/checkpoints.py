@@ -34,7 +34,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from flair_deploy.artifacts import PRESETS, preset_description, resolve_description
+from flair_deploy.artifacts import (
+    PRESETS,
+    SUFFIXES,
+    ArtifactKind,
+    kind_suffixes,
+    preset_description,
+    resolve_description,
+)
 from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import CheckpointError
 from flair_deploy.models import FlairSegmenter, build_model
@@ -78,6 +85,12 @@ def read_state(path: Path) -> Mapping[str, Any]:
     """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is not None and kind is not ArtifactKind.CHECKPOINT:
+        raise CheckpointError(
+            f"{path.name} is an {kind.value} file, not a checkpoint; give a checkpoint "
+            f"({' '.join(kind_suffixes(ArtifactKind.CHECKPOINT))})"
+        )
     if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file

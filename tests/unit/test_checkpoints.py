@@ -136,6 +136,14 @@ def test_corrupt_checkpoints_are_one_line_without_unsafe_advice(tmp_path, conten
     assert "\n" not in text and "weights_only" not in text and "\x1b" not in text
 
 
+@pytest.mark.parametrize("name", ["model.onnx", "model.fp16.engine"])
+def test_other_artifact_kinds_are_not_read_as_checkpoints(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match=r"is an (onnx|engine) file, not a checkpoint; .*\.safetensors"):
+        read_state(path)
+
+
 def test_corrupt_safetensors_is_one_line(tmp_path):
     pytest.importorskip("safetensors")
     path = tmp_path / "w.safetensors"
