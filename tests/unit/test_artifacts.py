@@ -127,6 +127,8 @@ def test_onnx_description_reads_without_torch_or_onnx(tmp_path, tiny_description
     """The torch-free runtime install: onnxruntime's model metadata is enough."""
     pytest.importorskip("onnxruntime")
     path = write_onnx(tmp_path / "m.onnx", tiny_description)
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage")
     script = textwrap.dedent(
         f"""
         import sys
@@ -134,8 +136,14 @@ def test_onnx_description_reads_without_torch_or_onnx(tmp_path, tiny_description
             sys.modules[name] = None  # any import of them fails
         from pathlib import Path
         from flair_deploy.artifacts import read_description
+        from flair_deploy.errors import ModelDescriptionError
+        try:
+            read_description(Path({str(corrupt)!r}))
+        except ModelDescriptionError as exc:
+            assert "cannot read ONNX model" in str(exc) and "\\n" not in str(exc), str(exc)
+        else:
+            raise AssertionError("a corrupt ONNX file was read")
         print(read_description(Path({str(path)!r})).to_json())
-        assert "torch" not in sys.modules or sys.modules["torch"] is None
         """
     )
     out = subprocess.run(
