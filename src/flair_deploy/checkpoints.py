@@ -98,7 +98,7 @@ def read_state(path: Path) -> Mapping[str, Any]:
             return dict(load_file(str(path)))
         except Exception as exc:  # noqa: BLE001  (safetensors raises several unrelated types for corrupt files)
             raise CheckpointError(
-                f"cannot read safetensors file {path}: {_first_sentence(str(exc))}"
+                f"cannot read safetensors file {path}: {_first_sentence(str(exc)) or type(exc).__name__}"
             ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
