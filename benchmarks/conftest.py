@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.benchmarking import BenchmarkConfig, collect_fingerprint, resolve_ceilings
 from flair_deploy.description import ModelDescription
 from flair_deploy.models import build_model
@@ -52,14 +53,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
     description = ModelDescription(name="flair")
     torch.manual_seed(0)
     model = build_model(description).eval()
-    ckpt = out / "flair.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"description": description.to_dict()},
-        },
-        ckpt,
-    )
+    ckpt = save_checkpoint(out / "flair.ckpt", model, description)
     _export(ckpt, out, description)
     return (ckpt, out / "flair.fp32.onnx")
 

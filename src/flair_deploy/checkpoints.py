@@ -15,12 +15,16 @@ Supported layouts:
   ``model.seg_model.`` / ``seg_model.``).
 
 IGN's files carry no description, so one must come from a preset (:data:`PRESETS`), an IGN config
-file, or explicit arguments. The number of logits is read from the weights and checked against it.
+file, or explicit arguments; a file that describes itself keeps its description
+(:func:`flair_deploy.artifacts.resolve_description`, the one preset rule). The number of logits is read
+from the weights and checked against it. Checkpoints are written by
+:func:`flair_deploy.artifacts.save_checkpoint` (tests, benchmarks) or the Lightning trainer.
 """
 
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,15 +34,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from flair_deploy.description import (
-    ArchitectureSpec,
-    ModelDescription,
-    Normalization,
-    class_preset,
-    file_sha256,
+from flair_deploy.artifacts import (
+    PRESETS,
+    SUFFIXES,
+    ArtifactKind,
+    kind_suffixes,
+    preset_description,
+    resolve_description,
 )
+from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import CheckpointError
-from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 from flair_deploy.models import FlairSegmenter, build_model
 
 __all__ = [
@@ -52,39 +57,6 @@ __all__ = [
 ]
 
 CheckpointLayout = Literal["flair-deploy", "ign-lightning", "ign-state-dict", "smp-state-dict"]
-
-_BANDS = {"rgbie": FLAIR_BANDS, "rgbi": FLAIR_BANDS[:4], "rgb": FLAIR_BANDS[:3]}
-
-
-def _ign_preset(bands: str, ncl: int) -> ModelDescription:
-    names = _BANDS[bands]
-    mean, std = flair_statistics(names)
-    return ModelDescription(
-        name=f"FLAIR-INC_{bands}_{ncl}cl_resnet34-unet",
-        bands=names,
-        normalization=Normalization(mean=mean, std=std),
-        classes=class_preset(f"flair{ncl}"),
-        architecture=ArchitectureSpec(arch="unet", encoder="resnet34"),
-    )
-
-
-#: IGN's published FLAIR-INC models (19 logits; "15cl"/"12cl" say which are active), with the
-#: normalisation of their model cards (FLAIR #1 statistics restricted to the bands used).
-PRESETS: dict[str, ModelDescription] = {
-    f"flair-inc-{b}-{n}cl-resnet34-unet": _ign_preset(b, n) for b in _BANDS for n in (15, 12)
-}
-
-
-def preset_description(name: str) -> ModelDescription:
-    """Return the description of a named preset.
-
-    Raises:
-        CheckpointError: For an unknown preset, listing the known ones.
-    """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise CheckpointError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
 @dataclass(frozen=True)
@@ -108,28 +80,75 @@ def read_state(path: Path) -> Mapping[str, Any]:
     """Read a checkpoint file safely (no arbitrary unpickling).
 
     Raises:
-        CheckpointError: If the file is missing, corrupt, or needs unsafe unpickling.
+        CheckpointError: If the file is missing, corrupt, or needs unsafe unpickling; one line naming
+            what was refused (never advising unsafe loading).
     """
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
-    if path.suffix == ".safetensors":
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is not None and kind is not ArtifactKind.CHECKPOINT:
+        raise CheckpointError(
+            f"{path.name} is an {kind.value} file, not a checkpoint; give a checkpoint "
+            f"({' '.join(kind_suffixes(ArtifactKind.CHECKPOINT))})"
+        )
+    if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import load_file
 
             return dict(load_file(str(path)))
         except Exception as exc:  # noqa: BLE001  (safetensors raises several unrelated types for corrupt files)
-            raise CheckpointError(f"cannot read safetensors file {path}: {exc}") from None
+            raise CheckpointError(
+                f"cannot read safetensors file {path}: {_first_sentence(str(exc)) or type(exc).__name__}"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {first}; expected a PyTorch/Lightning checkpoint or a "
-            ".safetensors file (only tensors and plain values are loaded, never arbitrary objects)"
-        ) from None
+        raise _load_error(path, exc) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_UNPICKLER = "WeightsUnpickler error:"
+
+
+def _first_sentence(text: str) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line.split(". ")[0].rstrip(".")
+
+
+def _load_error(path: Path, exc: BaseException) -> CheckpointError:
+    """Turn torch's safe-loading failure into one line naming what was refused.
+
+    torch's own message advises re-running with ``weights_only=False``, which executes whatever the
+    file contains; that advice is never passed on.
+    """
+    text = _ANSI.sub("", str(exc))
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return CheckpointError(
+            f"refusing to load checkpoint {path}: it contains a pickled {refused.group(1)}, which is not a "
+            "tensor or plain value (only tensors and plain values are loaded, never arbitrary objects); "
+            "re-save its weights as a state dict (torch.save(model.state_dict(), path)) or as .safetensors"
+        )
+    detail = text.split(_UNPICKLER, 1)[1] if _UNPICKLER in text else text
+    lines = [
+        ln.strip()
+        for ln in detail.splitlines()
+        if ln.strip() and "weights_only" not in ln and not ln.strip().startswith("Check the documentation")
+    ]
+    if isinstance(exc, EOFError):
+        what = "the file is empty or truncated"
+    elif lines and lines[0].startswith("Unsupported operand"):
+        what = f"not a PyTorch file ({lines[0].lower()} in its pickle stream)"
+    else:
+        what = _first_sentence(lines[0]) if lines else type(exc).__name__
+    return CheckpointError(
+        f"cannot read checkpoint {path}: {what}; expected a PyTorch/Lightning checkpoint or a "
+        ".safetensors file (only tensors and plain values are loaded, never arbitrary objects)"
+    )
 
 
 def _detect(state: Mapping[str, Any]) -> tuple[CheckpointLayout, Mapping[str, Tensor]]:
@@ -251,30 +270,23 @@ def load_checkpoint(
     """
     state = read_state(path)
     layout, sd = _detect(state)
-    if preset is not None:
-        if description is not None:
-            raise CheckpointError("give either a preset or a description, not both")
-        description = preset_description(preset)
-    sd = dict(sd)
+    stored: ModelDescription | None = None
     if layout == "flair-deploy":
         hp = state.get("hyper_parameters")
-        stored = hp.get("description") if isinstance(hp, Mapping) else None
-        if stored is not None:
-            stored_desc = ModelDescription.from_dict(stored, source=str(path))
-            if description is not None and description != stored_desc:
-                raise CheckpointError(
-                    f"{path} describes itself; do not pass --preset or a description for it"
-                )
-            description = stored_desc
+        stored_dict = hp.get("description") if isinstance(hp, Mapping) else None
+        if stored_dict is not None:
+            stored = ModelDescription.from_dict(stored_dict, source=str(path))
         sd = {k.removeprefix("model."): v for k, v in sd.items() if not k.startswith("criterion.")}
         criterion = None
     else:
         sd, criterion = map_ign_state_dict(sd)
-    if description is None:
-        raise CheckpointError(
-            f"{path} ({layout}) carries no model description; give --preset "
-            f"({', '.join(PRESETS)}) or an IGN config with --config"
-        )
+    description = resolve_description(
+        stored,
+        source=f"{path} ({layout})",
+        preset=preset,
+        description=description,
+        error=CheckpointError,
+    )
     n_logits = _logits_in_weights(sd)
     if n_logits is not None and n_logits != description.num_classes:
         raise CheckpointError(

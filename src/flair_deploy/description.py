@@ -11,6 +11,9 @@ The same object is serialised in three places, always through :meth:`ModelDescri
 * the ONNX ``metadata_props`` (key :data:`ONNX_KEY`, plus the QGIS Deepness keys);
 * the JSON sidecar beside every TensorRT engine.
 
+Which artifact keeps it where (the suffix table, the sidecar rule, the preset rule) is
+:mod:`flair_deploy.artifacts`.
+
 Validators raise; they never repair an inconsistent description.
 """
 
@@ -25,6 +28,7 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from flair_deploy.atomic import write_text
 from flair_deploy.errors import ModelDescriptionError
 
 # FLAIR's bands, statistics and nomenclature live in flair_format; the names stay importable from here.
@@ -415,10 +419,14 @@ class ModelDescription(_Frozen):
         return cls.from_json(props[ONNX_KEY], source=source)
 
     def save_sidecar(self, path: Path) -> None:
-        """Write the description as an indented JSON file (atomically)."""
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(self.to_json(indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        """Write the description as an indented JSON file (atomically).
+
+        An engine's sidecar is named by :func:`flair_deploy.artifacts.sidecar_path`.
+
+        Raises:
+            OutputError: If *path* cannot be written.
+        """
+        write_text(path, self.to_json(indent=2) + "\n")
 
     @classmethod
     def load_sidecar(cls, path: Path) -> ModelDescription:

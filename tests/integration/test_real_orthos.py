@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.cli import main
 from flair_deploy.description import ArchitectureSpec, ModelDescription, Normalization, class_preset
 from flair_deploy.models import build_model
@@ -38,9 +39,7 @@ def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = build_model(desc)
     path = tmp_path_factory.mktemp("model") / "rgb-tiny.ckpt"
-    state = {"model." + k: v for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "hyper_parameters": {"description": desc.to_dict()}}, path)
-    return path
+    return save_checkpoint(path, model, desc)
 
 
 def _detect(argv: list[str], capsys) -> tuple[int, str]:

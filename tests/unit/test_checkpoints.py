@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flair_deploy.checkpoints import PRESETS, load_checkpoint
+from flair_deploy.checkpoints import PRESETS, load_checkpoint, read_state
 from flair_deploy.description import class_preset
 from flair_deploy.errors import CheckpointError
 from flair_deploy.models import build_model
@@ -75,6 +75,18 @@ def test_corrupt_and_undescribed_files(tmp_path, reference):
         load_checkpoint(path)
 
 
+def test_self_describing_checkpoint_refuses_a_preset(tmp_path, tiny_description, reference):
+    from flair_deploy.artifacts import save_checkpoint
+
+    model, x, y = reference
+    path = save_checkpoint(tmp_path / "m.ckpt", model, tiny_description)
+    with pytest.raises(CheckpointError, match="describes itself; do not pass --preset"):
+        load_checkpoint(path, preset="flair-inc-rgbie-15cl-resnet34-unet")
+    loaded = load_checkpoint(path, description=tiny_description)  # the same description is accepted
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), y)
+
+
 class Evil:
     """Stands for any non-tensor object a malicious checkpoint could smuggle in."""
 
@@ -82,8 +94,63 @@ class Evil:
 def test_unsafe_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, path)
-    with pytest.raises(CheckpointError, match="never arbitrary objects"):
+    with pytest.raises(CheckpointError, match="never arbitrary objects") as info:
         load_checkpoint(path)
+    text = str(info.value)
+    # One line that names the refused class and never advises the unsafe way out.
+    assert "\n" not in text and "\x1b" not in text
+    assert "weights_only" not in text
+    assert f"pickled {Evil.__module__}.Evil, which is not a tensor" in text
+
+
+def test_numpy_arrays_in_a_checkpoint_are_named_when_refused(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "np.ckpt"
+    torch.save({"state_dict": {"w": np.zeros(3)}}, path)
+    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*pickled numpy\.") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"not a checkpoint", "not a PyTorch file"),
+        (b"", "empty or truncated"),
+        ("half", "failed reading zip archive"),
+    ],
+)
+def test_corrupt_checkpoints_are_one_line_without_unsafe_advice(tmp_path, content, what):
+    import io
+
+    if content == "half":
+        buf = io.BytesIO()
+        torch.save({"a": torch.zeros(8)}, buf)
+        content = buf.getvalue()[: len(buf.getvalue()) // 2]
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=f"cannot read checkpoint .*{what}") as info:
+        read_state(path)
+    text = str(info.value)
+    assert "\n" not in text and "weights_only" not in text and "\x1b" not in text
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.fp16.engine"])
+def test_other_artifact_kinds_are_not_read_as_checkpoints(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x07")
+    with pytest.raises(CheckpointError, match=r"is an (onnx|engine) file, not a checkpoint; .*\.safetensors"):
+        read_state(path)
+
+
+def test_corrupt_safetensors_is_one_line(tmp_path):
+    pytest.importorskip("safetensors")
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="cannot read safetensors file") as info:
+        read_state(path)
+    assert "\n" not in str(info.value)
 
 
 def test_presets_cover_ign_inc_models():

@@ -34,9 +34,10 @@ TORCH_VARIANTS: Mapping[str, Mapping[str, Any]] = {
 }
 
 _PRECISION_SUFFIX = re.compile(r"\.(fp32|fp16|bf16|int8)$", re.IGNORECASE)
+# Suffixes of the artifacts looked up beside each model, from the one suffix table.
 _EXTENSIONS: Mapping[BackendName, tuple[str, ...]] = {
-    BackendName.ONNXRUNTIME: (".onnx",),
-    BackendName.TENSORRT: (".engine", ".plan"),
+    b: tuple(s for s, k in SUFFIXES.items() if k is b)
+    for b in (BackendName.ONNXRUNTIME, BackendName.TENSORRT)
 }
 
 

@@ -1,63 +1,18 @@
-"""Read and show the self-description of any flair-deploy artifact.
+"""Show the self-description of any flair-deploy artifact.
 
-:func:`read_description` is the one entry point runtimes use to learn how to feed a model: it reads
-ONNX ``metadata_props``, the JSON sidecar of a TensorRT engine, or a checkpoint, and needs no other
-input.
+Reading it is :func:`flair_deploy.artifacts.read_description` (re-exported here): ONNX
+``metadata_props``, the JSON sidecar of a TensorRT engine, or a checkpoint, with no other input.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from flair_deploy.artifacts import read_description
 from flair_deploy.description import ModelDescription
-from flair_deploy.errors import ModelDescriptionError
 
-__all__ = ["ENGINE_SUFFIXES", "ONNX_SUFFIXES", "describe_text", "read_description", "render_description"]
-
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
-_CHECKPOINT_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors")
-
-
-def read_description(path: Path, *, preset: str | None = None) -> ModelDescription:
-    """Return the description of an ONNX model, a TensorRT engine (its sidecar) or a checkpoint.
-
-    Args:
-        path: ``.onnx``; ``.engine``/``.plan``/``.trt`` (reads ``<path>.json``); ``.ckpt``/``.pt``/
-            ``.pth``/``.safetensors``; or a sidecar ``.json`` itself.
-        preset: Description preset for IGN checkpoints, which carry none.
-
-    Returns:
-        The validated description.
-
-    Raises:
-        ModelDescriptionError: If the file is missing, of an unknown kind, or carries no valid
-            description.
-        CheckpointError: For unreadable checkpoints.
-    """
-    if not path.exists():
-        raise ModelDescriptionError(f"{path} does not exist; give an .onnx, .engine or checkpoint file")
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        from flair_deploy.exports.onnx import read_onnx_description
-
-        return read_onnx_description(path)
-    if suffix in ENGINE_SUFFIXES:
-        from flair_deploy.exports.tensorrt import read_engine_description
-
-        return read_engine_description(path)
-    if suffix == ".json":
-        return ModelDescription.load_sidecar(path)
-    if suffix in _CHECKPOINT_SUFFIXES:
-        from flair_deploy.checkpoints import load_checkpoint
-
-        return load_checkpoint(path, preset=preset).description
-    raise ModelDescriptionError(
-        f"{path.name}: unknown model file type {suffix!r}; expected .onnx, .engine/.plan, a sidecar .json "
-        "or a checkpoint (.ckpt, .pt, .pth, .safetensors)"
-    )
+__all__ = ["describe_text", "read_description", "render_description"]
 
 
 def describe_text(description: ModelDescription) -> dict[str, Any]:

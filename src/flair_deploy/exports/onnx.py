@@ -23,8 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from flair_deploy._optional import require
+from flair_deploy.artifacts import read_onnx_description
+from flair_deploy.artifacts import stamp_onnx_description as stamp_description
 from flair_deploy.atomic import atomic_path, scratch_path
-from flair_deploy.description import ONNX_KEY, ModelDescription, file_sha256
+from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import ExportError, ModelDescriptionError
 from flair_deploy.exports.config import Exporter, Head
 from flair_deploy.models import FlairSegmenter
@@ -53,18 +55,6 @@ OUTPUT_NAMES: dict[Head, tuple[str, ...]] = {
     Head.PROBABILITIES: ("probabilities",),
     Head.CLASSES: ("class_index", "confidence"),
 }
-# Keys written by to_metadata_props(); cleared before re-stamping so a stale Deepness key never survives.
-_DEEPNESS_KEYS = (
-    "model_type",
-    "class_names",
-    "resolution",
-    "tiles_size",
-    "tiles_overlap",
-    "standardization_mean",
-    "standardization_std",
-)
-
-
 _ELEMENTWISE = frozenset({"Mul", "Add", "Sub", "Div", "Cast"})
 
 
@@ -253,21 +243,6 @@ def _export_dynamo(
 
 
 # --------------------------------------------------------------------------------------- description
-def stamp_description(proto: Any, description: ModelDescription) -> None:
-    """Replace the flair-deploy (and Deepness) ``metadata_props`` of *proto* with *description*."""
-    props = description.to_metadata_props()
-    stale = {ONNX_KEY, *_DEEPNESS_KEYS, *props}
-    kept = [
-        (p.key, p.value)
-        for p in proto.metadata_props
-        if p.key not in stale and not p.key.startswith("flair_deploy.")
-    ]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
 def load_onnx(path: Path) -> Any:
     """Load an ONNX model (with its weights).
 
@@ -281,21 +256,6 @@ def load_onnx(path: Path) -> Any:
         raise ModelDescriptionError(f"cannot read ONNX model {path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError is not an OSError/ValueError subclass
         raise ModelDescriptionError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
-
-
-def read_onnx_description(path: Path) -> ModelDescription:
-    """Read the description stamped into an ONNX file, without loading its weights.
-
-    Raises:
-        ModelDescriptionError: If the file is unreadable or carries no valid description.
-    """
-    onnx = require("onnx", purpose="reading ONNX models")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError, OSError
-        raise ModelDescriptionError(f"cannot read ONNX model {path}: {exc}") from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    return ModelDescription.from_metadata_props(props, source=str(path))
 
 
 def save_onnx(proto: Any, path: Path, description: ModelDescription, *, check: bool = True) -> str:

@@ -16,7 +16,8 @@ compute capability) makes rebuilds fast and deterministic.
 The engine file is the plain serialized plan, byte for byte as TensorRT wrote it (tools such as
 ``trtexec`` load it); the description and the engine facts go to ``<engine>.json``, a
 :class:`~flair_deploy.description.ModelDescription` whose ``provenance.extra`` holds the facts (read
-them back with :meth:`EngineFacts.from_description`).
+them back with :meth:`EngineFacts.from_description`). The sidecar rule and the readers are
+:mod:`flair_deploy.artifacts`' (:func:`~flair_deploy.artifacts.sidecar_path`).
 
 :func:`ort_tensorrt_provider_options` gives the equivalent settings for onnxruntime's TensorRT
 execution provider.
@@ -36,11 +37,13 @@ from types import ModuleType
 from typing import Any
 
 from flair_deploy._optional import require
+from flair_deploy.artifacts import read_engine_description, save_sidecar, sidecar_path
 from flair_deploy.atomic import atomic_path
 from flair_deploy.description import ModelDescription, Precision, file_sha256
 from flair_deploy.errors import ExportError, OutputError
 from flair_deploy.exports.config import TensorRTOptions
 from flair_deploy.exports.onnx import INPUT_IMAGE, INPUT_METADATA
+from flair_deploy.tensorrt_options import Shape, precision_flags, tensorrt_provider_options
 
 __all__ = [
     "SUPPORTED_TRT_MAJORS",
@@ -65,9 +68,6 @@ _FACT_PREFIX = "tensorrt."
 _DEFAULT_OPTIONS = TensorRTOptions()
 
 
-Shape = tuple[int, ...]
-
-
 @dataclass(frozen=True)
 class EngineProfile:
     """One optimisation profile: per input, the (min, opt, max) shapes.
@@ -86,10 +86,6 @@ class EngineProfile:
     def from_dict(cls, data: Mapping[str, Any]) -> EngineProfile:
         """Inverse of :meth:`to_dict`."""
         return cls({k: (tuple(v[0]), tuple(v[1]), tuple(v[2])) for k, v in data.items()})
-
-    def ort_shapes(self, which: int) -> str:
-        """Return onnxruntime's ``name:1x5x512x512,...`` form of the min (0), opt (1) or max (2) shapes."""
-        return ",".join(f"{n}:{'x'.join(str(d) for d in t[which])}" for n, t in sorted(self.shapes.items()))
 
 
 def engine_profile(
@@ -283,20 +279,6 @@ class EngineFacts:
             raise ExportError(f"the description carries no TensorRT engine facts ({exc})") from None
 
 
-def sidecar_path(engine: Path) -> Path:
-    """Return the sidecar path of an engine: ``<engine>.json``."""
-    return engine.with_name(engine.name + ".json")
-
-
-def read_engine_description(engine: Path) -> ModelDescription:
-    """Read the description of an engine from its sidecar.
-
-    Raises:
-        ModelDescriptionError: If the sidecar is missing or invalid.
-    """
-    return ModelDescription.load_sidecar(sidecar_path(engine))
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
@@ -347,7 +329,7 @@ def build_engine(
     flags: tuple[str, ...] = ()
     strongly_typed = major >= 11
     if major == 10:
-        flags = {Precision.FP16: ("FP16",), Precision.INT8: ("INT8",)}.get(precision, ())
+        flags = precision_flags(precision)
     from_cache = options.use_cache and cached.is_file()
     if from_cache:
         with atomic_path(engine_path) as tmp:
@@ -374,10 +356,10 @@ def build_engine(
     )
     extra = {**description.provenance.extra, **facts.to_extra()}
     try:
-        description.with_provenance(extra=extra).save_sidecar(sidecar_path(engine_path))
-    except OSError as exc:
+        save_sidecar(engine_path, description.with_provenance(extra=extra))
+    except OutputError:
         engine_path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {sidecar_path(engine_path)}: {exc.strerror or exc}") from None
+        raise
     return facts
 
 
@@ -438,31 +420,19 @@ def ort_tensorrt_provider_options(
 ) -> dict[str, str]:
     """Return onnxruntime TensorRT execution-provider options matching :func:`build_engine`.
 
-    The precision comes from the description (FP16 / INT8 flags let TensorRT use those kernels for
-    the FP16 and Q/DQ graphs); explicit profile shapes stop the provider from rebuilding its engine
-    when a batch shape changes; the engine and timing caches live under ``options.cache_dir/ort``.
-
-    Usage::
-
-        sess = ort.InferenceSession(path, providers=[
-            ("TensorrtExecutionProvider", ort_tensorrt_provider_options(desc)), "CUDAExecutionProvider"])
+    The profile is :func:`engine_profile`'s and the options are
+    :func:`flair_deploy.tensorrt_options.tensorrt_provider_options`' (the one writer of these options,
+    also used by the onnxruntime backend); the caches live under ``options.cache_dir/ort``.
 
     Returns:
         Provider options as strings (onnxruntime's documented names).
     """
-    precision = description.provenance.precision
     profile = engine_profile(description, options, tile_size=tile_size, dynamic_hw=dynamic_hw)
-    cache = (options.cache_dir or default_cache_dir()) / "ort"
-    return {
-        "device_id": str(device_id),
-        "trt_max_workspace_size": str(int(options.workspace_gib * (1 << 30))),
-        "trt_fp16_enable": "True" if precision is Precision.FP16 else "False",
-        "trt_int8_enable": "True" if precision is Precision.INT8 else "False",
-        "trt_engine_cache_enable": "True" if options.use_cache else "False",
-        "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": str(cache),
-        "trt_profile_min_shapes": profile.ort_shapes(0),
-        "trt_profile_opt_shapes": profile.ort_shapes(1),
-        "trt_profile_max_shapes": profile.ort_shapes(2),
-    }
+    return tensorrt_provider_options(
+        precision=description.provenance.precision,
+        shapes=profile.shapes,
+        cache_dir=(options.cache_dir or default_cache_dir()) / "ort",
+        device_id=device_id,
+        workspace_bytes=int(options.workspace_gib * (1 << 30)),
+        engine_cache=options.use_cache,
+    )

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
 from flair_deploy.exports.onnx import export_onnx
 from flair_deploy.models import build_model
@@ -28,14 +29,7 @@ def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     )
     torch.manual_seed(0)
     model = build_model(tiny_description).eval()
-    ckpt = tmp_path / "tiny.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"description": tiny_description.to_dict()},
-        },
-        ckpt,
-    )
+    ckpt = save_checkpoint(tmp_path / "tiny.ckpt", model, tiny_description)
     onnx_path = tmp_path / "tiny.fp32.onnx"
     export_onnx(model, tiny_description, onnx_path, slim=False)
     return ckpt, onnx_path

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.cli import main
 
 
@@ -53,9 +54,7 @@ def export_data(tmp_path, tiny_description):
     """An untrained, self-describing checkpoint: these tests all stop before exporting."""
     from flair_deploy.models import build_model
 
-    path = tmp_path / "tiny.ckpt"
-    sd = {f"model.{k}": v for k, v in build_model(tiny_description).state_dict().items()}
-    torch.save({"state_dict": sd, "hyper_parameters": {"description": tiny_description.to_dict()}}, path)
+    path = save_checkpoint(tmp_path / "tiny.ckpt", build_model(tiny_description), tiny_description)
     return {"checkpoint": path}
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
 from flair_deploy.models import build_model
 
@@ -71,14 +72,7 @@ def export_data(tmp_path_factory) -> dict[str, Path]:
         loss.backward()
         opt.step()
     model.eval()
-    ckpt = root / "tiny.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"description": desc.to_dict()},
-        },
-        ckpt,
-    )
+    ckpt = save_checkpoint(root / "tiny.ckpt", model, desc)
     big_images, big_labels = make_scenes(6, seed=2, size=2 * TILE)
     codes = np.asarray([c.code for c in desc.classes], dtype=np.uint8)
     rows = []

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import ArchitectureSpec, ModelDescription
 from flair_deploy.errors import CheckpointError, InputDataError, OutputError
 from flair_deploy.models import build_model
@@ -38,15 +39,8 @@ def constant_checkpoint(small_description, tmp_path):
     bias[BUILDING] = 10.0
     bias[CLEAR_CUT] = 100.0
     sd["net.segmentation_head.0.bias"] = bias
-    path = tmp_path / "model.ckpt"
-    torch.save(
-        {
-            "state_dict": {"model." + k: v for k, v in sd.items()},
-            "hyper_parameters": {"description": small_description.to_dict()},
-        },
-        path,
-    )
-    return path
+    model.load_state_dict(sd)
+    return save_checkpoint(tmp_path / "model.ckpt", model, small_description)
 
 
 @pytest.fixture

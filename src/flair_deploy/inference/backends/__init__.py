@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from flair_deploy.artifacts import SUFFIXES as ARTIFACT_SUFFIXES
+from flair_deploy.artifacts import ArtifactKind
 from flair_deploy.description import Precision
 from flair_deploy.errors import BackendError
 from flair_deploy.inference.backends.base import (
@@ -28,6 +30,7 @@ from flair_deploy.inference.backends.base import (
 )
 
 __all__ = [
+    "BACKEND_OF_KIND",
     "SUFFIXES",
     "Backend",
     "BackendName",
@@ -37,16 +40,16 @@ __all__ = [
     "create_backend",
 ]
 
-#: Model-file suffix → the backend that reads it.
-SUFFIXES: Final[Mapping[str, BackendName]] = {
-    ".ckpt": BackendName.TORCH,
-    ".pth": BackendName.TORCH,
-    ".pt": BackendName.TORCH,
-    ".safetensors": BackendName.TORCH,
-    ".onnx": BackendName.ONNXRUNTIME,
-    ".engine": BackendName.TENSORRT,
-    ".plan": BackendName.TENSORRT,
+#: Artifact kind → the backend that reads it by default.
+BACKEND_OF_KIND: Final[Mapping[ArtifactKind, BackendName]] = {
+    ArtifactKind.CHECKPOINT: BackendName.TORCH,
+    ArtifactKind.ONNX: BackendName.ONNXRUNTIME,
+    ArtifactKind.ENGINE: BackendName.TENSORRT,
 }
+
+#: Model-file suffix → the backend that reads it, derived from the one suffix table
+#: (:data:`flair_deploy.artifacts.SUFFIXES`).
+SUFFIXES: Final[Mapping[str, BackendName]] = {s: BACKEND_OF_KIND[k] for s, k in ARTIFACT_SUFFIXES.items()}
 
 
 def _lazy(module: str, cls: str) -> Callable[[], type[Backend]]:
@@ -102,7 +105,7 @@ def create_backend(
 
     Args:
         name: ``torch``, ``onnxruntime`` or ``tensorrt``; None chooses from the file suffix
-            (``.ckpt/.pth/.pt/.safetensors`` → torch, ``.onnx`` → onnxruntime, ``.engine/.plan`` → tensorrt).
+            (:data:`SUFFIXES`: checkpoints → torch, ``.onnx`` → onnxruntime, engines → tensorrt).
         artifact: The model file.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
         precision: Requested precision (``fp32``, ``fp16``, ``bf16``, ``int8``), or None for the

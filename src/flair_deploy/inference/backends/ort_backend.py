@@ -1,8 +1,8 @@
 """onnxruntime backend: an exported ``.onnx`` on the CPU, CUDA or TensorRT execution provider.
 
-The model's description is read from its ``metadata_props`` (written by ``flair-deploy export``). The
-provider is explicit: a requested provider that onnxruntime does not have, or that it drops while
-creating the session (a CUDA/cuDNN mismatch makes onnxruntime fall back to the CPU *silently*), is a
+The model's description is read from its ``metadata_props`` (written by ``flair-deploy export``) with
+:func:`flair_deploy.artifacts.read_onnx_description`. The provider is explicit: a requested provider
+that onnxruntime does not have, or that it drops while creating the session (a CUDA/cuDNN mismatch makes onnxruntime fall back to the CPU *silently*), is a
 :class:`~flair_deploy.errors.BackendError`, never a slow CPU run.
 
 On CUDA the batch goes through I/O binding: inputs are staged in pinned host memory and copied
@@ -14,13 +14,14 @@ Options: ``provider`` (``cpu``, ``cuda``, ``tensorrt``; default from the device)
 intra-op threads; default the physical cores), ``cudnn_max_workspace`` (default True), and for the
 TensorRT provider ``cache_dir`` (engine and timing cache; default ``<model dir>/.trt_cache``),
 ``profile_batches`` (``(min, opt, max)`` batch sizes of the optimisation profile; default ``(1, 8, 16)``)
-and ``profile_tile`` (tile edge of the profile; default the description's tile size).
+and ``profile_tile`` (tile edge of the profile; default the description's tile size); the provider options
+themselves are :func:`flair_deploy.tensorrt_options.tensorrt_provider_options`', the same as the export
+side's.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any, Self
 import numpy as np
 
 from flair_deploy._optional import require
+from flair_deploy.artifacts import read_onnx_description
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, ModelDescriptionError
 from flair_deploy.inference.backends.base import (
@@ -47,8 +49,9 @@ from flair_deploy.inference.backends.base import (
     physical_cores,
 )
 from flair_deploy.predictions import masked_classes, masked_softmax
+from flair_deploy.tensorrt_options import ShapeRange, tensorrt_provider_options
 
-__all__ = ["PROVIDERS", "OrtBackend", "tensorrt_provider_options"]
+__all__ = ["PROVIDERS", "OrtBackend"]
 
 #: Our provider names → onnxruntime's.
 PROVIDERS: Mapping[str, str] = {
@@ -89,80 +92,6 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
     )
     found = tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
     return (*found, RuntimeError, ValueError, OSError)
-
-
-def tensorrt_provider_options(
-    *,
-    device_id: int,
-    precision: Precision,
-    cache_dir: Path,
-    input_name: str,
-    channels: int,
-    tile: int,
-    batches: tuple[int, int, int],
-    metadata: tuple[str, int] | None = None,
-) -> dict[str, Any]:
-    """Return onnxruntime TensorRT-provider options for a FLAIR model.
-
-    The optimisation profile covers one tile size and a batch range, so the provider builds its engine
-    once (at the first run) and never rebuilds it for a batch inside the range; engine and timing
-    caches make later sessions start in seconds.
-
-    Args:
-        device_id: CUDA device index.
-        precision: ``fp16`` or ``int8`` enable the corresponding TensorRT modes (int8 expects a
-            Q/DQ model); ``fp32`` builds a plain engine.
-        cache_dir: Folder for the engine and timing caches (created).
-        input_name: Name of the image input.
-        channels: Number of bands.
-        tile: Tile edge of the profile.
-        batches: ``(min, opt, max)`` batch sizes.
-        metadata: ``(name, dim)`` of the metadata input, if any.
-
-    Returns:
-        The provider options dict.
-    """
-    cache_dir.mkdir(parents=True, exist_ok=True)
-
-    def shapes(n: int) -> str:
-        s = f"{input_name}:{n}x{channels}x{tile}x{tile}"
-        if metadata is not None:
-            s += f",{metadata[0]}:{n}x{metadata[1]}"
-        return s
-
-    lo, opt, hi = batches
-    return {
-        "device_id": device_id,
-        "trt_fp16_enable": precision in (Precision.FP16, Precision.INT8),
-        "trt_int8_enable": precision is Precision.INT8,
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache_dir),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(cache_dir),
-        "trt_profile_min_shapes": shapes(lo),
-        "trt_profile_opt_shapes": shapes(opt),
-        "trt_profile_max_shapes": shapes(hi),
-    }
-
-
-def _read_description(path: Path, preset: str | None) -> ModelDescription:
-    """Read the description from *path*'s metadata_props (or a preset for models that carry none)."""
-    ort = _ort()
-    so = ort.SessionOptions()
-    # Only the model's metadata is needed here: skip optimisation to make this cheap.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except _ort_errors() as exc:
-        raise BackendError(f"cannot read ONNX model {path}: {str(exc).splitlines()[0]}") from None
-    props: dict[str, str] = dict(sess.get_modelmeta().custom_metadata_map)
-    if preset is not None:
-        from flair_deploy.checkpoints import preset_description
-
-        if "flair_deploy.description" in props:
-            raise BackendError(f"{path} describes itself; do not pass --preset for it")
-        return preset_description(preset)
-    return ModelDescription.from_metadata_props(props, source=str(path))
 
 
 class OrtBackend(Backend):
@@ -270,7 +199,7 @@ class OrtBackend(Backend):
             MissingDependencyError: If onnxruntime is not installed.
         """
         opts = check_options("onnxruntime", options, _OPTIONS)
-        description = _read_description(artifact, preset)
+        description = read_onnx_description(artifact, preset=preset)
         return cls(artifact, description, device=device, precision=precision, **opts)
 
     def summary(self) -> str:
@@ -287,39 +216,30 @@ class OrtBackend(Backend):
         if self.provider == "cuda":
             return [("CUDAExecutionProvider", cuda)]
         d = self.description
-        meta = (
-            None
-            if d.metadata is None or self._metadata_name is None
-            else (self._metadata_name, d.metadata.dim)
+        lo, opt, hi = self.profile_batches
+        t = self.profile_tile
+        shapes: dict[str, ShapeRange] = {
+            self._image_name: (
+                (lo, d.in_channels, t, t),
+                (opt, d.in_channels, t, t),
+                (hi, d.in_channels, t, t),
+            )
+        }
+        if d.metadata is not None and self._metadata_name is not None:
+            dim = d.metadata.dim
+            shapes[self._metadata_name] = ((lo, dim), (opt, dim), (hi, dim))
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendError(
+                f"cannot create the TensorRT cache folder {self.cache_dir}: {exc.strerror or exc}; "
+                "give a writable cache_dir"
+            ) from None
+        trt = tensorrt_provider_options(
+            precision=self.precision, shapes=shapes, cache_dir=self.cache_dir, device_id=self._device_index
         )
-        trt = self._trt_options(meta)
         # The CUDA provider runs whatever TensorRT does not support; that is GPU, not a CPU fallback.
         return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
-
-    def _trt_options(self, meta: tuple[str, int] | None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "device_id": self._device_index,
-            "precision": self.precision,
-            "cache_dir": self.cache_dir,
-            "input_name": self._image_name,
-            "channels": self.description.in_channels,
-            "tile": self.profile_tile,
-            "batches": self.profile_batches,
-            "metadata": meta,
-        }
-        try:  # the exporter's builder, when present, is the one source of truth for these flags
-            trt_exports = importlib.import_module("flair_deploy.exports.tensorrt")
-            builder = getattr(trt_exports, "ort_tensorrt_provider_options", None)
-        except ImportError:
-            builder = None
-        if builder is not None:
-            try:
-                inspect.signature(builder).bind(**kwargs)
-            except TypeError:
-                builder = None  # a different signature: our options follow the same ORT documentation
-        if builder is not None:
-            return dict(builder(**kwargs))
-        return tensorrt_provider_options(**kwargs)
 
     def _activate(self) -> None:
         ort = _ort()

@@ -1,9 +1,9 @@
 """Native TensorRT backend: a serialized engine plus the JSON sidecar that describes it.
 
 The engine (``.engine``/``.plan``) is a TensorRT plan built by ``flair-deploy export --tensorrt`` for one
-GPU model and TensorRT version; the sidecar beside it (``model.engine.json`` or ``model.json``) carries
-the :class:`~flair_deploy.description.ModelDescription` — either the description itself or an object
-with a ``"description"`` key.
+GPU model and TensorRT version; the sidecar beside it (``model.engine.json``, the one rule of
+:func:`flair_deploy.artifacts.sidecar_path`) carries its
+:class:`~flair_deploy.description.ModelDescription`.
 
 Written against the TensorRT 10/11 Python API (named I/O tensors): ``Runtime.deserialize_cuda_engine``,
 ``ICudaEngine.num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode`` / ``get_tensor_dtype`` /
@@ -14,7 +14,6 @@ so uploads, inference and the on-device softmax/argmax are ordered without extra
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Self
 import numpy as np
 
 from flair_deploy._optional import require
+from flair_deploy.artifacts import read_engine_description
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError, ModelDescriptionError
 from flair_deploy.inference.backends.base import (
@@ -41,42 +41,9 @@ from flair_deploy.inference.backends.base import (
 )
 from flair_deploy.predictions import masked_classes, masked_softmax
 
-__all__ = ["EngineIO", "TensorProfile", "TrtBackend", "read_engine_io", "read_sidecar", "sidecar_path"]
+__all__ = ["EngineIO", "TensorProfile", "TrtBackend", "read_engine_io"]
 
 _OPTIONS = ("timing",)
-
-
-def sidecar_path(engine: Path) -> Path:
-    """Return the sidecar of *engine*: ``<engine>.json`` if it exists, else ``<stem>.json``.
-
-    Raises:
-        ModelDescriptionError: If neither exists.
-    """
-    for candidate in (engine.with_name(engine.name + ".json"), engine.with_suffix(".json")):
-        if candidate.is_file():
-            return candidate
-    raise ModelDescriptionError(
-        f"no description sidecar beside {engine} (looked for {engine.name}.json and {engine.stem}.json); "
-        "it is written with each engine by `flair-deploy export --tensorrt`"
-    )
-
-
-def read_sidecar(engine: Path) -> ModelDescription:
-    """Read the description of *engine* from its sidecar (bare or nested under ``"description"``).
-
-    Raises:
-        ModelDescriptionError: If the sidecar is missing or invalid.
-    """
-    path = sidecar_path(engine)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelDescriptionError(f"cannot read engine sidecar {path}: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("description"), dict):
-        data = data["description"]
-    if not isinstance(data, dict):
-        raise ModelDescriptionError(f"engine sidecar {path} holds no model description object")
-    return ModelDescription.from_dict(data, source=str(path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +186,7 @@ class TrtBackend(Backend):
         opts = check_options("tensorrt", options, _OPTIONS)
         if preset is not None:
             raise BackendError("TensorRT engines are described by their sidecar; do not pass --preset")
-        return cls(artifact, read_sidecar(artifact), device=device, precision=precision, **opts)
+        return cls(artifact, read_engine_description(artifact), device=device, precision=precision, **opts)
 
     # ------------------------------------------------------------------ lifecycle
     def _activate(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fakes import EchoBackend
+from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import MetadataSpec, ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError, ModelDescriptionError
 from flair_deploy.inference.backends import (
@@ -222,14 +223,7 @@ def test_torch_bad_options_are_one_line_errors(desc, model, kwargs, match):
 
 
 def test_torch_backend_loads_a_checkpoint_by_suffix(desc, model, tmp_path):
-    path = tmp_path / "m.ckpt"
-    torch.save(
-        {
-            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"description": desc.to_dict()},
-        },
-        path,
-    )
+    path = save_checkpoint(tmp_path / "m.ckpt", model, desc)
     b = create_backend(None, path)
     assert isinstance(b, TorchBackend) and b.description.classes == desc.classes
     x = tiles(desc, 1)
@@ -255,8 +249,15 @@ def test_onnxruntime_reads_description_from_metadata_props(desc, onnx_path):
 
 def test_onnxruntime_without_description_needs_a_preset(desc, model, tmp_path):
     path = export_onnx(model, desc, tmp_path / "bare.onnx", props=False)
-    with pytest.raises(ModelDescriptionError, match="carries no flair-deploy description"):
+    with pytest.raises(ModelDescriptionError, match="carries no model description; give --preset"):
         create_backend(None, path)
+    b = create_backend(None, path, preset="flair-inc-rgbie-15cl-resnet34-unet")
+    assert b.description.name == "FLAIR-INC_rgbie_15cl_resnet34-unet"
+
+
+def test_onnxruntime_self_described_model_refuses_a_preset(onnx_path):
+    with pytest.raises(ModelDescriptionError, match="describes itself; do not pass --preset"):
+        create_backend(None, onnx_path, preset="flair-inc-rgbie-15cl-resnet34-unet")
 
 
 def test_requested_but_missing_provider_is_an_error_not_a_cpu_fallback(onnx_path):
@@ -367,6 +368,7 @@ def test_metadata_model_requires_metadata(tmp_path):
         ("m.onnx", "onnxruntime"),
         ("m.engine", "tensorrt"),
         ("m.plan", "tensorrt"),
+        ("m.trt", "tensorrt"),
     ],
 )
 def test_registry_picks_backend_by_suffix(name, expected):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flair_deploy.artifacts import read_engine_description
 from flair_deploy.description import MetadataSpec, Precision
 from flair_deploy.errors import BackendError, InputSpecError, MissingDependencyError, ModelDescriptionError
 from flair_deploy.inference.backends import create_backend
@@ -16,7 +17,6 @@ from flair_deploy.inference.backends.trt_backend import (
     TensorProfile,
     TrtBackend,
     read_engine_io,
-    read_sidecar,
 )
 
 
@@ -28,20 +28,27 @@ def engine(tmp_path, tiny_description) -> Path:
     return path
 
 
-def test_sidecar_is_read_bare_or_nested(tmp_path, tiny_description):
+def test_sidecar_is_read_from_the_one_sidecar_name(tmp_path, tiny_description):
     (tmp_path / "a.plan").write_bytes(b"")
-    tiny_description.save_sidecar(tmp_path / "a.json")  # <stem>.json is accepted too
-    assert read_sidecar(tmp_path / "a.plan") == tiny_description
-    (tmp_path / "b.engine").write_bytes(b"")
-    nested = {"description": tiny_description.to_dict(), "profile": {"max_batch": 8}}
-    (tmp_path / "b.engine.json").write_text(json.dumps(nested))
-    assert read_sidecar(tmp_path / "b.engine") == tiny_description
+    tiny_description.save_sidecar(tmp_path / "a.plan.json")
+    assert read_engine_description(tmp_path / "a.plan") == tiny_description
+    assert create_backend(None, tmp_path / "a.plan", device="cuda").description == tiny_description
 
 
-def test_missing_sidecar_says_where_it_looked(tmp_path):
+def test_a_json_beside_the_engine_under_another_name_is_not_its_sidecar(tmp_path, tiny_description):
     (tmp_path / "m.engine").write_bytes(b"")
-    with pytest.raises(ModelDescriptionError, match=r"looked for m\.engine\.json and m\.json"):
+    tiny_description.save_sidecar(tmp_path / "m.json")  # <stem>.json: not the sidecar rule
+    with pytest.raises(ModelDescriptionError, match=r"looked for m\.engine\.json\)") as info:
         create_backend(None, tmp_path / "m.engine", device="cuda")
+    assert "\n" not in str(info.value)
+
+
+def test_invalid_sidecar_is_one_line(tmp_path):
+    (tmp_path / "b.engine").write_bytes(b"")
+    (tmp_path / "b.engine.json").write_text(json.dumps({"description": {"bands": []}}))
+    with pytest.raises(ModelDescriptionError, match="invalid model description") as info:
+        create_backend(None, tmp_path / "b.engine", device="cuda")
+    assert "\n" not in str(info.value)
 
 
 def test_engine_on_cpu_device_is_refused(engine):
