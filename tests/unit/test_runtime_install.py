@@ -165,12 +165,13 @@ def test_inspect_reads_onnx_without_torch(world):
 
 
 def test_commands_that_need_an_extra_say_which_in_one_line(world):
-    train, evaluate, export, demo, detect_ckpt = run_without_torch(
+    train, evaluate, export, demo, detect_ckpt, plot = run_without_torch(
         ["train", "--sample-data", "--out", "runs"],
         ["evaluate", "tiny.ckpt", "--csv", "test.csv", "--out", "eval"],
         ["export", "tiny.ckpt", "-o", "models"],
         ["demo", "--out", "demo"],
         ["detect", "ortho.tif", "-m", "tiny.ckpt", "-o", "ckpt-map.tif"],
+        ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--json", "b.json", "--plot", "b.png"],
         cwd=world,
     )
     assert "pip install 'flair-deploy[train]'" in one_line_error(train)
@@ -178,7 +179,9 @@ def test_commands_that_need_an_extra_say_which_in_one_line(world):
     assert "pip install 'flair-deploy[export]'" in one_line_error(export)
     assert "pip install 'flair-deploy[export]'" in one_line_error(demo)
     assert "pip install 'flair-deploy[train]'" in one_line_error(detect_ckpt)
-    assert not any((world / name).exists() for name in ("runs", "eval", "models", "demo", "ckpt-map.tif"))
+    assert "--plot needs matplotlib" in one_line_error(plot)  # refused before measuring
+    outputs = ("runs", "eval", "models", "demo", "ckpt-map.tif", "b.json", "b.png")
+    assert not any((world / name).exists() for name in outputs)
 
 
 def test_extras_table_matches_pyproject():
