@@ -122,6 +122,7 @@ def test_detect_and_benchmark_run_on_onnx_without_torch(world):
 
     detect, bench = run_without_torch(
         ["detect", "ortho.tif", "-m", "tiny.onnx", "-o", "map.tif", "--overwrite"],
+        ["inspect", "tiny.ckpt"],
         ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--batch", "1", "--json", "bench.json"],
         cwd=world,
     )
@@ -165,12 +166,13 @@ def test_inspect_reads_onnx_without_torch(world):
 
 
 def test_commands_that_need_an_extra_say_which_in_one_line(world):
-    train, evaluate, export, demo, detect_ckpt, plot = run_without_torch(
+    train, evaluate, export, demo, detect_ckpt, inspect_ckpt, plot = run_without_torch(
         ["train", "--sample-data", "--out", "runs"],
         ["evaluate", "tiny.ckpt", "--csv", "test.csv", "--out", "eval"],
         ["export", "tiny.ckpt", "-o", "models"],
         ["demo", "--out", "demo"],
         ["detect", "ortho.tif", "-m", "tiny.ckpt", "-o", "ckpt-map.tif"],
+        ["inspect", "tiny.ckpt"],
         ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--json", "b.json", "--plot", "b.png"],
         cwd=world,
     )
@@ -179,6 +181,7 @@ def test_commands_that_need_an_extra_say_which_in_one_line(world):
     assert "pip install 'flair-deploy[export]'" in one_line_error(export)
     assert "pip install 'flair-deploy[export]'" in one_line_error(demo)
     assert "pip install 'flair-deploy[train]'" in one_line_error(detect_ckpt)
+    assert "pip install 'flair-deploy[train]'" in one_line_error(inspect_ckpt)
     assert "--plot needs matplotlib" in one_line_error(plot)  # refused before measuring
     outputs = ("runs", "eval", "models", "demo", "ckpt-map.tif", "b.json", "b.png")
     assert not any((world / name).exists() for name in outputs)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from flair_deploy._optional import require
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ModelDescriptionError
 
@@ -51,6 +52,7 @@ def read_description(path: Path, *, preset: str | None = None) -> ModelDescripti
     if suffix == ".json":
         return ModelDescription.load_sidecar(path)
     if suffix in _CHECKPOINT_SUFFIXES:
+        require("torch", purpose=f"reading the checkpoint {path.name}")
         from flair_deploy.checkpoints import load_checkpoint
 
         return load_checkpoint(path, preset=preset).description
