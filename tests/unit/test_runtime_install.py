@@ -122,7 +122,6 @@ def test_detect_and_benchmark_run_on_onnx_without_torch(world):
 
     detect, bench = run_without_torch(
         ["detect", "ortho.tif", "-m", "tiny.onnx", "-o", "map.tif", "--overwrite"],
-        ["inspect", "tiny.ckpt"],
         ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--batch", "1", "--json", "bench.json"],
         cwd=world,
     )
