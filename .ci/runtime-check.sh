@@ -15,8 +15,11 @@ mkdir -p "$work"
 start=$SECONDS
 
 python3 -m venv "$rt"
+# From a clean copy of the sources: setuptools' build/ in the checkout can hold modules since removed.
+mkdir -p "$work/source"
+tar -c --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src | tar -x -C "$work/source"
 # The base install only: the constraints pin what the extras would bring, should anything pull them.
-"$rt/bin/python" -m pip install -q -c .ci/constraints.txt .
+"$rt/bin/python" -m pip install -q -c .ci/constraints.txt "$work/source"
 echo "runtime check: bare venv installed ($((SECONDS - start)) s)"
 
 # Torch (or anything else of the extras) in the bare venv fails the check.
