@@ -23,7 +23,7 @@ tar -c --exclude=__pycache__ --exclude='*.egg-info' pyproject.toml README.md src
 echo "runtime check: bare venv installed ($((SECONDS - start)) s)"
 
 # Torch (or anything else of the extras) in the bare venv fails the check.
-"$rt/bin/python" - <<'EOF'
+env -u PYTHONPATH "$rt/bin/python" - <<'EOF'
 import importlib.util
 import sys
 
