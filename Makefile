@@ -1,17 +1,18 @@
 # One entry point for people and CI. `make demo` sets up and runs the main job on built-in sample data;
-# `make test` runs the test suite (what .ci/run calls).
+# `make test` runs the test suite and `make runtime-check` the torch-free install (what .ci/run calls).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install -q -c .ci/constraints.txt
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test runtime-check lint demo bench clean
 
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, from the pinned CPU wheel, so nothing can pull the multi-GB CUDA build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
+	# Every extra that runs on a CPU machine (train, export); gpu and tensorrt are for NVIDIA machines.
+	$(PIP) -e ".[all,dev]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -21,6 +22,11 @@ setup: $(VENV)/.installed
 test: setup
 	@$(PY) -m pytest $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected for this selection"; rc=0; fi; exit $$rc
+
+# `pip install .` alone (no extras) into a fresh venv must bring no torch and must map a raster with an
+# ONNX model exported by the full environment, as the full environment maps it (.ci/runtime-check.sh).
+runtime-check: setup
+	.ci/runtime-check.sh $(PY) build/runtime-check
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from flair_deploy._optional import require
 from flair_deploy.atomic import atomic_path
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import InputDataError
@@ -176,6 +177,7 @@ def render_preview_png(
     rgba = lut[small]
 
     # Object-oriented Agg API: no pyplot global state, safe in threads and headless machines.
+    require("matplotlib", purpose="drawing the map preview")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from flair_deploy._compat import ensure_torchvision_importable
+from flair_deploy._optional import require
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError
 
@@ -73,7 +74,7 @@ class FlairSegmenter(nn.Module):
     def __init__(self, description: ModelDescription) -> None:
         super().__init__()
         ensure_torchvision_importable()
-        import segmentation_models_pytorch as smp
+        smp = require("segmentation_models_pytorch", purpose="building the network")
 
         arch = description.architecture
         kwargs: dict[str, object] = {"encoder_depth": arch.encoder_depth}

@@ -31,6 +31,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 
 from pydantic import BaseModel, ConfigDict
 
@@ -108,8 +109,8 @@ class Fingerprint(_Frozen):
         physical_cores: Physical cores available to this process.
         logical_cores: Logical CPUs available to this process.
         cpu_mhz: Clock reported by the OS (often the base clock in virtual machines).
-        torch_threads: ``torch.get_num_threads()``.
-        torch_interop_threads: ``torch.get_num_interop_threads()``.
+        torch_threads: ``torch.get_num_threads()``, or None without torch (the runtime install).
+        torch_interop_threads: ``torch.get_num_interop_threads()``, or None without torch.
         thread_env: ``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``... as set in the environment.
         gpu_name: CUDA device name, or None.
         gpu_memory_gib: Total device memory, or None.
@@ -131,8 +132,8 @@ class Fingerprint(_Frozen):
     physical_cores: int
     logical_cores: int
     cpu_mhz: float | None
-    torch_threads: int
-    torch_interop_threads: int
+    torch_threads: int | None
+    torch_interop_threads: int | None
     thread_env: dict[str, str]
     gpu_name: str | None = None
     gpu_memory_gib: float | None = None
@@ -195,6 +196,14 @@ def _gpu_driver() -> str | None:
     return first[0].strip() if res.returncode == 0 and first else None
 
 
+def _torch_or_none() -> ModuleType | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def collect_fingerprint(device: str = "cpu") -> Fingerprint:
     """Describe the machine, the thread settings and the installed runtimes.
 
@@ -206,8 +215,9 @@ def collect_fingerprint(device: str = "cpu") -> Fingerprint:
     """
     import numpy as np
     import psutil
-    import torch
 
+    # The runtime install (`pip install flair-deploy`) benchmarks ONNX models without torch.
+    torch = _torch_or_none()
     info = _cpuinfo()
     flags = set(info.get("flags", "").split())
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -217,7 +227,7 @@ def collect_fingerprint(device: str = "cpu") -> Fingerprint:
 
     versions: dict[str, str | None] = {
         "flair-deploy": _version("flair-deploy"),
-        "torch": torch.__version__,
+        "torch": torch.__version__ if torch is not None else None,
         "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
         "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13"),
         "numpy": np.__version__,
@@ -240,13 +250,13 @@ def collect_fingerprint(device: str = "cpu") -> Fingerprint:
 
     gpu_name = gpu_mem = None
     cuda = cudnn = driver = None
-    if device.startswith("cuda") and torch.cuda.is_available():
+    if torch is not None and device.startswith("cuda") and torch.cuda.is_available():
         index = int(device.partition(":")[2] or 0)
         props = torch.cuda.get_device_properties(index)
         gpu_name = str(props.name)
         gpu_mem = round(props.total_memory / 2**30, 2)
         cuda = torch.version.cuda
-        cudnn_v = torch.backends.cudnn.version()  # type: ignore[no-untyped-call]
+        cudnn_v = torch.backends.cudnn.version()
         cudnn = str(cudnn_v) if cudnn_v is not None else None
         driver = _gpu_driver()
 
@@ -261,8 +271,8 @@ def collect_fingerprint(device: str = "cpu") -> Fingerprint:
         physical_cores=min(int(physical), logical),
         logical_cores=logical,
         cpu_mhz=float(mhz) if mhz else None,
-        torch_threads=torch.get_num_threads(),
-        torch_interop_threads=torch.get_num_interop_threads(),
+        torch_threads=torch.get_num_threads() if torch is not None else None,
+        torch_interop_threads=torch.get_num_interop_threads() if torch is not None else None,
         thread_env={
             k: os.environ[k]
             for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS")

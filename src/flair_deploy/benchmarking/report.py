@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from flair_deploy._optional import require
 from flair_deploy.atomic import atomic_path, write_text
 from flair_deploy.benchmarking.fingerprint import Ceiling, Fingerprint
 from flair_deploy.description import Precision
@@ -241,7 +242,11 @@ def _fingerprint_lines(fp: Fingerprint) -> list[str]:
             f"CPU: {fp.cpu_model} ({fp.cpu_vendor}), {fp.physical_cores} physical / {fp.logical_cores} "
             f"logical cores, {fp.cpu_mhz or '?'} MHz reported, flags {' '.join(fp.cpu_flags) or 'none'}"
         ),
-        f"Threads: torch {fp.torch_threads} intra-op / {fp.torch_interop_threads} inter-op; {env}",
+        (
+            f"Threads: torch {fp.torch_threads} intra-op / {fp.torch_interop_threads} inter-op; {env}"
+            if fp.torch_threads is not None
+            else f"Threads: torch not installed; {env}"
+        ),
         f"GPU: {gpu}",
         "Versions: "
         + ", ".join(f"{k} {val}" for k, val in v.items() if val is not None)
@@ -343,8 +348,7 @@ def write_plot(report: BenchmarkReport, path: Path) -> None:
     rows = [r for r in report.ok_rows() if r.tiles_per_s is not None]
     if not rows:
         raise OutputError(f"nothing to plot into {path}: no row was measured (all skipped or failed)")
-    import matplotlib
-
+    matplotlib = require("matplotlib", purpose="drawing the benchmark plot (--plot)")
     matplotlib.use("Agg")  # files only, never a window (headless servers, CI)
     import matplotlib.pyplot as plt
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flair_deploy._optional import require
 from flair_deploy.errors import BackendError, ConfigError, OutputError
 
 __all__ = ["command"]
@@ -128,6 +129,8 @@ def command(
 
     for path, flag in ((json_out, "--json"), (markdown, "--markdown"), (plot, "--plot")):
         _check_output(path, flag)
+    if plot is not None:  # before minutes of measuring, not after
+        require("matplotlib", purpose="--plot")
     base: dict[str, Any] = {
         "models": _split(model, "--model"),
         "batches": _ints(batch, "--batch"),

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from flair_deploy._optional import require_extra
+
 __all__ = ["command"]
 
 
@@ -35,6 +37,7 @@ def command(
 
       flair-deploy demo --out /tmp/demo --ortho-size 4096 --retrain
     """
+    require_extra("export", purpose="flair-deploy demo (it trains and exports a model)")
     from flair_deploy.demo import run_demo
 
     result = run_demo(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from flair_deploy._optional import require_extra
 from flair_deploy.cli._options import parse_bands
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ def command(
 
       flair-deploy evaluate model.ckpt --csv test.csv --out eval/ --bands 1,2,3 --overwrite
     """
+    require_extra("train", purpose="flair-deploy evaluate")
     from flair_deploy.training.evaluate import evaluate
 
     result = evaluate(

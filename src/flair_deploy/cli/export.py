@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from flair_deploy._optional import require_extra
 from flair_deploy.errors import ConfigError
 
 __all__ = ["command"]
@@ -127,6 +128,7 @@ def command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Export a checkpoint to verified ONNX (FP32, FP16, INT8) and TensorRT engines."""
+    require_extra("export", purpose="flair-deploy export")
     from flair_deploy.config import load_config
     from flair_deploy.exports.config import ExportConfig
     from flair_deploy.exports.pipeline import export_model

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from flair_deploy._optional import require_extra
 from flair_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def command(
 
       flair-deploy train -c runs/a/checkpoints/train-config.yaml --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt
     """
+    require_extra("train", purpose="flair-deploy train")
     from flair_deploy.training.config import load_train_config, sample_config_base
     from flair_deploy.training.run import train
 

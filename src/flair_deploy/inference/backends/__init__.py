@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from flair_deploy._optional import install_hint, require
 from flair_deploy.artifacts import SUFFIXES as ARTIFACT_SUFFIXES
 from flair_deploy.artifacts import ArtifactKind
 from flair_deploy.description import Precision
@@ -126,6 +127,10 @@ def create_backend(
     prec = parse_precision(precision)
     if not artifact.exists():
         raise BackendError(f"model file {artifact} does not exist; check the path")
+    if key is BackendName.TORCH:
+        require(
+            "torch", purpose=f"running the checkpoint {artifact.name} (its ONNX export runs without PyTorch)"
+        )
     cls = _REGISTRY[key]()
     return cls.from_artifact(artifact, device=device, precision=prec, options=options, preset=preset)
 
@@ -144,13 +149,18 @@ def available_backends(device: str = "cpu") -> dict[BackendName, str | None]:
     out: dict[BackendName, str | None] = {}
 
     def cuda_reason() -> str | None:
+        if importlib.util.find_spec("torch") is None:
+            return f"CUDA here goes through PyTorch, which is not installed ({install_hint('torch', extra='gpu')})"
         import torch
 
         if not torch.cuda.is_available():
             return "no CUDA device visible to torch"
         return None
 
-    out[BackendName.TORCH] = cuda_reason() if kind == "cuda" else None
+    if importlib.util.find_spec("torch") is None:
+        out[BackendName.TORCH] = f"PyTorch is not installed ({install_hint('torch')})"
+    else:
+        out[BackendName.TORCH] = cuda_reason() if kind == "cuda" else None
 
     if importlib.util.find_spec("onnxruntime") is None:
         out[BackendName.ONNXRUNTIME] = "onnxruntime is not installed (pip install onnxruntime)"

@@ -332,6 +332,7 @@ class OrtBackend(Backend):
         self._logits_dtype = _ORT_TYPES.get(outputs[roles["logits"]].type, np.float32)
 
     def _setup_device_buffers(self) -> None:
+        require("torch", purpose="onnxruntime on CUDA (it binds PyTorch CUDA buffers)", extra="gpu")
         import torch
 
         self._torch_cuda = torch.cuda.is_available()

@@ -191,6 +191,9 @@ class TrtBackend(Backend):
     # ------------------------------------------------------------------ lifecycle
     def _activate(self) -> None:
         trt = require("tensorrt", purpose="running TensorRT engines")
+        require(
+            "torch", purpose="running TensorRT engines (PyTorch holds their CUDA buffers)", extra="tensorrt"
+        )
         import torch
 
         if not torch.cuda.is_available():
