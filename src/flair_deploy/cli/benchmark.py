@@ -54,7 +54,7 @@ EXAMPLES = (
         "flair-deploy benchmark -m model.ckpt,out/flair.fp16.onnx --device cuda \\\n"
         "    --variants eager,compile,cuda_graphs --batch 8,16"
     ),
-    "flair-deploy benchmark -m out/flair.fp32.onnx --raster ortho.tif --markdown b.md",
+    "flair-deploy benchmark -m out/m.fp32.onnx --raster ortho.tif --markdown b.md",
 )
 
 

@@ -53,7 +53,7 @@ FLAGS = {
 EXAMPLES = (
     "flair-deploy train --sample-data --out runs/sample",
     "flair-deploy train -c configs/train-sample.yaml --sample-data --epochs 5",
-    "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set trainer.devices=2",
+    "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set seed=7",
     "flair-deploy train -c flair-1-config.yaml          (IGN's file, as it is)",
     (
         "flair-deploy train -c runs/a/checkpoints/train-config.yaml \\\n"
