@@ -143,3 +143,20 @@ def test_every_config_key_is_documented_where_errors_point(model):
         parts = key.split(".")
         suffixes = {".".join(parts[i:]) for i in range(len(parts))}  # data.normalization.kind, ..., kind
         assert any(f"`{s}`" in readme for s in suffixes), f"{name}: {key} is not in {KEYS_DOC}"
+
+
+def test_every_loader_resolves_yaml_paths_against_the_file(tmp_path: Path):
+    from flair_deploy.benchmarking.plan import load_benchmark_config
+    from flair_deploy.exports.config import load_export_config
+    from flair_deploy.inference.config import load_detect_config
+    from flair_deploy.training.config import load_evaluate_config
+
+    f = tmp_path / "c.yaml"
+    f.write_text("checkpoint: m.ckpt\nout_dir: o\ncsv: t.csv\n")
+    assert load_evaluate_config(f).config.checkpoint == tmp_path / "m.ckpt"
+    f.write_text("checkpoint: m.ckpt\nout_dir: o\nint8: true\ncalibration: [a.csv]\n")
+    assert load_export_config(f).config.calibration == (tmp_path / "a.csv",)
+    f.write_text("inputs: [a.tif]\noutput: m.tif\n")
+    assert load_detect_config(f).config.inputs == (tmp_path / "a.tif",)
+    f.write_text("models: [m.onnx]\n")
+    assert load_benchmark_config(f).config.models == (tmp_path / "m.onnx",)

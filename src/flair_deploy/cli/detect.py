@@ -261,6 +261,7 @@ def command(
         altitude=altitude,
         metadata_json=metadata_json,
     )
+    names["inputs"] = "RASTER..."
     cfg, notes = load_detect_config(config, set_ or (), flags, flag_names=names)
     for note in notes:
         typer.echo(f"note: {config.name if config else 'config'}: {note}", err=True)

@@ -218,7 +218,7 @@ def load_export_config(
     """Build an :class:`ExportConfig`: *flags* > *overrides* (``--set key=value``) > YAML > defaults.
 
     Args:
-        path: Optional YAML file with :class:`ExportConfig` keys.
+        path: Optional YAML file with :class:`ExportConfig` keys (relative paths: from its folder).
         overrides: ``key=value`` strings (values parsed as YAML), e.g. ``trt.workspace_gib=8``.
         flags: Dotted key → value from command-line options (None: not given).
         flag_names: Dotted key → the option that sets it, for messages.
@@ -226,4 +226,5 @@ def load_export_config(
     Raises:
         ConfigError: One line naming the option or key, the value and what is allowed.
     """
-    return Loaded(load_config(ExportConfig, path, overrides, flags, flag_names=flag_names))
+    keys = ("checkpoint", "out_dir", "calibration", "validation", "trt.cache_dir")
+    return Loaded(load_config(ExportConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys))
