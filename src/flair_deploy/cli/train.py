@@ -125,7 +125,7 @@ def command(
     from flair_deploy.training.config import load_train_config, sample_config_base
     from flair_deploy.training.run import train
 
-    if config is None and not sample_data and (train_csv is None or val_csv is None):
+    if config is None and not sample_data and not set_ and (train_csv is None or val_csv is None):
         raise ConfigError(
             "nothing to train on: give --config FILE, --train-csv and --val-csv, or --sample-data "
             "(see flair-deploy train --help)"
