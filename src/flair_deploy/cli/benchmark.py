@@ -135,7 +135,9 @@ def command(
     ] = None,
     version: VersionOption = False,
 ) -> None:
-    """Compare backends, precisions and batch sizes here: latency, throughput, memory, parity.
+    """Compare backends, precisions and batch sizes on this machine.
+
+    Latency, throughput, memory and parity, side by side.
 
     Model-only rows time backend.infer on realistic tiles (warm-up and
     session/engine creation reported apart; p50/p90/p99 latency, tiles/s,

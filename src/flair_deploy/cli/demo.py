@@ -36,7 +36,10 @@ def command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     version: VersionOption = False,
 ) -> None:
-    """Generate sample data, train, export to ONNX, map an orthophoto and render a preview.
+    """The whole pipeline on built-in sample data, offline.
+
+    Generates sample data, trains, exports to ONNX, maps an orthophoto and
+    renders a preview.
 
     Everything runs offline on the CPU in a few minutes; a second run reuses the trained checkpoint.
     """

@@ -213,7 +213,9 @@ def command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     version: VersionOption = False,
 ) -> None:
-    """Map land cover over orthophotos, in memory bounded by the raster width.
+    """Map land cover over orthophotos, in bounded memory.
+
+    Memory is bounded by the raster width, not its size.
 
     Reads each raster in overlapping tiles (integer windows, no resampling),
     runs the model, stitches the tiles (blend: no seams; crop: IGN

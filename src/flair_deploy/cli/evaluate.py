@@ -113,7 +113,10 @@ def command(
     ] = False,
     version: VersionOption = False,
 ) -> None:
-    """Evaluate CHECKPOINT on labelled patches: mIoU, per-class IoU, accuracy, F-score, confusion matrix.
+    """Score a checkpoint on labelled patches: mIoU, IoU, confusion.
+
+    CHECKPOINT is scored with per-class IoU, accuracy, F-score and the
+    confusion matrix.
 
     Metrics are reported under three named conventions: 'present' (ours:
     active classes occurring in the data), 'ign' (IGN's current code:

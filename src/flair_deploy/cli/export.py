@@ -205,7 +205,9 @@ def command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     version: VersionOption = False,
 ) -> None:
-    """Export a checkpoint to verified ONNX (FP32, FP16, INT8) and TensorRT engines.
+    """Export a checkpoint to verified ONNX and TensorRT engines.
+
+    ONNX in FP32, and FP16 and INT8 on request; TensorRT engines per variant.
 
     Writes <name>.fp32.onnx (and .fp16/.int8.onnx), <name>.<precision>.engine
     + .engine.json with --tensorrt, and <name>.parity.json/.md. Every variant

@@ -39,7 +39,11 @@ def command(
     ] = None,
     version: VersionOption = False,
 ) -> None:
-    """Show how to feed a model: bands, normalisation, classes, tile, GSD, metadata input, provenance."""
+    """Show how to feed a model: bands, classes, tile, provenance.
+
+    Prints the self-description of an ONNX model, an engine or a checkpoint:
+    bands, normalisation, classes, tile, GSD, metadata input, provenance.
+    """
     from flair_deploy.exports.inspect import read_description, render_description
 
     description = read_description(model, preset=preset)

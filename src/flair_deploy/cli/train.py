@@ -109,7 +109,7 @@ def command(
     ] = False,
     version: VersionOption = False,
 ) -> None:
-    """Train a land-cover segmentation model into self-describing checkpoints.
+    """Train a segmentation model into self-describing checkpoints.
 
     The best checkpoint (by checkpoint.monitor, default val_miou) carries
     bands, normalisation, classes, tile size and GSD: `flair-deploy evaluate`
