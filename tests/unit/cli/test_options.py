@@ -74,3 +74,17 @@ def test_list_and_key_value_parsers():
 def test_examples_keep_their_lines():
     text = help_text("Do it.\n\nMore.", ["cmd a", "cmd b \\\n    --c"])
     assert text.endswith("Examples:\n\n\b\n  cmd a\n  cmd b \\\n      --c")
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_errors_name_each_option_as_the_user_types_it(module):
+    import typer.main
+
+    from flair_deploy.cli import app
+
+    command = typer.main.get_command(app).commands[module.__name__.rsplit(".", 1)[-1]]
+    options = {p.name: p.opts for p in command.params if p.param_type_name == "option"}
+    _, names = given_flags(module.FLAGS)
+    for param, key in module.FLAGS.items():
+        if param in options:  # positional arguments are named by their metavar instead
+            assert names[key] in options[param], f"{param}: {names[key]} is not one of {options[param]}"
