@@ -249,7 +249,12 @@ def validation_message(
             errors.append((err, key, rest))
     parts = []
     for err, key, rest in errors[:3]:
-        where = origins.get(key) or (f"{source}: {key}" if key else source)
+        # The most specific origin: `--set data={...}` is where a bad data.train_csv came from.
+        parts_of_key = key.split(".")
+        prefixes = [".".join(parts_of_key[:i]) for i in range(len(parts_of_key), 0, -1)]
+        given = next((origins[k] for k in prefixes if k in origins), None)
+        where = (given if given == origins.get(key) else f"{given} ({key})") if given else None
+        where = where or (f"{source}: {key}" if key else source)
         item = f" item {int(rest[0]) + 1}" if rest and isinstance(rest[0], int) else ""
         msg = str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":

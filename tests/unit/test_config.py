@@ -160,3 +160,8 @@ def test_every_loader_resolves_yaml_paths_against_the_file(tmp_path: Path):
     assert load_detect_config(f).config.inputs == (tmp_path / "a.tif",)
     f.write_text("models: [m.onnx]\n")
     assert load_benchmark_config(f).config.models == (tmp_path / "m.onnx",)
+
+
+def test_a_bad_value_inside_a_section_given_whole_names_the_section_and_the_key():
+    with pytest.raises(ConfigError, match=r"^--set inner \(inner\.lr\): input should be a valid number"):
+        load_config(Outer, None, ["inner={lr: fast}"])
