@@ -199,7 +199,7 @@ def _report(result: EvaluationResult) -> None:
     if "challenge" in result.metrics:
         other = result.metrics["challenge"]
         cells = [_fmt(other.per_class_iou["other"]) if c == "challenge" else "" for c in convs]
-        per_class.add_row("other (folded codes)", f"{other.support['other']:,}", *cells)
+        per_class.add_row("other (codes 13-19 folded)", f"{other.support['other']:,}", *cells)
     summary = Table(title="Summary (%)", title_justify="left")
     for col in ("convention", "mIoU", "OA", "F-score", "precision", "recall"):
         summary.add_column(col, justify="left" if col == "convention" else "right")
