@@ -110,15 +110,14 @@ def run_demo(
     trained = retrain or not best.is_file()
     if trained:
         _say(log, f"[2/6] training a U-Net on {sample.train_csv.parent} -> {train_dir}")
-        data = {
-            "train_csv": str(sample.train_csv),
-            "val_csv": str(sample.val_csv),
-            "test_csv": str(sample.test_csv),
+        flags = {
+            "data.train_csv": str(sample.train_csv),
+            "data.val_csv": str(sample.val_csv),
+            "data.test_csv": str(sample.test_csv),
+            "logging.out_dir": str(train_dir),
+            "optim.epochs": epochs,
         }
-        updates: dict[str, object] = {"data": data, "logging": {"out_dir": str(train_dir)}}
-        if epochs is not None:
-            updates["optim"] = {"epochs": epochs}
-        cfg, _ = load_train_config(None, (), updates=updates, base=sample_config_base())
+        cfg, _ = load_train_config(None, (), flags, base=sample_config_base())
         result = train(cfg, progress=progress, overwrite=True)
         if result.best_checkpoint is None:
             raise ConfigError("training saved no checkpoint; check the training log in " + str(train_dir))

@@ -10,18 +10,26 @@ becomes a case with a skip reason, so the report always says why a row is missin
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flair_deploy.config import FrozenConfig
+from flair_deploy.config import FrozenConfig, Loaded, load_config
 from flair_deploy.description import Precision
 from flair_deploy.inference.backends import SUFFIXES, BackendName
 
-__all__ = ["TORCH_VARIANTS", "BenchmarkConfig", "Case", "TorchVariant", "parity_reference", "plan_cases"]
+__all__ = [
+    "TORCH_VARIANTS",
+    "BenchmarkConfig",
+    "Case",
+    "TorchVariant",
+    "load_benchmark_config",
+    "parity_reference",
+    "plan_cases",
+]
 
 TorchVariant = Literal["eager", "channels_last", "compile", "cuda_graphs"]
 
@@ -98,6 +106,24 @@ class BenchmarkConfig(FrozenConfig):
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} {list(values)} has duplicates; list each value once")
         return self
+
+
+def load_benchmark_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+) -> Loaded[BenchmarkConfig]:
+    """Build a :class:`BenchmarkConfig`: *flags* > *overrides* (``--set key=value``) > YAML > defaults.
+
+    Relative ``models`` and ``raster`` paths in the YAML file are relative to its folder.
+
+    Raises:
+        ConfigError: One line naming the option or key, the value and what is allowed.
+    """
+    keys = ("models", "raster")
+    return Loaded(load_config(BenchmarkConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys))
 
 
 @dataclass(frozen=True)

@@ -8,34 +8,41 @@ from typing import Annotated
 import typer
 
 from flair_deploy._optional import require_extra
+from flair_deploy.cli._options import VersionOption
 
 __all__ = ["command"]
 
+EXAMPLES = (
+    "flair-deploy demo                       (writes demo-output/)",
+    "flair-deploy demo --out /tmp/demo --ortho-size 4096 --retrain",
+)
+
 
 def command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path(
-        "demo-output"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FOLDER", help="Folder for everything the demo writes.")
+    ] = Path("demo-output"),
     ortho_size: Annotated[
         int,
-        typer.Option(help="Edge of the synthetic orthophoto to map, in pixels (multiple of 256)."),
+        typer.Option(
+            metavar="PX", help="Edge of the synthetic orthophoto to map, in pixels (multiple of 256)."
+        ),
     ] = 2048,
     epochs: Annotated[
-        int | None, typer.Option(help="Training epochs (default: the sample config's).")
+        int | None, typer.Option(metavar="N", help="Training epochs (default: the sample config's).")
     ] = None,
     retrain: Annotated[
         bool, typer.Option("--retrain", help="Train again even if an earlier demo left a checkpoint.")
     ] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
+    version: VersionOption = False,
 ) -> None:
-    """Generate sample data, train, export to ONNX, map an orthophoto and render a preview.
+    """The whole pipeline on built-in sample data, offline.
+
+    Generates sample data, trains, exports to ONNX, maps an orthophoto and
+    renders a preview.
 
     Everything runs offline on the CPU in a few minutes; a second run reuses the trained checkpoint.
-
-    Examples:
-      flair-deploy demo                       (writes demo-output/)
-
-      flair-deploy demo --out /tmp/demo --ortho-size 4096 --retrain
     """
     require_extra("export", purpose="flair-deploy demo (it trains and exports a model)")
     from flair_deploy.demo import run_demo

@@ -7,8 +7,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import typer
 
-from flair_deploy.cli._options import parse_bands
-from flair_deploy.errors import ConfigError
+from flair_deploy.choices import Compression, Stitching
+from flair_deploy.cli._options import (
+    SetOption,
+    VersionOption,
+    choices,
+    given_flags,
+    parse_bands,
+    parse_key_values,
+)
+from flair_deploy.description import Precision
+from flair_deploy.inference.backends import BackendName
 
 if TYPE_CHECKING:
     from flair_deploy.inference.detect import DetectProgress, DetectSummary
@@ -16,84 +25,147 @@ if TYPE_CHECKING:
 __all__ = ["command"]
 
 
-def _parse_options(items: list[str] | None) -> dict[str, Any]:
-    import yaml
+CONFIG_MODEL = "flair_deploy.inference.config:DetectConfig"
 
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--backend-option {item!r} is not of the form KEY=VALUE, e.g. threads=4")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return out
+#: Option → DetectConfig key (see cli._options).
+FLAGS = {
+    "inputs": "inputs",
+    "model": "model",
+    "out": "output",
+    "preset": "preset",
+    "backend": "backend",
+    "device": "device",
+    "precision": "precision",
+    "backend_option": "backend_options",
+    "bands": "bands",
+    "stitching": "stitching",
+    "tile": "tile_size",
+    "overlap": "overlap",
+    "margin": "margin",
+    "batch_size": "batch_size",
+    "readers": "readers",
+    "indices": "indices",
+    "probabilities": "probabilities",
+    "confidence": "confidence",
+    "compress": "compress",
+    "cog": "cog",
+    "no_overviews": "overviews",
+    "overwrite": "overwrite",
+    "resume": "resume",
+    "allow_gsd_mismatch": "allow_gsd_mismatch",
+    "assume_crs": "assume_crs",
+    "date": "date",
+    "time": "time",
+    "camera": "camera",
+    "altitude": "altitude",
+    "metadata_json": "metadata_json",
+}
+
+
+EXAMPLES = (
+    "flair-deploy detect ortho.tif -m model.onnx -o landcover.tif",
+    "flair-deploy detect tiles/ -m model.onnx -o maps/ --resume --cog",
+    (
+        "flair-deploy detect ortho.tif -m ign.pth -o map.tif \\\n"
+        "    --preset flair-inc-rgbie-15cl-resnet34-unet --stitching crop --indices"
+    ),
+    "flair-deploy detect -c flair-1-config-detect.yaml \\\n    --preset flair-inc-rgbie-15cl-resnet34-unet",
+)
+
+
+def _on(flag: bool) -> bool | None:
+    """A flag given is True; a flag not given is None (the config decides)."""
+    return True if flag else None
 
 
 def command(
     inputs: Annotated[
         list[Path] | None,
         typer.Argument(
+            metavar="RASTER...",
             help="Input rasters: GeoTIFFs, a VRT mosaic, or folders of them (one output per raster).",
             show_default=False,
         ),
     ] = None,
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Model file: .onnx, .ckpt/.pth/.safetensors, or .engine."),
+        typer.Option(
+            "--model", "-m", metavar="FILE", help="Model file: .onnx, .ckpt/.pth/.safetensors, or .engine."
+        ),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output .tif (one input) or folder (NAME_classes.tif per input)."),
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="PATH",
+            help="Output .tif (one input) or folder (NAME_classes.tif per input).",
+        ),
     ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            help="YAML config: a flair-deploy detect config, or IGN's flair-1-config-detect.yaml as is "
-            "(maps to --stitching crop --indices); options given here override it."
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="YAML config: detect keys (see configs/README.md), or IGN's flair-1-config-detect.yaml "
+            "as is (maps to --stitching crop --indices); options given here override it.",
         ),
     ] = None,
+    set_: SetOption = None,
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Model description for weights that carry none (IGN's), e.g. flair-inc-rgbie-15cl-resnet34-unet."
+            metavar="NAME",
+            help="Model description for weights that carry none (IGN's), e.g. "
+            "flair-inc-rgbie-15cl-resnet34-unet.",
         ),
     ] = None,
     backend: Annotated[
-        str | None,
-        typer.Option(help="torch, onnxruntime or tensorrt (default: from the model file's suffix)."),
+        BackendName | None,
+        typer.Option(metavar=choices(BackendName), help="Runtime (default: from the model file's suffix)."),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:<i> (default: cpu).")] = None,
+    device: Annotated[str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:<i>.")] = None,
     precision: Annotated[
-        str | None, typer.Option(help="fp32, fp16, bf16 or int8 (default: the model file's own).")
+        Precision | None,
+        typer.Option(metavar=choices(Precision), help="Precision (default: the model file's own)."),
     ] = None,
     backend_option: Annotated[
         list[str] | None,
-        typer.Option("--backend-option", help="Backend option KEY=VALUE (repeatable), e.g. threads=4."),
+        typer.Option(
+            "--backend-option", metavar="KEY=VALUE", help="Backend option (repeatable), e.g. threads=4."
+        ),
     ] = None,
     bands: Annotated[
         str | None,
         typer.Option(
-            help="1-based raster bands in the model's band order, e.g. 1,2,3,4,5 (default: first N)."
+            metavar="N,N,...",
+            help="1-based raster bands in the model's band order, e.g. 1,2,3,4,5 (default: first N).",
         ),
     ] = None,
     stitching: Annotated[
-        str | None,
+        Stitching | None,
         typer.Option(
-            help="blend: Hann-weighted probabilities, no seams (default); crop: IGN flair-detect's margin crop."
+            metavar=choices(Stitching),
+            help="blend: Hann-weighted probabilities, no seams; crop: IGN flair-detect's margin crop.",
         ),
     ] = None,
     tile: Annotated[
-        int | None, typer.Option(help="Tile size in pixels (default: the model's, e.g. 512).")
+        int | None, typer.Option(metavar="PX", help="Tile size in pixels (default: the model's, e.g. 512).")
     ] = None,
     overlap: Annotated[
-        int | None, typer.Option(help="Blend overlap between tiles, pixels (default: the model's, e.g. 128).")
+        int | None,
+        typer.Option(metavar="PX", help="Blend overlap between tiles (default: the model's, e.g. 128)."),
     ] = None,
     margin: Annotated[
-        int | None, typer.Option(help="Crop margin discarded on each tile side, pixels (IGN's 'margin').")
+        int | None,
+        typer.Option(metavar="PX", help="Crop margin discarded on each tile side (IGN's 'margin')."),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Tiles per inference call (default: 1 on a CPU, 8 on a GPU).")
+        int | None,
+        typer.Option(metavar="N", help="Tiles per inference call (default: 1 on a CPU, 8 on a GPU)."),
     ] = None,
-    readers: Annotated[int | None, typer.Option(help="Reader threads. (default: 2).")] = None,
+    readers: Annotated[int | None, typer.Option(metavar="N", help="Reader threads.")] = None,
     indices: Annotated[
         bool, typer.Option("--indices", help="Write 0-based class indices (as IGN) instead of FLAIR codes.")
     ] = False,
@@ -103,7 +175,9 @@ def command(
     confidence: Annotated[
         bool, typer.Option("--confidence", help="Also write NAME_confidence.tif: uint8 confidence.")
     ] = False,
-    compress: Annotated[str | None, typer.Option(help="deflate or zstd. (default: deflate).")] = None,
+    compress: Annotated[
+        Compression | None, typer.Option(metavar=choices(Compression), help="Output compression.")
+    ] = None,
     cog: Annotated[bool, typer.Option("--cog", help="Write Cloud-Optimised GeoTIFFs.")] = False,
     no_overviews: Annotated[bool, typer.Option("--no-overviews", help="Do not build overviews.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
@@ -117,23 +191,31 @@ def command(
         ),
     ] = False,
     assume_crs: Annotated[
-        str | None, typer.Option(help="CRS for rasters that have none, e.g. EPSG:2154.")
+        str | None, typer.Option(metavar="CRS", help="CRS for rasters that have none, e.g. EPSG:2154.")
     ] = None,
-    date: Annotated[str | None, typer.Option(help="Acquisition date YYYY-MM-DD (metadata models).")] = None,
-    time: Annotated[str | None, typer.Option(help="Acquisition time HH:MM (metadata models).")] = None,
-    camera: Annotated[str | None, typer.Option(help="Camera name (metadata models).")] = None,
+    date: Annotated[
+        str | None, typer.Option(metavar="YYYY-MM-DD", help="Acquisition date (metadata models).")
+    ] = None,
+    time: Annotated[
+        str | None, typer.Option(metavar="HH:MM", help="Acquisition time (metadata models).")
+    ] = None,
+    camera: Annotated[str | None, typer.Option(metavar="NAME", help="Camera name (metadata models).")] = None,
     altitude: Annotated[
-        float | None, typer.Option(help="Scene altitude in metres (metadata models).")
+        float | None, typer.Option(metavar="M", help="Scene altitude in metres (metadata models).")
     ] = None,
     metadata_json: Annotated[
         Path | None,
         typer.Option(
-            help="JSON with date, time, camera, altitude (or a FLAIR aerial record), for metadata models."
+            metavar="FILE",
+            help="JSON with date, time, camera, altitude (or a FLAIR aerial record), for metadata models.",
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    version: VersionOption = False,
 ) -> None:
-    """Map land cover over orthophotos, in memory bounded by the raster width.
+    """Map land cover over orthophotos, in bounded memory.
+
+    Memory is bounded by the raster width, not its size.
 
     Reads each raster in overlapping tiles (integer windows, no resampling),
     runs the model, stitches the tiles (blend: no seams; crop: IGN
@@ -144,47 +226,36 @@ def command(
     MAP_proba.tif (one uint8 band per class, round(255 x p)) and
     MAP_confidence.tif on request. CRS, transform and size are the input's;
     files appear only when complete. See docs/detect.md.
-
-    Typical uses:
-
-      flair-deploy detect ortho.tif -m model.onnx -o landcover.tif
-
-      flair-deploy detect tiles/ -m model.onnx -o maps/ --resume --cog
-
-      flair-deploy detect ortho.tif -m ign.pth --preset
-      flair-inc-rgbie-15cl-resnet34-unet --stitching crop --indices -o map.tif
-
-      flair-deploy detect --config flair-1-config-detect.yaml
-      --preset flair-inc-rgbie-15cl-resnet34-unet
     """
+    from flair_deploy.inference.config import load_detect_config
     from flair_deploy.inference.detect import detect
 
-    cfg = _build_config(
-        config,
-        inputs=tuple(inputs) if inputs else None,
+    flags, names = given_flags(
+        FLAGS,
+        inputs=[str(p) for p in inputs] if inputs else None,
         model=model,
-        output=out,
+        out=out,
         preset=preset,
         backend=backend,
         device=device,
         precision=precision,
-        backend_options=_parse_options(backend_option) or None,
+        backend_option=parse_key_values(backend_option, "--backend-option"),
         bands=parse_bands(bands),
         stitching=stitching,
-        tile_size=tile,
+        tile=tile,
         overlap=overlap,
         margin=margin,
         batch_size=batch_size,
         readers=readers,
-        indices=indices or None,
-        probabilities=probabilities or None,
-        confidence=confidence or None,
+        indices=_on(indices),
+        probabilities=_on(probabilities),
+        confidence=_on(confidence),
         compress=compress,
-        cog=cog or None,
-        overviews=False if no_overviews else None,
-        overwrite=overwrite or None,
-        resume=resume or None,
-        allow_gsd_mismatch=allow_gsd_mismatch or None,
+        cog=_on(cog),
+        no_overviews=False if no_overviews else None,
+        overwrite=_on(overwrite),
+        resume=_on(resume),
+        allow_gsd_mismatch=_on(allow_gsd_mismatch),
         assume_crs=assume_crs,
         date=date,
         time=time,
@@ -192,31 +263,13 @@ def command(
         altitude=altitude,
         metadata_json=metadata_json,
     )
+    names["inputs"] = "RASTER..."
+    cfg, notes = load_detect_config(config, set_ or (), flags, flag_names=names)
+    for note in notes:
+        typer.echo(f"note: {config.name if config else 'config'}: {note}", err=True)
     with _Progress(enabled=not quiet) as bar:
         summary = detect(cfg, progress=bar.update)
     _report(summary)
-
-
-def _build_config(config: Path | None, **given: Any) -> Any:
-    from flair_deploy.config import load_config, read_yaml
-    from flair_deploy.inference.config import DetectConfig, from_ign_detect, is_ign_detect_config
-
-    base: dict[str, Any] = {}
-    if config is not None:
-        data = read_yaml(config)
-        if is_ign_detect_config(data):
-            mapping = from_ign_detect(data, source=str(config))
-            base = mapping.values
-            for note in mapping.notes:
-                typer.echo(f"note: {config.name}: {note}", err=True)
-        else:
-            base = data
-    base.update({k: v for k, v in given.items() if v is not None})
-    if "inputs" not in base:
-        raise ConfigError("no input raster given; pass one or more rasters (or input_img_path in --config)")
-    if "output" not in base:
-        raise ConfigError("no output given; pass --out MAP.tif (one input) or --out FOLDER")
-    return load_config(DetectConfig, None, (), base=base)
 
 
 class _Progress:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flair_deploy._optional import require_extra
-from flair_deploy.cli._options import parse_bands
+from flair_deploy.cli._options import ConfigOption, SetOption, VersionOption, given_flags, parse_bands
 
 if TYPE_CHECKING:
     from flair_deploy.training.evaluate import EvaluationResult
@@ -17,39 +17,90 @@ if TYPE_CHECKING:
 __all__ = ["command"]
 
 
+CONFIG_MODEL = "flair_deploy.training.config:EvaluateConfig"
+
+#: Option → EvaluateConfig key (see cli._options).
+FLAGS = {
+    "checkpoint": "checkpoint",
+    "csv": "csv",
+    "out": "out_dir",
+    "preset": "preset",
+    "bands": "bands",
+    "aerial": "aerial_json",
+    "batch_size": "batch_size",
+    "workers": "num_workers",
+    "device": "device",
+    "predictions": "predictions",
+    "ignore_unknown": "ignore_unknown",
+    "overwrite": "overwrite",
+}
+
+EXAMPLES = (
+    "flair-deploy evaluate runs/best.ckpt --csv data/test.csv --out eval/",
+    (
+        "flair-deploy evaluate ign.pth --preset flair-inc-rgbie-15cl-resnet34-unet \\\n"
+        "    --csv test.csv --out eval/ --predictions"
+    ),
+    "flair-deploy evaluate model.ckpt --csv test.csv --out eval/ --bands 1,2,3",
+)
+
+
 def command(
     checkpoint: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
-            help="Checkpoint to evaluate: a flair-deploy .ckpt, or IGN .ckpt/.pth weights with --preset."
+            metavar="CHECKPOINT",
+            help="Checkpoint to evaluate: a flair-deploy .ckpt, or IGN .ckpt/.pth weights with --preset.",
+            show_default=False,
         ),
-    ],
+    ] = None,
     csv: Annotated[
-        Path,
+        Path | None,
         typer.Option(
-            "--csv", help="FLAIR patch list: 'image,mask' rows, no header; relative paths from the CSV."
+            "--csv",
+            metavar="CSV",
+            help="FLAIR patch list: 'image,mask' rows, no header; relative paths from the CSV. Required.",
         ),
-    ],
+    ] = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder for metrics.json, confusion matrix, predictions.")
-    ],
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="FOLDER",
+            help="Output folder for metrics.json, confusion matrix, predictions. Required.",
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
     preset: Annotated[
         str | None,
         typer.Option(
-            help="Model description for checkpoints that carry none (IGN weights); e.g. flair-inc-rgbie-15cl-resnet34-unet."
+            metavar="NAME",
+            help="Model description for checkpoints that carry none (IGN weights); e.g. "
+            "flair-inc-rgbie-15cl-resnet34-unet.",
         ),
     ] = None,
     bands: Annotated[
         str | None,
-        typer.Option(help="1-based raster bands in the model's band order, e.g. 1,2,3,4,5 (default: 1..C)."),
+        typer.Option(
+            metavar="N,N,...",
+            help="1-based raster bands in the model's band order, e.g. 1,2,3,4,5 (default: 1..C).",
+        ),
     ] = None,
     aerial: Annotated[
-        Path | None, typer.Option(help="FLAIR aerial metadata JSON; required for models that fuse metadata.")
+        Path | None,
+        typer.Option(
+            metavar="FILE", help="FLAIR aerial metadata JSON; required for models that fuse metadata."
+        ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Patches per forward pass.")] = 8,
-    workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes (0: main process).")] = 0,
+    batch_size: Annotated[int | None, typer.Option(metavar="N", help="Patches per forward pass.")] = None,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", help="Data-loading worker processes (0: main process).")
+    ] = None,
     device: Annotated[
-        str | None, typer.Option(help="Torch device, e.g. cpu or cuda (default: cuda if available).")
+        str | None,
+        typer.Option(metavar="DEVICE", help="Torch device, e.g. cpu or cuda (default: cuda if available)."),
     ] = None,
     predictions: Annotated[
         bool, typer.Option("--predictions", help="Also write predictions/PRED_<name>.tif for every patch.")
@@ -61,42 +112,58 @@ def command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs in --out.")
     ] = False,
+    version: VersionOption = False,
 ) -> None:
-    """Evaluate CHECKPOINT on labelled patches: mIoU, per-class IoU, accuracy, F-score, confusion matrix.
+    """Score a checkpoint on labelled patches: mIoU, IoU, confusion.
 
-    Metrics are reported under three named conventions: 'present' (ours: active classes occurring in
-    the data), 'ign' (IGN's current code: inactive classes deleted, absent classes count 0) and
-    'challenge' (FLAIR #1 challenge: codes 13-19 folded into 'other', mean over 12 classes).
-    See docs/evaluation.md.
+    CHECKPOINT is scored with per-class IoU, accuracy, F-score and the
+    confusion matrix.
 
-    Writes metrics.json, confusion_matrix.csv (pixel counts, rows = ground truth),
-    confusion_matrix.png (row-normalised) and, with --predictions, predictions/PRED_<name>.tif
-    (FLAIR codes, colour table, nodata 255). Existing outputs need --overwrite.
+    Metrics are reported under three named conventions: 'present' (ours:
+    active classes occurring in the data), 'ign' (IGN's current code:
+    inactive classes deleted, absent classes count 0) and 'challenge' (FLAIR
+    #1 challenge: codes 13-19 folded into 'other', mean over 12 classes). See
+    docs/evaluation.md.
 
-    Typical uses:
-
-      flair-deploy evaluate runs/best.ckpt --csv data/test.csv --out eval/
-
-      flair-deploy evaluate ign.pth --preset flair-inc-rgbie-15cl-resnet34-unet --csv test.csv --out eval/ --predictions
-
-      flair-deploy evaluate model.ckpt --csv test.csv --out eval/ --bands 1,2,3 --overwrite
+    Writes metrics.json, confusion_matrix.csv (pixel counts, rows = ground
+    truth), confusion_matrix.png (row-normalised) and, with --predictions,
+    predictions/PRED_<name>.tif (FLAIR codes, colour table, nodata 255).
+    Existing outputs need --overwrite.
     """
     require_extra("train", purpose="flair-deploy evaluate")
+    from flair_deploy.training.config import load_evaluate_config
     from flair_deploy.training.evaluate import evaluate
 
-    result = evaluate(
-        checkpoint,
-        csv,
-        out,
+    flags, names = given_flags(
+        FLAGS,
+        checkpoint=checkpoint,
+        csv=csv,
+        out=out,
         preset=preset,
-        band_indexes=parse_bands(bands),
-        aerial_json=aerial,
+        bands=parse_bands(bands),
+        aerial=aerial,
         batch_size=batch_size,
-        num_workers=workers,
+        workers=workers,
         device=device,
-        ignore_unknown=ignore_unknown,
-        save_predictions=predictions,
-        overwrite=overwrite,
+        predictions=predictions or None,
+        ignore_unknown=ignore_unknown or None,
+        overwrite=overwrite or None,
+    )
+    names["checkpoint"] = "CHECKPOINT"
+    cfg, _ = load_evaluate_config(config, set_ or (), flags, flag_names=names)
+    result = evaluate(
+        cfg.checkpoint,
+        cfg.csv,
+        cfg.out_dir,
+        preset=cfg.preset,
+        band_indexes=cfg.bands,
+        aerial_json=cfg.aerial_json,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        device=cfg.device,
+        ignore_unknown=cfg.ignore_unknown,
+        save_predictions=cfg.predictions,
+        overwrite=cfg.overwrite,
     )
     _report(result)
 
@@ -108,6 +175,8 @@ def _fmt(x: float | None) -> str:
 def _report(result: EvaluationResult) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from flair_deploy.training.metrics import CHALLENGE_NUM_CLASSES
 
     convs = list(result.metrics)
     per_class = Table(title=f"IoU per class (%), {result.patches} patches", title_justify="left")
@@ -121,10 +190,10 @@ def _report(result: EvaluationResult) -> None:
         label = cls.name if cls.active else f"[dim]{cls.name} (untrained)[/dim]"
         cells = []
         for conv in convs:
-            # The challenge scores logits 0-11 by name; its folded "other" gets a row of its own below.
+            # The challenge scores its first classes by name; its folded "other" gets a row of its own below.
             value = (
                 math.nan
-                if conv == "challenge" and i >= 12
+                if conv == "challenge" and i >= CHALLENGE_NUM_CLASSES - 1
                 else result.metrics[conv].per_class_iou.get(cls.name)
             )
             cells.append(_fmt(value))

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flair_deploy._optional import require_extra
+from flair_deploy.cli._options import VersionOption, given_flags
 from flair_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,12 +41,35 @@ def _sample_paths(root: Path, *, overwrite: bool) -> dict[str, Any]:
     return data
 
 
+CONFIG_MODEL = "flair_deploy.training.config:TrainConfig"
+
+#: Option → TrainConfig key (see cli._options).
+FLAGS = {
+    "train_csv": "data.train_csv",
+    "val_csv": "data.val_csv",
+    "out": "logging.out_dir",
+    "epochs": "optim.epochs",
+}
+
+EXAMPLES = (
+    "flair-deploy train --sample-data --out runs/sample",
+    "flair-deploy train -c configs/train-sample.yaml --sample-data --epochs 5",
+    "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set seed=7",
+    "flair-deploy train -c flair-1-config.yaml          (IGN's file, as it is)",
+    (
+        "flair-deploy train -c runs/a/checkpoints/train-config.yaml \\\n"
+        "    --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt"
+    ),
+)
+
+
 def command(
     config: Annotated[
         Path | None,
         typer.Option(
             "--config",
             "-c",
+            metavar="FILE",
             help="Training YAML: ours (see configs/README.md) or IGN's flair-1-config.yaml, detected "
             "automatically. Relative paths inside are relative to the file's folder.",
         ),
@@ -54,23 +78,24 @@ def command(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override one key, section.key=value (value parsed as YAML); repeatable. "
             "E.g. --set optim.lr=0.001 --set data.bands=[1,2,3].",
         ),
     ] = None,
     train_csv: Annotated[
         Path | None,
-        typer.Option(help="Training patch list (image,mask rows; no header). Sets data.train_csv."),
+        typer.Option(metavar="CSV", help="Training patch list (image,mask rows; no header)."),
     ] = None,
     val_csv: Annotated[
         Path | None,
-        typer.Option(help="Validation patch list, used to pick the best checkpoint. Sets data.val_csv."),
+        typer.Option(metavar="CSV", help="Validation patch list, used to pick the best checkpoint."),
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option(help="Run folder for checkpoints/, logs/ and learning-curve.png. Sets logging.out_dir."),
+        typer.Option(metavar="FOLDER", help="Run folder for checkpoints/, logs/ and learning-curve.png."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum epochs. Sets optim.epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(metavar="N", help="Maximum epochs.")] = None,
     sample_data: Annotated[
         bool,
         typer.Option(
@@ -83,56 +108,45 @@ def command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace the checkpoints and logs of an earlier run in OUT.")
     ] = False,
+    version: VersionOption = False,
 ) -> None:
-    """Train a land-cover segmentation model into self-describing checkpoints.
+    """Train a segmentation model into self-describing checkpoints.
 
-    The best checkpoint (by checkpoint.monitor, default val_miou) carries bands, normalisation,
-    classes, tile size and GSD: `flair-deploy evaluate` and `export` need nothing else. IGN's
-    flair-1-config.yaml is accepted as it is; keys it has that do not apply are listed, not ignored
-    silently. Precedence: explicit flags > --set > --config file > defaults.
+    The best checkpoint (by checkpoint.monitor, default val_miou) carries
+    bands, normalisation, classes, tile size and GSD: `flair-deploy evaluate`
+    and `export` need nothing else. IGN's flair-1-config.yaml is accepted as
+    it is; keys it has that do not apply are listed, not ignored silently.
+    Precedence: options > --set > --config file > defaults.
 
-    Writes OUT/checkpoints/best.ckpt, last.ckpt and train-config.yaml (the resolved config),
-    OUT/logs/ (CSV and TensorBoard) and OUT/learning-curve.png. An earlier run in OUT needs
-    --overwrite, or checkpoint.resume_from to continue it.
-
-    Typical uses:
-
-      flair-deploy train --sample-data --out runs/sample
-
-      flair-deploy train -c configs/train-sample.yaml --sample-data --out runs/sample --epochs 5
-
-      flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set trainer.accelerator=gpu
-
-      flair-deploy train -c flair-1-config.yaml   (IGN's file, as it is)
-
-      flair-deploy train -c runs/a/checkpoints/train-config.yaml --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt
+    Writes OUT/checkpoints/best.ckpt, last.ckpt and train-config.yaml (the
+    resolved config), OUT/logs/ (CSV and TensorBoard) and
+    OUT/learning-curve.png. An earlier run in OUT needs --overwrite, or
+    checkpoint.resume_from to continue it.
     """
     require_extra("train", purpose="flair-deploy train")
     from flair_deploy.training.config import load_train_config, sample_config_base
     from flair_deploy.training.run import train
 
-    if config is None and not sample_data and (train_csv is None or val_csv is None):
+    if config is None and not sample_data and not set_ and (train_csv is None or val_csv is None):
         raise ConfigError(
             "nothing to train on: give --config FILE, --train-csv and --val-csv, or --sample-data "
             "(see flair-deploy train --help)"
         )
-    updates: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    if out is not None:
-        updates["logging"] = {"out_dir": str(out.resolve())}
+    sample: dict[str, Any] = {}
     if sample_data:
         root = (out if out is not None else Path("runs/train")) / "sample-data"
-        data.update(_sample_paths(root, overwrite=overwrite))
-    if train_csv is not None:
-        data["train_csv"] = str(train_csv.resolve())
-    if val_csv is not None:
-        data["val_csv"] = str(val_csv.resolve())
-    if data:
-        updates["data"] = data
-    if epochs is not None:
-        updates["optim"] = {"epochs": epochs}
+        sample = _sample_paths(root, overwrite=overwrite)
+    flags, names = given_flags(
+        FLAGS,
+        train_csv=str(train_csv.resolve()) if train_csv is not None else sample.get("train_csv"),
+        val_csv=str(val_csv.resolve()) if val_csv is not None else sample.get("val_csv"),
+        out=str(out.resolve()) if out is not None else None,
+        epochs=epochs,
+    )
+    # The sample's test list and aerial metadata are recorded too (not options of their own).
+    flags.update({f"data.{k}": v for k, v in sample.items() if k in ("test_csv", "aerial_json")})
     base = sample_config_base() if sample_data and config is None else None
-    cfg, notes = load_train_config(config, set_ or (), updates=updates, base=base)
+    cfg, notes = load_train_config(config, set_ or (), flags, base=base, flag_names=names)
     for line in notes:
         typer.echo(f"IGN config key not applied: {line}", err=True)
     desc = cfg.description()

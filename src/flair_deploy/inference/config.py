@@ -1,57 +1,38 @@
-"""``detect`` configuration: :class:`DetectConfig`, and IGN's ``flair-1-config-detect.yaml`` mapped onto it.
+"""``detect`` configuration: :class:`DetectConfig` and :func:`load_detect_config`.
 
 A :class:`DetectConfig` is frozen and validated once (unknown keys are errors). Values that depend on the
 model (tile size, overlap, margin default to the model description's) are resolved by
 :meth:`DetectConfig.resolve_tiling` and checked against the network's output stride.
 
-IGN compatibility (:func:`from_ign_detect`): IGN's detect config is accepted as it is. IGN writes
-0-based class indices and stitches by cropping a margin, so an IGN config maps to ``indices=True`` and
-``stitching="crop"`` with IGN's margin: IGN users get the semantics they know (without IGN's
-off-by-one write window). Keys with no equivalent are reported, never silently dropped.
+:func:`load_detect_config` reads our detect YAML or IGN's detect config as it is (mapped by
+:func:`flair_deploy.ign.convert_ign_detect`: IGN's 0-based class indices and margin cropping, without
+IGN's off-by-one write window); keys with no equivalent are reported, never silently dropped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from flair_deploy.config import FrozenConfig, read_yaml
+from flair_deploy.choices import Compression, Stitching
+from flair_deploy.config import FrozenConfig, Loaded, build_config, read_yaml, resolve_paths
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import ConfigError
+from flair_deploy.ign import convert_ign_detect, is_ign_detect_config
 
 __all__ = [
-    "IGN_DETECT_KEYS",
+    "Compression",
     "DetectConfig",
-    "IgnDetectMapping",
+    "Stitching",
     "TilingPlan",
     "default_batch_size",
-    "from_ign_detect",
-    "is_ign_detect_config",
+    "load_detect_config",
 ]
-
-#: Every key of IGN's ``flair-1-config-detect.yaml`` (flair-1 ``main``, ``configs/``).
-IGN_DETECT_KEYS = (
-    "output_path",
-    "output_name",
-    "input_img_path",
-    "channels",
-    "img_pixels_detection",
-    "margin",
-    "output_type",
-    "n_classes",
-    "model_weights",
-    "model_framework",
-    "batch_size",
-    "num_worker",
-    "use_gpu",
-    "write_dataframe",
-    "norma_task",
-)
 
 
 def default_batch_size(device: str) -> int:
@@ -79,8 +60,7 @@ class DetectConfig(FrozenConfig):
         blend_border: Pixels of zero weight on inner tile sides; None = overlap // 8.
         pad_mode: Fill of pixels outside the raster: ``reflect`` or ``constant`` (0, as IGN).
         batch_size: Tiles per inference call; None = 1 on a CPU (onnxruntime and PyTorch already use
-            every core on one 512-px tile; larger batches only add memory: 0.83 GB at batch 1 vs
-            1.65 GB at batch 4, and no more tiles/s, for a ResNet-34 U-Net) and 8 on a GPU.
+            every core on one 512-px tile, so larger batches only add memory) and 8 on a GPU.
         readers: Reader threads (each opens its own dataset handle).
         prefetch: Tiles read ahead of inference (bounds memory: back-pressure).
         indices: Write 0-based logit indices instead of FLAIR codes.
@@ -120,7 +100,7 @@ class DetectConfig(FrozenConfig):
     tile_size: Annotated[int, Field(gt=0)] | None = None
     overlap: Annotated[int, Field(ge=0)] | None = None
     margin: Annotated[int, Field(ge=0)] | None = None
-    stitching: Literal["blend", "crop"] = "blend"
+    stitching: Stitching = Stitching.BLEND
     blend_border: Annotated[int, Field(ge=0)] | None = None
     pad_mode: Literal["reflect", "constant"] = "reflect"
     batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
@@ -129,7 +109,7 @@ class DetectConfig(FrozenConfig):
     indices: bool = False
     probabilities: bool = False
     confidence: bool = False
-    compress: Literal["deflate", "zstd"] = "deflate"
+    compress: Compression = Compression.DEFLATE
     block_size: Annotated[int, Field(ge=16, le=4096, multiple_of=16)] = 256
     overviews: bool = True
     cog: bool = False
@@ -214,116 +194,46 @@ class TilingPlan:
     border: int
 
 
-@dataclass(frozen=True, slots=True)
-class IgnDetectMapping:
-    """IGN detect config turned into :class:`DetectConfig` values.
-
-    Attributes:
-        values: Keys and values for :class:`DetectConfig` (merge CLI options on top).
-        notes: One line per IGN key that has no exact equivalent (what was done with it).
-    """
-
-    values: dict[str, Any]
-    notes: tuple[str, ...]
+#: Dotted keys of :class:`DetectConfig` holding paths (relative to the YAML file's folder).
+PATH_KEYS = ("inputs", "output", "model", "metadata_json")
 
 
-def is_ign_detect_config(data: Mapping[str, Any]) -> bool:
-    """True when a YAML mapping looks like IGN's detect config rather than a :class:`DetectConfig`."""
-    return any(k in data for k in ("img_pixels_detection", "input_img_path", "model_weights", "norma_task"))
+def load_detect_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+) -> Loaded[DetectConfig]:
+    """Build a :class:`DetectConfig` from our detect YAML or IGN's ``flair-1-config-detect.yaml``.
 
-
-def from_ign_detect(data: Mapping[str, Any] | Path, *, source: str | None = None) -> IgnDetectMapping:
-    """Map IGN's ``flair-1-config-detect.yaml`` onto :class:`DetectConfig` values.
-
-    Args:
-        data: The parsed YAML, or its path.
-        source: Name of the file, for messages.
+    Precedence: *flags* > *overrides* (``--set key=value``) > the YAML file > defaults. IGN's file is
+    recognised by its keys and mapped by :func:`flair_deploy.ign.convert_ign_detect`; relative paths in
+    our YAML are relative to its folder (IGN's, like IGN's tool, to the working directory).
 
     Returns:
-        The values and a note for each key that is ignored or approximated.
+        The validated config and notes on IGN keys that were ignored or approximated.
 
     Raises:
-        ConfigError: For a key IGN does not have, or a value of the wrong type.
+        ConfigError: One line naming the option or key, the value and what is allowed.
     """
-    if isinstance(data, Path):
-        source = source or str(data)
-        data = read_yaml(data)
-    src = source or "IGN detect config"
-    unknown = sorted(set(data) - set(IGN_DETECT_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"{src}: unknown key(s) {unknown} for an IGN flair-detect config; known: {', '.join(IGN_DETECT_KEYS)}"
-        )
-    values: dict[str, Any] = {"stitching": "crop", "indices": True}
-    notes: list[str] = [
-        "IGN semantics: 0-based class indices (indices=True) and margin cropping (stitching=crop)"
-    ]
-
-    def get(key: str, kind: type | tuple[type, ...]) -> Any:
-        v = data.get(key)
-        if v is not None and not isinstance(v, kind):
-            raise ConfigError(f"{src}: {key}={v!r} should be a {getattr(kind, '__name__', kind)}")
-        return v
-
-    out_path, out_name = get("output_path", str), get("output_name", str)
-    if out_path is not None:
-        name = out_name or "prediction"
-        values["output"] = Path(out_path) / (name if name.endswith((".tif", ".tiff")) else f"{name}.tif")
-    if (img := get("input_img_path", str)) is not None:
-        values["inputs"] = (Path(img),)
-    if (channels := get("channels", list)) is not None:
-        values["bands"] = tuple(channels)
-    if (tile := get("img_pixels_detection", int)) is not None:
-        values["tile_size"] = tile
-    if (margin := get("margin", int)) is not None:
-        values["margin"] = margin
-    out_type = get("output_type", str)
-    if out_type not in (None, "argmax", "class_prob"):
-        raise ConfigError(f"{src}: output_type={out_type!r}; IGN accepts argmax or class_prob")
-    if out_type == "class_prob":
-        values["probabilities"] = True
-        notes.append(
-            "output_type=class_prob: writes the class map and a *_proba.tif (rounded, not truncated)"
-        )
-    if (ncl := get("n_classes", int)) is not None:
-        values["expected_classes"] = ncl
-    if (weights := get("model_weights", str)) is not None:
-        values["model"] = Path(weights)
-        if not weights.endswith((".onnx", ".engine", ".plan")):
-            notes.append("model_weights are IGN weights without a description: give --preset")
-    fw = data.get("model_framework")
-    if fw is not None:
-        notes.append(
-            f"model_framework ignored ({_short(fw)}): the architecture comes from the model or --preset"
-        )
-    if (bs := get("batch_size", int)) is not None:
-        values["batch_size"] = bs
-    if (nw := get("num_worker", int)) is not None:
-        values["readers"] = max(1, nw)
-    if get("use_gpu", bool):
-        values["device"] = "cuda" if _cuda_available() else "cpu"
-        if values["device"] == "cpu":
-            notes.append(
-                "use_gpu=true but no CUDA device is visible: running on the CPU (as flair-detect does)"
-            )
-    if data.get("write_dataframe"):
-        notes.append("write_dataframe ignored: no slicing GeoPackage is written")
-    if data.get("norma_task") is not None:
-        notes.append(
-            "norma_task ignored: normalisation comes from the model description (inside the network)"
-        )
-    return IgnDetectMapping(values, tuple(notes))
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) < 60 else text[:57] + "..."
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
+    data: dict[str, Any] = {}
+    notes: tuple[str, ...] = ()
+    origins: dict[str, str] = {}
+    if path is not None:
+        raw = read_yaml(path)
+        if is_ign_detect_config(raw):
+            mapping = convert_ign_detect(raw, source=str(path))
+            data, notes, origins = mapping.values, mapping.notes, mapping.origins
+        else:
+            data = resolve_paths(raw, path.resolve().parent, PATH_KEYS)
+    cfg = build_config(
+        DetectConfig,
+        data,
+        overrides,
+        flags,
+        source=str(path) if path else "detect",
+        flag_names=flag_names,
+        origins=origins,
+    )
+    return Loaded(cfg, notes)

@@ -36,6 +36,7 @@ from rasterio.errors import CRSError, RasterioError
 from rasterio.windows import Window
 
 from flair_deploy.atomic import OutputSet, output_error, scratch_path
+from flair_deploy.choices import Compression
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
@@ -59,7 +60,6 @@ _EARTH_RADIUS_M = 6_371_008.8
 _TIF_SUFFIXES = (".tif", ".tiff")
 
 PadMode = Literal["reflect", "constant"]
-Compression = Literal["deflate", "zstd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +434,7 @@ class OutputWriter:
         *,
         indices: bool = False,
         block: int = 256,
-        compress: Compression = "deflate",
+        compress: Compression = Compression.DEFLATE,
         overviews: bool = True,
         cog: bool = False,
         tags: dict[str, str] | None = None,

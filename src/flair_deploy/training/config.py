@@ -1,7 +1,8 @@
 """The training run configuration, :class:`TrainConfig`, with ``section.key=value`` overrides.
 
-It is read from our YAML schema or from IGN's ``flair-1-config.yaml`` (see
-:mod:`flair_deploy.training.ign_config`), detected automatically.
+It is read from our YAML schema or from IGN's ``flair-1-config.yaml`` (see :mod:`flair_deploy.ign`),
+detected automatically, by :func:`load_train_config`. :class:`EvaluateConfig` and
+:func:`load_evaluate_config` do the same for ``flair-deploy evaluate``.
 
 Sections (every key is documented in ``configs/README.md``)::
 
@@ -27,7 +28,18 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationError, model_validator
 
-from flair_deploy.config import FrozenConfig, apply_overrides, read_yaml, validation_message
+from flair_deploy.config import (
+    FrozenConfig,
+    Loaded,
+    build_config,
+    load_config,
+    merge_dicts,
+    read_yaml,
+    validation_message,
+)
+from flair_deploy.config import (
+    resolve_paths as resolve_config_paths,
+)
 from flair_deploy.description import (
     ArchitectureSpec,
     ClassInfo,
@@ -39,11 +51,13 @@ from flair_deploy.description import (
 )
 from flair_deploy.errors import ConfigError, ModelDescriptionError
 from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
+from flair_deploy.ign import convert_ign_train, is_ign_train_config
 
 __all__ = [
     "CheckpointSection",
     "ClassEntry",
     "DataSection",
+    "EvaluateConfig",
     "LoggingSection",
     "LossSection",
     "ModelSection",
@@ -51,6 +65,7 @@ __all__ = [
     "OptimSection",
     "TrainConfig",
     "TrainerSection",
+    "load_evaluate_config",
     "load_train_config",
     "merge_dicts",
     "resolve_paths",
@@ -513,69 +528,101 @@ def sample_config_base() -> dict[str, Any]:
     }
 
 
-def merge_dicts(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Return *base* recursively updated with *update* (nested mappings merged, other values replaced)."""
-    out: dict[str, Any] = {k: (merge_dicts(v, {}) if isinstance(v, Mapping) else v) for k, v in base.items()}
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = merge_dicts(out[key], value)
-        elif isinstance(value, Mapping):
-            out[key] = merge_dicts(value, {})
-        else:
-            out[key] = value
-    return out
-
-
 def resolve_paths(data: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """Return *data* with the relative paths of :data:`PATH_KEYS` made relative to *folder*."""
-    out = merge_dicts(data, {})
-    for dotted in PATH_KEYS:
-        section, key = dotted.split(".")
-        node = out.get(section)
-        if isinstance(node, dict) and isinstance(node.get(key), str | Path) and str(node[key]):
-            p = Path(node[key]).expanduser()
-            node[key] = str(p if p.is_absolute() else (folder / p).resolve())
-    return out
+    return resolve_config_paths(data, folder, PATH_KEYS)
 
 
 def load_train_config(
     path: Path | None = None,
     overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
     *,
-    updates: Mapping[str, Any] | None = None,
     base: Mapping[str, Any] | None = None,
-) -> tuple[TrainConfig, list[str]]:
+    flag_names: Mapping[str, str] | None = None,
+) -> Loaded[TrainConfig]:
     """Read a training config (ours or IGN's ``flair-1-config.yaml``, detected automatically).
 
-    Precedence: *updates* (explicit command-line flags) > *overrides* (``--set section.key=value``) >
-    the YAML file > *base* > defaults. Overrides always use our schema's keys, also for IGN files.
+    Precedence: *flags* (explicit command-line options) > *overrides* (``--set section.key=value``) >
+    the YAML file > *base* > defaults. Overrides and flags always use our schema's keys, also for IGN
+    files.
 
     Args:
-        path: YAML file, or None to build from *base*, *overrides* and *updates* only.
+        path: YAML file, or None to build from *base*, *overrides* and *flags* only.
         overrides: ``section.key=value`` strings; values are parsed as YAML.
-        updates: Nested values applied last (e.g. ``{"data": {"train_csv": ...}}``).
-        base: Nested values the YAML file is applied on top of.
+        flags: Dotted key → value (e.g. ``{"data.train_csv": ...}``); None values are not given.
+        base: Nested values the YAML file is applied on top of (e.g. :func:`sample_config_base`).
+        flag_names: Dotted key → the option that sets it, so errors name ``--epochs``.
 
     Returns:
-        The validated config, and notes on IGN keys that were not mapped (empty for our schema).
+        The validated config, and notes on IGN keys that were not applied (empty for our schema).
 
     Raises:
         ConfigError: For unreadable YAML, unknown keys or invalid values (one line naming the key).
     """
     data: dict[str, Any] = merge_dicts(base or {}, {})
-    notes: list[str] = []
+    notes: tuple[str, ...] = ()
+    origins: dict[str, str] = {}
     source = "train config"
     if path is not None:
         source = str(path)
         raw = read_yaml(path)
-        from flair_deploy.training.ign_config import convert_ign_config, is_ign_config
-
-        if is_ign_config(raw):
-            raw, notes = convert_ign_config(raw, source=source)
+        if is_ign_train_config(raw):
+            mapping = convert_ign_train(raw, source=source)
+            raw, notes, origins = mapping.values, mapping.notes, mapping.origins
         data = merge_dicts(data, resolve_paths(raw, path.resolve().parent))
-    data = apply_overrides(data, overrides)
-    data = merge_dicts(data, updates or {})
-    try:
-        return TrainConfig.model_validate(data), notes
-    except ValidationError as exc:
-        raise ConfigError(validation_message(exc, source=source)) from None
+    cfg = build_config(
+        TrainConfig, data, overrides, flags, source=source, flag_names=flag_names, origins=origins
+    )
+    return Loaded(cfg, notes)
+
+
+class EvaluateConfig(FrozenConfig):
+    """Everything ``flair-deploy evaluate`` needs.
+
+    Attributes:
+        checkpoint: A flair-deploy checkpoint, or IGN weights with ``preset``.
+        csv: FLAIR patch list (``image,mask`` rows, no header; paths relative to the CSV).
+        out_dir: Output folder for ``metrics.json``, the confusion matrix and predictions.
+        preset: Description preset for checkpoints that carry none (IGN weights).
+        bands: 1-based raster bands in the model's band order; None reads bands ``1..C``.
+        aerial_json: FLAIR aerial metadata JSON, required for models that fuse metadata.
+        batch_size: Patches per forward pass.
+        num_workers: Data-loading worker processes (0: the main process).
+        device: Torch device (``cpu``, ``cuda``); None uses CUDA when available.
+        predictions: Also write ``predictions/PRED_<name>.tif`` for every patch.
+        ignore_unknown: Skip mask codes outside the class table instead of failing.
+        overwrite: Replace existing outputs.
+    """
+
+    checkpoint: Path
+    csv: Path
+    out_dir: Path
+    preset: str | None = None
+    bands: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] | None = None
+    aerial_json: Path | None = None
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    num_workers: Annotated[int, Field(ge=0)] = 0
+    device: str | None = None
+    predictions: bool = False
+    ignore_unknown: bool = False
+    overwrite: bool = False
+
+
+def load_evaluate_config(
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    flags: Mapping[str, Any] | None = None,
+    *,
+    flag_names: Mapping[str, str] | None = None,
+) -> Loaded[EvaluateConfig]:
+    """Build an :class:`EvaluateConfig`: *flags* > *overrides* > the YAML at *path* > defaults.
+
+    Relative paths in the YAML file are relative to its folder.
+
+    Raises:
+        ConfigError: For unreadable YAML, unknown keys or invalid values (one line naming the key).
+    """
+    keys = ("checkpoint", "csv", "out_dir", "aerial_json")
+    cfg = load_config(EvaluateConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys)
+    return Loaded(cfg)

@@ -112,7 +112,7 @@ def test_unwritable_out_when_out_is_a_file(capsys, export_data, tmp_path):
     [
         (["--int8"], "int8 needs calibration data"),
         (["--heads", "classes"], "lack 'logits'"),
-        (["--calibration-method", "magic"], "calibration_method"),
+        (["--calibration-method", "magic"], "'--calibration-method': 'magic' is not one of"),
         (["--preset", "flair-inc-rgb-12cl-resnet34-unet", "--bands", "R,G,B"], "not both"),
     ],
 )

@@ -6,15 +6,16 @@ import pytest
 import yaml
 
 from flair_deploy.errors import ConfigError
+from flair_deploy.ign import convert_ign_train
 from flair_deploy.training.config import load_train_config, sample_config_base
-from flair_deploy.training.ign_config import convert_ign_config
 
 REPO = Path(__file__).resolve().parents[3]
-PATHS = {"data": {"train_csv": "/d/train.csv", "val_csv": "/d/val.csv"}}
+DATA = {"data": {"train_csv": "/d/train.csv", "val_csv": "/d/val.csv"}}
+PATHS = {"data.train_csv": "/d/train.csv", "data.val_csv": "/d/val.csv"}
 
 
 def _cfg(*overrides, base=None):
-    cfg, _notes = load_train_config(None, overrides, updates=PATHS, base=base)
+    cfg, _notes = load_train_config(None, overrides, PATHS, base=base)
     return cfg
 
 
@@ -33,17 +34,17 @@ def test_yaml_paths_are_relative_to_the_yaml_folder(tmp_path, monkeypatch):
     assert cfg.data.train_csv == (sub / "lists/train.csv").resolve()
     assert cfg.data.val_csv == Path("/abs/val.csv")
     assert cfg.logging.out_dir == Path("runs/x")  # command-line values stay relative to the cwd
-    assert notes == []
+    assert notes == ()
 
 
 def test_precedence_flags_over_set_over_yaml(tmp_path):
-    path = _write(tmp_path, {**PATHS, "optim": {"lr": 0.1, "epochs": 3}})
-    cfg, _ = load_train_config(path, ["optim.lr=0.2", "optim.epochs=4"], updates={"optim": {"epochs": 5}})
+    path = _write(tmp_path, {**DATA, "optim": {"lr": 0.1, "epochs": 3}})
+    cfg, _ = load_train_config(path, ["optim.lr=0.2", "optim.epochs=4"], {"optim.epochs": 5})
     assert (cfg.optim.lr, cfg.optim.epochs) == (0.2, 5)
 
 
 def test_unknown_key_is_one_line_error(tmp_path):
-    path = _write(tmp_path, {**PATHS, "optim": {"learning_rate": 0.1}})
+    path = _write(tmp_path, {**DATA, "optim": {"learning_rate": 0.1}})
     with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown key") as exc:
         load_train_config(path)
     assert "\n" not in str(exc.value)
@@ -272,9 +273,9 @@ def test_ign_resume_needs_a_checkpoint_path():
     raw = yaml.safe_load(IGN_YAML)
     raw["tasks"]["train_tasks"]["resume_training_from_ckpt"] = True
     with pytest.raises(ConfigError, match=r"needs paths.ckpt_model_path"):
-        convert_ign_config(raw)
+        convert_ign_train(raw)
     raw["paths"]["ckpt_model_path"] = "ckpt/last.ckpt"
-    ours, _ = convert_ign_config(raw)
+    ours = convert_ign_train(raw).values
     assert ours["checkpoint"]["resume_from"] == "ckpt/last.ckpt"
 
 

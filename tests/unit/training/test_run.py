@@ -15,9 +15,10 @@ from flair_deploy.training.run import plot_learning_curve, train
 
 
 def _tiny_config(sample, out, *overrides):
-    updates = {
-        "data": {"train_csv": str(sample.train_csv), "val_csv": str(sample.val_csv)},
-        "logging": {"out_dir": str(out)},
+    flags = {
+        "data.train_csv": str(sample.train_csv),
+        "data.val_csv": str(sample.val_csv),
+        "logging.out_dir": str(out),
     }
     cfg, _ = load_train_config(
         None,
@@ -32,7 +33,7 @@ def _tiny_config(sample, out, *overrides):
             "optim.scheduler=cosine",  # resumable with more epochs (one-cycle is not, see below)
             *overrides,
         ],
-        updates=updates,
+        flags,
         base=sample_config_base(),
     )
     return cfg

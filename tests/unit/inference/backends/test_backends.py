@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tests.fakes import EchoBackend
 
-from fakes import EchoBackend
 from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import MetadataSpec, ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError, ModelDescriptionError

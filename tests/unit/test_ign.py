@@ -1,0 +1,126 @@
+"""IGN's config files read as they are: every key mapped or reported, unknown keys suggest the right one."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flair_deploy.errors import ConfigError
+from flair_deploy.ign import (
+    DETECT_KEYS,
+    TRAIN_KEYS,
+    convert_ign_detect,
+    convert_ign_train,
+    is_ign_detect_config,
+    is_ign_train_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = {
+    "train": (REPO / "configs" / "ign" / "flair-1-config.yaml", TRAIN_KEYS, convert_ign_train),
+    "detect": (REPO / "configs" / "ign" / "flair-1-config-detect.yaml", DETECT_KEYS, convert_ign_detect),
+}
+
+
+def _leaves(node, table, prefix=""):
+    """The dotted keys of a YAML mapping as the adapters see them (sections IGN nests are descended)."""
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and any(k.startswith(dotted + ".") for k in table):
+            yield from _leaves(value, table, dotted + ".")
+        else:
+            yield dotted, value
+
+
+@pytest.mark.parametrize("kind", ["train", "detect"])
+def test_every_key_of_the_bundled_example_is_mapped_or_reported(kind):
+    path, rows, convert = EXAMPLES[kind]
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    table = {r.ign: r for r in rows}
+    mapping = convert(raw, source=path.name)
+    notes = "\n".join(mapping.notes)
+    for key, value in _leaves(raw, table):
+        if value is None and any(k.startswith(key + ".") for k in table):
+            continue  # an empty section
+        assert key in table, f"{key} of {path.name} is not in the table"
+        row = table[key]
+        if row.ours is None:
+            assert not row.report(value) or key in notes, f"{key} is neither applied nor reported"
+        elif row.copied and value not in (None, ""):
+            assert row.ours in mapping.origins, f"{key} is not copied to {row.ours}"
+
+
+@pytest.mark.parametrize("rows", [TRAIN_KEYS, DETECT_KEYS])
+def test_the_tables_list_each_key_once_with_a_reason_for_what_is_not_applied(rows):
+    keys = [r.ign for r in rows]
+    assert len(keys) == len(set(keys))
+    assert all(r.note for r in rows if r.ours is None or r.rule)
+
+
+def test_every_ign_key_is_documented():
+    readme = (REPO / "configs" / "README.md").read_text(encoding="utf-8")
+    for row in (*TRAIN_KEYS, *DETECT_KEYS):
+        assert row.ign.rsplit(".", 1)[-1] in readme, row.ign
+
+
+def test_unknown_key_suggests_the_closest_ign_key():
+    with pytest.raises(
+        ConfigError, match=r"\['use_wieghts'\].*did you mean 'use_weights'\?.*configs/README.md"
+    ):
+        convert_ign_train({"channels": [1, 2, 3], "use_wieghts": True})
+    with pytest.raises(ConfigError, match=r"did you mean 'img_pixels_detection'"):
+        convert_ign_detect({"input_img_path": "a.tif", "img_pixel_detection": 512})
+
+
+def test_detect_maps_ign_semantics_and_reports_the_rest():
+    m = convert_ign_detect(
+        {
+            "output_path": "out",
+            "output_name": "zone",
+            "input_img_path": "a.tif",
+            "channels": [3, 2, 1],
+            "img_pixels_detection": 256,
+            "margin": 32,
+            "output_type": "class_prob",
+            "num_worker": 0,
+            "write_dataframe": True,
+            "model_name": "unet",
+        }
+    )
+    v = m.values
+    assert (v["stitching"], v["indices"], v["probabilities"]) == ("crop", True, True)
+    assert v["output"] == str(Path("out") / "zone.tif") and v["inputs"] == ("a.tif",)
+    assert (v["bands"], v["tile_size"], v["margin"], v["readers"]) == ((3, 2, 1), 256, 32, 1)
+    text = "\n".join(m.notes)
+    assert "write_dataframe" in text and "model_name" in text
+    assert m.origins["tile_size"].endswith("img_pixels_detection")
+
+
+def test_detect_values_of_the_wrong_type_name_the_key():
+    with pytest.raises(ConfigError, match=r"img_pixels_detection='512px' should be a int"):
+        convert_ign_detect({"img_pixels_detection": "512px"})
+    with pytest.raises(ConfigError, match="argmax or class_prob"):
+        convert_ign_detect({"input_img_path": "a.tif", "output_type": "probas"})
+
+
+def test_train_errors_name_the_ign_key(tmp_path):
+    from flair_deploy.training.config import load_train_config
+
+    path = tmp_path / "flair-1-config.yaml"
+    path.write_text(
+        "paths: {train_csv: t.csv, val_csv: v.csv}\nchannels: [1, 2, 3]\nnorm_type: scaling\nlearning_rate: -1\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(
+        ConfigError, match=r"flair-1-config.yaml: learning_rate: input should be greater than 0 \(got -1\)"
+    ):
+        load_train_config(path)
+
+
+def test_layout_detection():
+    assert is_ign_train_config({"channels": [1], "num_epochs": 2})
+    assert not is_ign_train_config({"data": {}})
+    assert is_ign_detect_config({"img_pixels_detection": 512})
+    assert not is_ign_detect_config({"inputs": ["a.tif"], "output": "m.tif"})
+    with pytest.raises(ConfigError, match="mixes IGN keys"):
+        is_ign_train_config({"channels": [1], "optim": {}})
