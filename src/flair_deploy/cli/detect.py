@@ -44,6 +44,7 @@ FLAGS = {
     "margin": "margin",
     "batch_size": "batch_size",
     "readers": "readers",
+    "chunk_mb": "chunk_mb",
     "indices": "indices",
     "probabilities": "probabilities",
     "confidence": "confidence",
@@ -166,6 +167,14 @@ def command(
         typer.Option(metavar="N", help="Tiles per inference call (default: 1 on a CPU, 8 on a GPU)."),
     ] = None,
     readers: Annotated[int | None, typer.Option(metavar="N", help="Reader threads.")] = None,
+    chunk_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--chunk-mb",
+            metavar="MIB",
+            help="Stitching memory budget: wide rasters are mapped in strips this fits.",
+        ),
+    ] = None,
     indices: Annotated[
         bool, typer.Option("--indices", help="Write 0-based class indices (as IGN) instead of FLAIR codes.")
     ] = False,
@@ -247,6 +256,7 @@ def command(
         margin=margin,
         batch_size=batch_size,
         readers=readers,
+        chunk_mb=chunk_mb,
         indices=_on(indices),
         probabilities=_on(probabilities),
         confidence=_on(confidence),
