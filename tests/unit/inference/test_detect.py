@@ -4,12 +4,12 @@ import time
 import numpy as np
 import pytest
 import rasterio
-from tests.fakes import ContextBackend, EchoBackend
 
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.inference import DetectConfig, run_detection
 from flair_deploy.inference.raster import temporary_path
+from tests.fakes import ContextBackend, EchoBackend
 
 
 @pytest.fixture
