@@ -79,3 +79,20 @@ def test_inconsistent_overlap_is_refused(kwargs, match):
 def test_crop_margin_must_leave_a_core():
     with pytest.raises(ConfigError, match="margin"):
         crop_axis(300, 64, 32)
+
+
+def test_tile_reads_are_clipped_to_the_raster_and_padding_restores_the_tile_size():
+    # Crop grid: patches start at -margin and may end past the raster; reads never leave it.
+    w, h, tile = 70, 50, 32
+    for t in make_grid(w, h, tile, mode="crop", margin=8):
+        c0, r0, cw, rh = t.read_window(w, h)
+        assert min(c0, r0) >= 0 and c0 + cw <= w and r0 + rh <= h
+        (top, bottom), (left, right) = t.padding(w, h)
+        assert min(top, bottom, left, right) >= 0
+        assert (top + rh + bottom, left + cw + right) == (tile, tile)
+        assert (r0 - top, c0 - left) == (t.row.start, t.col.start)  # padding sits where the tile overhangs
+    # A blend raster smaller than one tile: one tile at the origin, padded only past the far edges.
+    (t,) = list(make_grid(20, 30, tile, mode="blend", overlap=8))
+    assert t.read_window(20, 30) == (0, 0, 20, 30)
+    assert t.padding(20, 30) == ((0, 2), (0, 12))
+    assert t.centre() == (16.0, 16.0)
