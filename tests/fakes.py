@@ -1,4 +1,7 @@
-"""Test doubles: an inference backend whose output is a known function of its input.
+"""Test doubles: inference backends whose output is a known function of their input.
+
+Import them as ``from tests.fakes import EchoBackend, ContextBackend`` (pytest's ``pythonpath``
+puts the repository root on ``sys.path``, so plain ``pytest`` and ``python -m pytest`` agree).
 
 ``EchoBackend`` lets tiling, stitching, writing and benchmarking code be tested exactly, with no
 runtime and no network weights:
@@ -11,6 +14,12 @@ runtime and no network weights:
   whole-image pass give identical logits, so stitching tests can compare exactly.
 * Any tile height/width and batch size is accepted (unless ``max_batch``/``fixed_hw`` are set to
   emulate a static engine).
+
+``ContextBackend`` is its opposite: the output at a pixel depends on the pixel's neighbourhood (a
+box filter, edge-replicated at the tile border) and on its position inside the tile (a ramp), so two
+overlapping tiles disagree on the pixels they share. A tiled pass differs from a whole-image pass
+exactly where tiling matters: wrong blend weights, a missing ramp or an off-by-one in keep intervals
+show up as seams.
 
 Example::
 
@@ -35,7 +44,7 @@ from flair_deploy.inference.backends.base import (
     StageTimes,
 )
 
-__all__ = ["EchoBackend"]
+__all__ = ["ContextBackend", "EchoBackend", "context_logits"]
 
 
 class EchoBackend(Backend):
@@ -103,3 +112,61 @@ class EchoBackend(Backend):
     def class_value(self, index: int) -> float:
         """Return a band-0 value that ``predict_classes`` maps to logit *index*."""
         return float(self.centres[index])
+
+
+def context_logits(
+    images: npt.NDArray[np.float32], num_classes: int, *, box: int = 5, ramp: float = 40.0
+) -> npt.NDArray[np.float32]:
+    """Return ``(N, K, H, W)`` logits that depend on the neighbourhood and on the position in the tile.
+
+    ``s = box-filtered band 0 (edge-replicated) + ramp × (y + x) / (H + W)`` with ``y, x`` the pixel's
+    position in the tile; logit ``k`` is ``-|s - centre_k| / 7`` with centres evenly spaced over
+    ``[0, 300)``. The same raster pixel therefore gets different logits from different tiles.
+    """
+    h, w = images.shape[2:]
+    v = images[:, 0].astype(np.float32)
+    r = box // 2
+    p = np.pad(v, ((0, 0), (r, r), (r, r)), mode="edge")
+    s = sum(p[:, i : i + h, j : j + w] for i in range(box) for j in range(box)) / float(box * box)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    s = s + np.float32(ramp) * (yy + xx) / np.float32(h + w)
+    centres = (np.arange(num_classes, dtype=np.float32) + 0.5) * np.float32(300.0 / num_classes)
+    logits = -np.abs(s[:, None] - centres[None, :, None, None]) / np.float32(7.0)
+    return logits.astype(np.float32)
+
+
+class ContextBackend(Backend):
+    """Deterministic backend whose output depends on context and tile position (see the module docstring).
+
+    Args:
+        description: Model description (bands, classes).
+        fail_on_call: Raise ``RuntimeError("simulated backend crash")`` from this call on (1-based).
+        delay: Seconds to sleep per call.
+    """
+
+    name = BackendName.TORCH
+
+    def __init__(
+        self, description: ModelDescription, *, fail_on_call: int | None = None, delay: float = 0.0
+    ) -> None:
+        super().__init__(description, precision=Precision.FP32, device="cpu")
+        self.hw_multiple = 1
+        self.fail_on_call = fail_on_call
+        self.delay = delay
+        #: Number of ``_infer`` calls so far.
+        self.calls = 0
+        #: Every batch run, in order (copies of the raw input).
+        self.batches: list[npt.NDArray[np.float32]] = []
+
+    def _activate(self) -> None:
+        pass
+
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        self.calls += 1
+        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
+            raise RuntimeError("simulated backend crash")
+        self.batches.append(np.array(images, dtype=np.float32))
+        if self.delay:
+            time.sleep(self.delay)
+        self.last_times = StageTimes(compute=0.0)
+        return context_logits(images, self.description.num_classes)

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import rasterio
-from tests.fakes import EchoBackend
 
 from flair_deploy.cli import main
 from flair_deploy.inference import backends
+from tests.fakes import EchoBackend
 
 
 @pytest.fixture

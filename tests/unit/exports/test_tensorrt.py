@@ -195,6 +195,8 @@ def test_ort_tensorrt_provider_options(tiny_description, tmp_path):
     assert all(isinstance(v, str) for v in opts.values())
 
 
+# A second interpreter (a torch import) for what test_version_dispatch_and_sidecar checks in-process.
+@pytest.mark.slow
 def test_sidecar_is_read_by_inspect_in_a_fresh_process(onnx_file, tmp_path):
     path, desc = onnx_file
     trt, _ = _fake("11.1.0")

@@ -136,7 +136,7 @@ def test_blend_does_not_depend_on_the_chunking():
 # ---------------------------------------------------------------------- chunked detection
 @pytest.fixture
 def context_backend(tiny_description):
-    from tests.unit.inference.test_detect import ContextBackend
+    from tests.fakes import ContextBackend
 
     return ContextBackend(tiny_description)
 

@@ -4,50 +4,12 @@ import time
 import numpy as np
 import pytest
 import rasterio
-from tests.fakes import EchoBackend
 
 from flair_deploy.atomic import temporary_path
 from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.inference import DetectConfig, run_detection
-from flair_deploy.inference.backends.base import Backend, BackendName, StageTimes
-
-K = 19
-
-
-class ContextBackend(Backend):
-    """A fake whose output depends on the neighbourhood and on the position inside the tile.
-
-    Tiled results therefore differ from a whole-image pass exactly where tiling matters: it tells apart
-    grids, margins, padding and write order.
-    """
-
-    name = BackendName.TORCH
-
-    def __init__(self, description, *, fail_on_call=None):
-        super().__init__(description)
-        self.hw_multiple = 1
-        self.calls = 0
-        self.fail_on_call = fail_on_call
-
-    def _activate(self):
-        pass
-
-    def _infer(self, images, metadata):
-        self.calls += 1
-        if self.fail_on_call is not None and self.calls >= self.fail_on_call:
-            raise RuntimeError("simulated backend crash")
-        h, w = images.shape[2:]
-        v = images[:, 0]
-        # 5x5 box filter (receptive field) with edge replication, plus a tile-position ramp.
-        p = np.pad(v, ((0, 0), (2, 2), (2, 2)), mode="edge")
-        s = sum(p[:, i : i + h, j : j + w] for i in range(5) for j in range(5)) / 25.0
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        s = s + 40.0 * (yy + xx) / (h + w)
-        centres = (np.arange(K, dtype=np.float32) + 0.5) * (300.0 / K)
-        logits = -np.abs(s[:, None] - centres[None, :, None, None]) / 7.0
-        self.last_times = StageTimes(compute=0.0)
-        return logits.astype(np.float32)
+from tests.fakes import ContextBackend, EchoBackend
 
 
 @pytest.fixture

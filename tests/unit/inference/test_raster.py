@@ -10,13 +10,13 @@ import pytest
 import rasterio
 from rasterio._err import CPLE_FileIOError
 from rasterio.io import DatasetWriter
-from tests.fakes import EchoBackend
 
 from flair_deploy import atomic
 from flair_deploy.errors import OutputError
 from flair_deploy.inference import DetectConfig, run_detection
 from flair_deploy.inference.raster import OutputPaths, OutputWriter, estimated_map_bytes, inspect_raster
 from flair_deploy.inference.stitching import OutputChunk
+from tests.fakes import EchoBackend
 
 H = W = 40
 

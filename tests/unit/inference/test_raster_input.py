@@ -11,7 +11,7 @@ from flair_deploy.inference.raster import plan_outputs
 
 @pytest.fixture
 def backend(tiny_description):
-    from tests.unit.inference.test_detect import ContextBackend
+    from tests.fakes import ContextBackend
 
     return ContextBackend(tiny_description)
 

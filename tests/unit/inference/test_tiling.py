@@ -4,7 +4,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flair_deploy.errors import ConfigError
-from flair_deploy.inference.stitching import OutputBand, OutputChunk, blend_window
 from flair_deploy.inference.tiling import blend_axis, crop_axis, make_grid
 
 
@@ -47,19 +46,6 @@ def test_crop_axis_keeps_partition_the_raster(length, tile, frac, anchor):
     assert (owner == 1).all()
 
 
-@settings(max_examples=200, deadline=None)
-@given(length=st.integers(1, 600), tile=st.sampled_from([32, 64]), frac=st.floats(0, 0.45))
-def test_blend_weights_are_positive_wherever_a_pixel_is_covered(length, tile, frac):
-    overlap = int(tile * frac)
-    border = overlap // 8
-    wsum = np.zeros(length)
-    for t in blend_axis(length, tile, overlap):
-        w = blend_window(tile, overlap, border, inner_start=t.inner_start, inner_stop=t.inner_stop)
-        lo, hi = t.keep_start, t.keep_stop
-        wsum[lo:hi] += w[lo - t.start : hi - t.start]
-    assert wsum.min() > 0
-
-
 def test_crop_axis_matches_the_worked_example_of_the_anchor_report():
     # flair1-anchor §2.2: W = 1000, P = 512, m = 128 -> cores [0,256) [256,512) [512,768) [744,1000),
     # the shifted last patch wins on 744..768.
@@ -72,15 +58,6 @@ def test_crop_rows_are_anchored_at_the_bottom_like_ign_y_loop():
     rows = crop_axis(1000, 512, 128, anchor="end")
     # Mirror of the column layout: grid from the south edge, the north-most (shifted) patch wins.
     assert [(t.keep_start, t.keep_stop) for t in rows] == [(0, 256), (256, 488), (488, 744), (744, 1000)]
-
-
-def test_hann_ramps_of_neighbours_sum_to_one():
-    tile, overlap, border = 64, 16, 2
-    a = blend_window(tile, overlap, border, inner_start=False, inner_stop=True)
-    b = blend_window(tile, overlap, border, inner_start=True, inner_stop=False)
-    np.testing.assert_allclose(a[tile - overlap :] + b[:overlap], 1.0, atol=1e-6)
-    assert a[0] == 1.0 and b[-1] == 1.0  # raster edges are not tapered
-    assert (b[:border] == 0).all()  # the discarded border
 
 
 def test_grid_is_row_major_and_sized_by_the_modes():
@@ -104,17 +81,18 @@ def test_crop_margin_must_leave_a_core():
         crop_axis(300, 64, 32)
 
 
-def test_output_band_releases_whole_blocks_once():
-    band = OutputBand(height=100, block=32)
-    got = []
-    row = 0
-    for n in (10, 30, 25, 35):
-        chunk = OutputChunk(row, np.full((n, 7), row % 250, np.uint8), None, None)
-        row += n
-        got += band.push(chunk)
-    got += band.finish()
-    rows = [(c.row, c.rows) for c in got]
-    assert all(r % 32 == 0 for r, _ in rows)
-    assert all(n % 32 == 0 for _, n in rows[:-1])
-    assert sum(n for _, n in rows) == 100
-    assert [r for r, _ in rows] == sorted({r for r, _ in rows})  # each row written once, in order
+def test_tile_reads_are_clipped_to_the_raster_and_padding_restores_the_tile_size():
+    # Crop grid: patches start at -margin and may end past the raster; reads never leave it.
+    w, h, tile = 70, 50, 32
+    for t in make_grid(w, h, tile, mode="crop", margin=8):
+        c0, r0, cw, rh = t.read_window(w, h)
+        assert min(c0, r0) >= 0 and c0 + cw <= w and r0 + rh <= h
+        (top, bottom), (left, right) = t.padding(w, h)
+        assert min(top, bottom, left, right) >= 0
+        assert (top + rh + bottom, left + cw + right) == (tile, tile)
+        assert (r0 - top, c0 - left) == (t.row.start, t.col.start)  # padding sits where the tile overhangs
+    # A blend raster smaller than one tile: one tile at the origin, padded only past the far edges.
+    (t,) = list(make_grid(20, 30, tile, mode="blend", overlap=8))
+    assert t.read_window(20, 30) == (0, 0, 20, 30)
+    assert t.padding(20, 30) == ((0, 2), (0, 12))
+    assert t.centre() == (16.0, 16.0)

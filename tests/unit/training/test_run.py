@@ -70,6 +70,8 @@ def test_run_writes_checkpoints_config_logs_and_curve(run):
     assert reloaded.logging.out_dir.is_absolute()
 
 
+# A second interpreter importing torch: among the slowest unit tests, so it runs with `-m slow`.
+@pytest.mark.slow
 def test_checkpoint_is_plain_and_reloads_in_a_fresh_process(run, tmp_path):
     _, result = run
     ckpt = torch.load(result.best_checkpoint, map_location="cpu", weights_only=True)  # no unsafe unpickling

@@ -39,6 +39,8 @@ __all__ = [
     "available_backends",
     "backend_for_artifact",
     "create_backend",
+    "parse_device",
+    "parse_precision",
 ]
 
 #: Artifact kind → the backend that reads it by default.

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.fakes import EchoBackend
 
 from flair_deploy.artifacts import save_checkpoint
 from flair_deploy.description import MetadataSpec, ModelDescription, Precision
@@ -21,6 +20,7 @@ from flair_deploy.inference.backends import (
 )
 from flair_deploy.inference.backends.torch_backend import TorchBackend
 from flair_deploy.models import build_model
+from tests.fakes import EchoBackend
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from tests.fakes import EchoBackend
 
 from flair_deploy.benchmarking import (
     BenchmarkConfig,
@@ -19,6 +18,7 @@ from flair_deploy.benchmarking import (
 )
 from flair_deploy.description import Precision
 from flair_deploy.errors import BackendError
+from tests.fakes import EchoBackend
 
 FAST = {"min_time": 0.0, "min_iters": 2, "warmup_iters": 1}
 

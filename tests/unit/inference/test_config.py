@@ -1,3 +1,5 @@
+"""Detect configuration (``inference/config.py``): defaults that belong to the config model."""
+
 from flair_deploy.inference.config import DetectConfig, default_batch_size
 
 
