@@ -107,7 +107,7 @@ def command(
       flair-deploy train -c runs/a/checkpoints/train-config.yaml --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt
     """
     from flair_deploy.training.config import load_train_config, sample_config_base
-    from flair_deploy.training.run import train
+    from flair_deploy.training.run import TrainingInterrupted, is_global_zero_process, train
 
     if config is None and not sample_data and (train_csv is None or val_csv is None):
         raise ConfigError(
@@ -120,7 +120,8 @@ def command(
         updates["logging"] = {"out_dir": str(out.resolve())}
     if sample_data:
         root = (out if out is not None else Path("runs/train")) / "sample-data"
-        data.update(_sample_paths(root, overwrite=overwrite))
+        # A rank Lightning re-launched reuses the dataset rank 0 generated; it must not rewrite it.
+        data.update(_sample_paths(root, overwrite=overwrite and is_global_zero_process()))
     if train_csv is not None:
         data["train_csv"] = str(train_csv.resolve())
     if val_csv is not None:
@@ -140,8 +141,14 @@ def command(
         f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to {cfg.optim.epochs} "
         f"epochs -> {cfg.logging.out_dir}"
     )
-    result = train(cfg, progress=progress, overwrite=overwrite)
-    _report(result)
+    try:
+        result = train(cfg, progress=progress, overwrite=overwrite)
+    except TrainingInterrupted as exc:
+        # Ctrl+C: one line saying what was kept and how to resume; 130 is the shell's SIGINT status.
+        typer.echo(f"interrupted: {exc}", err=True)
+        raise typer.Exit(130) from None
+    if result.global_rank == 0:
+        _report(result)
 
 
 def _fmt(x: float | None) -> str:
