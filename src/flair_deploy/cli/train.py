@@ -136,11 +136,12 @@ def command(
         typer.echo(f"IGN config key not applied: {line}", err=True)
     desc = cfg.description()
     active = sum(desc.active_mask)
-    typer.echo(
-        f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
-        f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to {cfg.optim.epochs} "
-        f"epochs -> {cfg.logging.out_dir}"
-    )
+    if is_global_zero_process():  # once, not once per process Lightning re-launches
+        typer.echo(
+            f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
+            f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to "
+            f"{cfg.optim.epochs} epochs -> {cfg.logging.out_dir}"
+        )
     try:
         result = train(cfg, progress=progress, overwrite=overwrite)
     except TrainingInterrupted as exc:

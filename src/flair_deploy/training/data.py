@@ -377,10 +377,18 @@ class FlairDataModule(lightning.LightningDataModule):
     def _loader(self, split: str) -> DataLoader[Sample]:
         ds = self.dataset(split)
         train = split == "train"
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's own DistributedSampler pads uneven shards with repeated patches, which the
+            # summed confusion matrix would count twice; this one gives every patch to one rank.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(ds, shuffle=False)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(ds) > self.batch_size,
             num_workers=self.num_workers,
             # Training workers start afresh each epoch, seeded from the main process's random state: a

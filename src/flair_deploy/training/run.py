@@ -562,7 +562,7 @@ def train(
             )
         except (MisconfigurationException, ValueError, RuntimeError) as exc:
             raise ConfigError(f"Lightning rejected the trainer options: {_first_line(exc)}") from None
-        _shim_spawned_workers(trainer)
+        _shim_spawned_workers(trainer, progress=progress)
 
         # Everything is checked: from here on the run folder is written (by rank 0 only).
         folder = _RunFolder(out) if zero else None
@@ -572,6 +572,10 @@ def train(
                 folder = _RunFolder(out)
             folder.create()
             _write_config(cfg, config_path)
+            for logger in loggers:
+                # Fix the log version here: spawned workers get a copy of this logger, and the main
+                # process must later read the version they wrote, not the next free one.
+                _ = logger.version
         sigint = signal.getsignal(signal.SIGINT)
         try:
             with _one_line_errors(folder, config_path, resume):
@@ -728,15 +732,25 @@ class _ShimmedSpawnLauncher(_MultiProcessingLauncher):
     Lightning (and through it torchmetrics and torchvision) is imported in that worker. Lightning's
     own launcher class would import Lightning first and crash on ``torchvision::nms``.
 
-    It also brings back what Lightning's launcher leaves in the worker: the patch count and time of
-    :class:`_PatchRate` and the best checkpoint's score.
+    It also quiets Lightning in the workers as in the main process, and brings back what Lightning's
+    launcher leaves in them: the epochs run, the patch count and time of :class:`_PatchRate` and the
+    best checkpoint's score.
     """
+
+    def __init__(self, strategy: ParallelStrategy, *, progress: bool) -> None:
+        super().__init__(strategy, start_method="spawn")
+        self.progress = progress
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        with _quiet_lightning(self.progress):
+            super()._wrapping_function(*args, **kwargs)
 
     def get_extra_results(self, trainer: L.Trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
         rate = next((c for c in trainer.callbacks if isinstance(c, _PatchRate)), None)  # type: ignore[attr-defined]
         score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None  # type: ignore[attr-defined]
         extra["flair_deploy"] = {
+            "epochs": int(trainer.current_epoch),
             "patches": rate.patches if rate else 0,
             "seconds": rate.seconds if rate else 0.0,
             "best_score": None if score is None else float(score),
@@ -749,12 +763,14 @@ class _ShimmedSpawnLauncher(_MultiProcessingLauncher):
         for c in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(c, _PatchRate):
                 c.patches, c.seconds = int(ours.get("patches", 0)), float(ours.get("seconds", 0.0))
+        if trainer.state.fn == "fit" and "epochs" in ours:
+            trainer.fit_loop.epoch_progress.current.completed = int(ours["epochs"])
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ours.get("best_score") is not None:
             ckpt.best_model_score = torch.tensor(ours["best_score"])
 
 
-def _shim_spawned_workers(trainer: L.Trainer) -> None:
+def _shim_spawned_workers(trainer: L.Trainer, *, progress: bool) -> None:
     """Give spawn-based strategies (``ddp_spawn``) a launcher that applies the shim in every worker."""
     strategy = trainer.strategy
     launcher = getattr(strategy, "_launcher", None)
@@ -764,7 +780,7 @@ def _shim_spawned_workers(trainer: L.Trainer) -> None:
         and launcher._start_method == "spawn"
     ):
         # Lightning keeps the launcher in a private attribute; the strategy uses it at fit/validate.
-        strategy._launcher = _ShimmedSpawnLauncher(strategy, start_method="spawn")
+        strategy._launcher = _ShimmedSpawnLauncher(strategy, progress=progress)
 
 
 def _first_line(exc: BaseException) -> str:

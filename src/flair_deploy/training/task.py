@@ -238,7 +238,13 @@ class SegmentationTask(L.LightningModule):
         """Compute and log the training loss of one batch."""
         loss: Tensor = self.criterion(self._logits(batch), batch["mask"])
         self.log(
-            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,  # the epoch's loss over all ranks, not rank 0's share
+            batch_size=len(batch["image"]),
         )
         return loss
 
