@@ -146,7 +146,8 @@ def command(
         result = train(cfg, progress=progress, overwrite=overwrite)
     except TrainingInterrupted as exc:
         # Ctrl+C: one line saying what was kept and how to resume; 130 is the shell's SIGINT status.
-        typer.echo(f"interrupted: {exc}", err=True)
+        if is_global_zero_process():  # Ctrl+C reaches every rank; rank 0 knows what was kept
+            typer.echo(f"interrupted: {exc}", err=True)
         raise typer.Exit(130) from None
     if result.global_rank == 0:
         _report(result)

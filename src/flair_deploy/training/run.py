@@ -20,7 +20,7 @@ uninterrupted one does.
 Scale-out is Lightning's: ``trainer.accelerator``, ``devices``, ``num_nodes`` and ``strategy`` (e.g.
 ``ddp``, ``ddp_spawn``) pass through unchanged. Only global rank 0 checks, creates and cleans the run
 folder and writes the config and the plot (processes that Lightning re-launches for the other ranks
-find their rank in the environment, :func:`global_rank_from_env`); the validation confusion matrix is
+find their rank in the environment, :func:`is_global_zero_process`); the validation confusion matrix is
 summed over processes. After fitting, the **best** checkpoint (not the last weights) is validated
 once more and those numbers are returned.
 """
@@ -53,7 +53,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from flair_deploy.atomic import write_text
+from flair_deploy.atomic import atomic_path, write_text
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import (
     CheckpointError,
@@ -862,8 +862,6 @@ def plot_learning_curve(csv_log: Path, png: Path, *, monitor: str = "val_miou") 
     ax_iou.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0.0, 1.0))
     ax_iou.grid(alpha=0.3)
     ax_iou.legend(loc="lower right")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".part")
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return png
