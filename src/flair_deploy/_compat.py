@@ -7,6 +7,14 @@ only torchvision's pure-Python parts, so declaring the two operator schemas make
 
 We first try to load torchvision's own compiled library; the schemas are declared only when that fails,
 so a working torchvision is never touched.
+
+The shim is per process and must run before anything imports torchvision (Lightning does, through
+torchmetrics). :mod:`flair_deploy.training` and :mod:`flair_deploy.training.data` apply it on import
+and :func:`flair_deploy.models.build_model` before SMP; so every process that imports our training
+code first has it: ranks that Lightning re-launches (they re-run the command), forked DataLoader
+workers (they inherit it), and ``ddp_spawn`` workers, which unpickle a launcher class of
+:mod:`flair_deploy.training.run` before anything of Lightning. A program that imports Lightning
+*before* flair-deploy must call :func:`ensure_torchvision_importable` itself first.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def command(
     """
     require_extra("train", purpose="flair-deploy train")
     from flair_deploy.training.config import load_train_config, sample_config_base
-    from flair_deploy.training.run import train
+    from flair_deploy.training.run import TrainingInterrupted, is_global_zero_process, train
 
     if config is None and not sample_data and not set_ and (train_csv is None or val_csv is None):
         raise ConfigError(
@@ -135,7 +135,8 @@ def command(
     sample: dict[str, Any] = {}
     if sample_data:
         root = (out if out is not None else Path("runs/train")) / "sample-data"
-        sample = _sample_paths(root, overwrite=overwrite)
+        # A rank Lightning re-launched reuses the dataset rank 0 generated; it must not rewrite it.
+        sample = _sample_paths(root, overwrite=overwrite and is_global_zero_process())
     flags, names = given_flags(
         FLAGS,
         train_csv=str(train_csv.resolve()) if train_csv is not None else sample.get("train_csv"),
@@ -151,13 +152,21 @@ def command(
         typer.echo(f"IGN config key not applied: {line}", err=True)
     desc = cfg.description()
     active = sum(desc.active_mask)
-    typer.echo(
-        f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
-        f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to {cfg.optim.epochs} "
-        f"epochs -> {cfg.logging.out_dir}"
-    )
-    result = train(cfg, progress=progress, overwrite=overwrite)
-    _report(result)
+    if is_global_zero_process():  # once, not once per process Lightning re-launches
+        typer.echo(
+            f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
+            f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to "
+            f"{cfg.optim.epochs} epochs -> {cfg.logging.out_dir}"
+        )
+    try:
+        result = train(cfg, progress=progress, overwrite=overwrite)
+    except TrainingInterrupted as exc:
+        # Ctrl+C: one line saying what was kept and how to resume; 130 is the shell's SIGINT status.
+        if is_global_zero_process():  # Ctrl+C reaches every rank; rank 0 knows what was kept
+            typer.echo(f"interrupted: {exc}", err=True)
+        raise typer.Exit(130) from None
+    if result.global_rank == 0:
+        _report(result)
 
 
 def _fmt(x: float | None) -> str:

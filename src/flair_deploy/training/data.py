@@ -44,6 +44,7 @@ __all__ = [
     "FlairDataModule",
     "FlairPatchDataset",
     "PatchPair",
+    "collate_patches",
     "loader_throughput",
     "read_patch_csv",
 ]
@@ -179,6 +180,24 @@ class FlairPatchDataset(Dataset[Sample]):
         return mapped
 
 
+def collate_patches(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Stack patches into a batch, refusing patches of different sizes in one line.
+
+    Raises:
+        InputDataError: Naming the patches and their sizes (PyTorch's own message is a stack error).
+    """
+    sizes = {tuple(s["image"].shape[-2:]) for s in samples}
+    if len(sizes) > 1:
+        by_size = {tuple(s["image"].shape[-2:]): s["name"] for s in samples}
+        seen = ", ".join(f"{name} is {w}x{h} px" for (h, w), name in sorted(by_size.items()))
+        raise InputDataError(
+            f"patches of different sizes in one batch ({seen}); list patches of one size in each CSV "
+            "(FLAIR's are 512x512), e.g. crop or tile the odd ones"
+        )
+    batch: dict[str, Any] = torch.utils.data.default_collate(list(samples))
+    return batch
+
+
 def _check_bands(band_indexes: Sequence[int], description: ModelDescription) -> tuple[int, ...]:
     bands = tuple(int(b) for b in band_indexes)
     if len(bands) != description.in_channels:
@@ -294,13 +313,25 @@ class FlairDataModule(lightning.LightningDataModule):
     def _loader(self, split: str) -> DataLoader[Sample]:
         ds = self.dataset(split)
         train = split == "train"
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning's own DistributedSampler pads uneven shards with repeated patches, which the
+            # summed confusion matrix would count twice; this one gives every patch to one rank.
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(ds, shuffle=False)
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(ds) > self.batch_size,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Training workers start afresh each epoch, seeded from the main process's random state: a
+            # run resumed from a checkpoint (which stores that state) then augments as the
+            # uninterrupted run did. Persistent workers would carry their own state across epochs.
+            persistent_workers=self.num_workers > 0 and not train,
+            collate_fn=collate_patches,
             pin_memory=torch.cuda.is_available(),
         )
 

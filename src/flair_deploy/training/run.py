@@ -10,22 +10,34 @@ Run folder (``logging.out_dir``)::
     logs/csv/version_N/metrics.csv  CSV log; logs/tensorboard/version_N/ TensorBoard log
     learning-curve.png              losses and validation mIoU per epoch
 
+All or nothing: the data, the config and a resume checkpoint are checked before anything is written;
+a run that fails (or is interrupted) before its first checkpoint removes what it created, so the
+rerun is not refused; a run that fails later keeps its checkpoints (resumable work) and says how to
+resume. An interrupt (Ctrl+C) raises :class:`TrainingInterrupted`, which names what was kept and the
+resume command. Random-number states travel in the checkpoints, so a resumed run ends where the
+uninterrupted one does.
+
 Scale-out is Lightning's: ``trainer.accelerator``, ``devices``, ``num_nodes`` and ``strategy`` (e.g.
-``ddp``) pass through unchanged, the validation confusion matrix is summed over processes, and only
-rank 0 writes the config and the plot. After fitting, the **best** checkpoint (not the last weights)
-is validated once more and those numbers are returned.
+``ddp``, ``ddp_spawn``) pass through unchanged. Only global rank 0 checks, creates and cleans the run
+folder and writes the config and the plot (processes that Lightning re-launches for the other ranks
+find their rank in the environment, :func:`is_global_zero_process`); the validation confusion matrix is
+summed over processes. After fitting, the **best** checkpoint (not the last weights) is validated
+once more and those numbers are returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import os
 import shutil
+import signal
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,16 +50,39 @@ import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from flair_deploy.errors import CheckpointError, ConfigError, InputDataError, OutputError
+from flair_deploy.atomic import atomic_path, write_text
+from flair_deploy.description import ModelDescription
+from flair_deploy.errors import (
+    CheckpointError,
+    ConfigError,
+    FlairDeployError,
+    InputDataError,
+    ModelDescriptionError,
+    OutputError,
+)
 from flair_deploy.training.config import TrainConfig, resolve_paths
 from flair_deploy.training.data import FlairDataModule, read_patch_csv
 from flair_deploy.training.task import SegmentationTask
 
-__all__ = ["CONFIG_NAME", "CURVE_NAME", "TrainResult", "plot_learning_curve", "train"]
+__all__ = [
+    "CONFIG_NAME",
+    "CURVE_NAME",
+    "LAST_NAME",
+    "TrainResult",
+    "TrainingInterrupted",
+    "is_global_zero_process",
+    "plot_learning_curve",
+    "resume_command",
+    "train",
+]
 
 #: File name of the resolved config written beside the checkpoints.
 CONFIG_NAME = "train-config.yaml"
+#: File name of the checkpoint of the last epoch, the one to resume from.
+LAST_NAME = "last.ckpt"
 #: File name of the learning-curve plot in the run folder.
 CURVE_NAME = "learning-curve.png"
 
@@ -60,6 +95,11 @@ _QUIET = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
 )
+
+# Environment variables that hold a process's global rank (torchrun, SLURM, LSF), and those that hold
+# its node's rank when only the local rank is known (Lightning's own launcher, torchrun).
+_GLOBAL_RANK_VARS = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+_NODE_RANK_VARS = ("NODE_RANK", "GROUP_RANK")
 
 
 @dataclass(frozen=True)
@@ -80,6 +120,8 @@ class TrainResult:
         config_path: The resolved config written beside the checkpoints.
         metrics_csv: The CSV log (None without ``logging.csv``).
         learning_curve: The learning-curve PNG (None without a CSV log).
+        global_rank: Rank of the process that returned this (0 unless Lightning re-launched the
+            command for another rank: only rank 0 should report).
     """
 
     out_dir: Path
@@ -94,6 +136,44 @@ class TrainResult:
     config_path: Path | None = None
     metrics_csv: Path | None = None
     learning_curve: Path | None = None
+    global_rank: int = 0
+
+
+class TrainingInterrupted(FlairDeployError):
+    """Training was interrupted (Ctrl+C, SIGINT); the message says what was kept and how to resume.
+
+    Attributes:
+        kept: Checkpoints kept in the run folder (empty when the run stopped before its first one and
+            its folder was removed).
+        resume_from: The checkpoint to resume from (``last.ckpt`` when there is one), or None.
+    """
+
+    def __init__(self, message: str, *, kept: Sequence[Path] = (), resume_from: Path | None = None) -> None:
+        super().__init__(message)
+        self.kept = tuple(kept)
+        self.resume_from = resume_from
+
+
+def is_global_zero_process() -> bool:
+    """True unless the environment says this process is another rank than global rank 0.
+
+    Lightning's ``ddp`` launcher re-runs the whole command for every other rank with ``LOCAL_RANK``
+    and ``NODE_RANK`` set (after setting both to 0 for itself); torchrun sets ``RANK``; SLURM and LSF
+    set ``SLURM_PROCID`` and ``JSM_NAMESPACE_RANK``. Before the trainer exists, this is how a process
+    knows whether it owns the run folder: global rank 0 is local rank 0 on node 0. A process started
+    by hand (no such variable) is rank 0.
+    """
+    for var in _GLOBAL_RANK_VARS:
+        value = os.environ.get(var, "").strip()
+        if value.isdigit():
+            return int(value) == 0
+    ranks = [os.environ.get(v, "").strip() for v in ("LOCAL_RANK", *_NODE_RANK_VARS)]
+    return all(int(r) == 0 for r in ranks if r.isdigit())
+
+
+def resume_command(config_path: Path, checkpoint: Path) -> str:
+    """The command line that continues a run from *checkpoint* with its resolved config."""
+    return f"flair-deploy train -c {config_path} --set checkpoint.resume_from={checkpoint}"
 
 
 class _PatchRate(Callback):
@@ -177,27 +257,128 @@ def _check_inputs(cfg: TrainConfig, stride: int) -> None:
     ):
         if path is not None and not Path(path).is_file():
             raise InputDataError(f"{label} {path} does not exist or is not a file")
+    if cfg.checkpoint.resume_from is not None:
+        _check_resume(Path(cfg.checkpoint.resume_from), cfg.description())
 
 
-def _prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to mix a new run with an old one's outputs, unless asked to replace or resume."""
-    ours = [out / "checkpoints", out / "logs", out / CURVE_NAME]
-    existing = [p for p in ours if p.exists()]
+# Description fields that shape the network's weights: a resume checkpoint must agree on all of them.
+_NETWORK_FIELDS = ("bands", "input_dtype", "normalization", "classes", "architecture", "metadata")
+
+
+def _check_resume(path: Path, description: ModelDescription) -> None:
+    """Refuse, in one line, a resume checkpoint that is corrupt, not a full training state, or of another model."""
+    from flair_deploy.checkpoints import read_state
+
+    label = f"checkpoint.resume_from {path}"
+    try:
+        state = read_state(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{label}: {exc}") from None
+    hp = state.get("hyper_parameters")
+    if not (isinstance(hp, Mapping) and isinstance(hp.get("description"), Mapping)):
+        raise CheckpointError(
+            f"{label} is not a flair-deploy training checkpoint (no hyper_parameters.description); "
+            "resume from a last.ckpt written by flair-deploy train, or start from its weights with "
+            "checkpoint.init_weights_from"
+        )
+    missing = [k for k in ("optimizer_states", "loops", "state_dict") if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{label} holds weights only (no {', '.join(missing)}), so training cannot continue from it; "
+            "resume from last.ckpt, or start from these weights with checkpoint.init_weights_from"
+        )
+    try:
+        theirs = ModelDescription.from_dict(dict(hp["description"]), source=str(path))
+    except ModelDescriptionError as exc:
+        raise CheckpointError(f"{label}: {exc}") from None
+    for name in _NETWORK_FIELDS:
+        mine, other = getattr(description, name), getattr(theirs, name)
+        if mine != other:
+            raise CheckpointError(
+                f"{label} was trained with another {name} than this config "
+                f"({_short(other)} vs {_short(mine)}); resume with the run's own "
+                "checkpoints/train-config.yaml, or start a new run from its weights with "
+                "checkpoint.init_weights_from"
+            )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value.model_dump(mode="json") if hasattr(value, "model_dump") else value)
+    if isinstance(value, tuple) and value and hasattr(value[0], "model_dump"):
+        text = str([v.code for v in value])  # classes: the codes say enough
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_RUN_OUTPUTS = ("checkpoints", "logs", CURVE_NAME)
+
+
+def _check_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to mix a new run with an old one's outputs, unless asked to replace or resume; write nothing."""
+    existing = [out / name for name in _RUN_OUTPUTS if (out / name).exists()]
     if existing and not (overwrite or resume):
         raise OutputError(
             f"{out} already holds a training run ({existing[0].name}); pass --overwrite to replace it, "
             "set checkpoint.resume_from to continue it, or choose another --out"
         )
-    if existing and overwrite and not resume:
-        for p in existing:
+    folder = out
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot create run folder {out}: {folder} is not a writable folder; choose another --out"
+        )
+
+
+def _clear_out_dir(out: Path) -> None:
+    """Remove an earlier run's outputs (``--overwrite``)."""
+    for name in _RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+
+
+class _RunFolder:
+    """What this run created in its folder, so that a run that fails early leaves nothing behind.
+
+    A run that stops before its first checkpoint removes the outputs it created (and the run folder
+    when it created that too): nothing is left that would make the rerun refuse the folder. Once a
+    checkpoint exists, everything is kept: that is resumable work.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.ckpt_dir = out / "checkpoints"
+        self._created_out = not out.exists()
+        self._fresh = [out / name for name in _RUN_OUTPUTS if not (out / name).exists()]
+        self._ckpts_before = set(self.checkpoints())
+
+    def create(self) -> None:
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create run folder {self.out}: {exc.strerror or exc}") from None
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("*.ckpt")) if self.ckpt_dir.is_dir() else []
+
+    def new_checkpoints(self) -> list[Path]:
+        return [p for p in self.checkpoints() if p not in self._ckpts_before]
+
+    def discard(self) -> bool:
+        """Remove what this run created if it wrote no checkpoint; True when something was removed."""
+        if self.new_checkpoints():
+            return False
+        for p in self._fresh:
             if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-    try:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create run folder {out}: {exc.strerror or exc}") from None
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.exists():
+                p.unlink(missing_ok=True)
+        if self._created_out:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only when empty: never remove what someone else put there
+        return True
 
 
 def _write_config(cfg: TrainConfig, path: Path) -> None:
@@ -207,9 +388,7 @@ def _write_config(cfg: TrainConfig, path: Path) -> None:
     text = "# Resolved flair-deploy training config (all paths absolute).\n" + yaml.safe_dump(
         data, sort_keys=False
     )
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, text)
 
 
 def _init_weights(task: SegmentationTask, path: Path) -> None:
@@ -240,27 +419,37 @@ def _loggers(cfg: TrainConfig, out: Path) -> list[Logger]:
     return loggers
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> TrainResult:
     """Train a model as configured and return where its checkpoints are and how it did.
 
     Args:
         cfg: The validated training config.
         progress: Show Lightning's progress bar and model summary.
         overwrite: Replace the checkpoints, logs and plot of an earlier run in ``logging.out_dir``.
+        callbacks: Extra Lightning callbacks, run after ours.
 
     Returns:
         Checkpoint paths, the best score, the best checkpoint's validation metrics, epochs run, time and
         throughput.
 
     Raises:
-        InputDataError: Missing or unreadable CSVs, patches, metadata or weight files.
+        InputDataError: Missing or unreadable CSVs, patches, metadata or weight files; patches of
+            different sizes in one batch.
         ConfigError: Options Lightning rejects (e.g. a GPU accelerator on a machine without one, a
             monitor that is never logged).
         OutputError: If the run folder holds an earlier run and neither *overwrite* nor resume is set.
-        CheckpointError: Resume or initialisation weights that do not fit.
+        CheckpointError: Resume or initialisation weights that are corrupt or do not fit.
+        TrainingInterrupted: On Ctrl+C (SIGINT); says what was kept and how to resume.
     """
     started = time.perf_counter()
     description = cfg.description()
+    zero = is_global_zero_process()
     _check_inputs(cfg, description.architecture.output_stride)
     if cfg.trainer.accelerator.lower() in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -269,8 +458,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
         )
     out = Path(cfg.logging.out_dir)
     resume = cfg.checkpoint.resume_from
-    _prepare_out_dir(out, overwrite=overwrite, resume=resume is not None)
+    if zero:
+        # The other ranks re-run this function while rank 0 trains: the folder they find is rank 0's.
+        _check_out_dir(out, overwrite=overwrite, resume=resume is not None)
     ckpt_dir = out / "checkpoints"
+    config_path = ckpt_dir / CONFIG_NAME
 
     with _quiet_lightning(progress):
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -316,22 +508,37 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
             monitor=cfg.checkpoint.monitor,
             mode=mode,
             save_top_k=1,
-            save_last=cfg.checkpoint.save_last,
             save_weights_only=cfg.checkpoint.weights_only,
             auto_insert_metric_name=False,
             enable_version_counter=False,
         )
         rate = _PatchRate()
-        callbacks: list[Callback] = [checkpointing, rate]
+        all_callbacks: list[Callback] = [checkpointing, rate]
+        if cfg.checkpoint.save_last:
+            # Not ModelCheckpoint(save_last=True): Lightning then writes last.ckpt only in epochs that
+            # improved the monitor, so it would not hold the last epoch. A checkpoint without a monitor
+            # is written after every validation, under one name.
+            all_callbacks.append(
+                ModelCheckpoint(
+                    dirpath=str(ckpt_dir),
+                    filename=LAST_NAME.removesuffix(".ckpt"),
+                    monitor=None,
+                    save_top_k=1,
+                    save_weights_only=cfg.checkpoint.weights_only,
+                    auto_insert_metric_name=False,
+                    enable_version_counter=False,
+                )
+            )
         if cfg.checkpoint.early_stopping_patience is not None:
-            callbacks.append(
+            all_callbacks.append(
                 EarlyStopping(
                     monitor=cfg.checkpoint.monitor, mode=mode, patience=cfg.checkpoint.early_stopping_patience
                 )
             )
         loggers = _loggers(cfg, out)
         if loggers:
-            callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+            all_callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+        all_callbacks.extend(callbacks)
         t = cfg.trainer
         try:
             trainer = L.Trainer(
@@ -347,7 +554,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
                 gradient_clip_val=t.gradient_clip_val,
                 deterministic=t.deterministic,
                 log_every_n_steps=t.log_every_n_steps,
-                callbacks=callbacks,
+                callbacks=all_callbacks,
                 logger=loggers or False,
                 enable_progress_bar=progress,
                 enable_model_summary=progress,
@@ -355,28 +562,40 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
             )
         except (MisconfigurationException, ValueError, RuntimeError) as exc:
             raise ConfigError(f"Lightning rejected the trainer options: {_first_line(exc)}") from None
+        _shim_spawned_workers(trainer, progress=progress)
 
-        config_path = ckpt_dir / CONFIG_NAME
-        if trainer.is_global_zero:
+        # Everything is checked: from here on the run folder is written (by rank 0 only).
+        folder = _RunFolder(out) if zero else None
+        if folder is not None:
+            if overwrite and resume is None:
+                _clear_out_dir(out)
+                folder = _RunFolder(out)
+            folder.create()
             _write_config(cfg, config_path)
+            for logger in loggers:
+                # Fix the log version here: spawned workers get a copy of this logger, and the main
+                # process must later read the version they wrote, not the next free one.
+                _ = logger.version
+        sigint = signal.getsignal(signal.SIGINT)
         try:
-            trainer.fit(
-                task, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True
-            )
-        except MisconfigurationException as exc:
-            raise ConfigError(f"training stopped: {_first_line(exc)}") from None
-        except ValueError as exc:
-            # OneCycleLR restores its total step count from the resumed checkpoint and cannot go past it.
-            if resume is None or "Tried to step" not in str(exc):
+            with _one_line_errors(folder, config_path, resume):
+                trainer.fit(
+                    task, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True
+                )
+        except SystemExit:
+            # Lightning turns a KeyboardInterrupt inside fit into sys.exit(1) after its own clean-up.
+            if not trainer.interrupted:
                 raise
-            raise ConfigError(
-                f"cannot resume {resume} with more steps than its one-cycle schedule planned "
-                f"({_first_line(exc)}); resume with the same optim.epochs, or start a new run with "
-                "checkpoint.init_weights_from"
-            ) from None
+            raise _interrupted(trainer, folder, config_path, cfg) from None
+        except KeyboardInterrupt:
+            raise _interrupted(trainer, folder, config_path, cfg) from None
+        finally:
+            # Lightning ignores SIGINT after an interrupt; give the caller its Ctrl+C back.
+            signal.signal(signal.SIGINT, sigint)
 
         best = Path(checkpointing.best_model_path) if checkpointing.best_model_path else None
-        last = Path(checkpointing.last_model_path) if checkpointing.last_model_path else None
+        # By name: a spawn launcher brings back only the best checkpoint's path from its workers.
+        last = ckpt_dir / LAST_NAME if cfg.checkpoint.save_last and (ckpt_dir / LAST_NAME).is_file() else None
         score = checkpointing.best_model_score
         final: dict[str, float] = {}
         if best is not None:
@@ -403,10 +622,165 @@ def train(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = False) -
         epochs_run=int(trainer.current_epoch),
         seconds=time.perf_counter() - started,
         patches_per_second=rate.rate,
-        config_path=config_path,
+        config_path=config_path if zero else None,
         metrics_csv=metrics_csv,
         learning_curve=curve,
+        global_rank=int(trainer.global_rank),
     )
+
+
+@contextmanager
+def _one_line_errors(folder: _RunFolder | None, config_path: Path, resume: Path | None) -> Iterator[None]:
+    """Turn what can go wrong inside ``fit`` into one line; clean up or say what was kept (rank 0)."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise  # reported by the caller, which knows whether Lightning saw an interrupt
+    except BaseException as exc:
+        note = _kept_note(folder, config_path)
+        if isinstance(exc, FlairDeployError):
+            raise type(exc)(_user_line(exc) + note) from None
+        if isinstance(exc, MisconfigurationException):
+            raise ConfigError(f"training stopped: {_first_line(exc)}{note}") from None
+        if isinstance(exc, ValueError) and resume is not None and "Tried to step" in str(exc):
+            # OneCycleLR restores its total step count from the resumed checkpoint and cannot go past it.
+            raise ConfigError(
+                f"cannot resume {resume} with more steps than its one-cycle schedule planned "
+                f"({_first_line(exc)}); resume with the same optim.epochs, or start a new run with "
+                f"checkpoint.init_weights_from{note}"
+            ) from None
+        raise  # a bug: keep the traceback (the clean-up above still ran)
+
+
+def _kept_note(folder: _RunFolder | None, config_path: Path) -> str:
+    """Clean up a run that wrote no checkpoint; otherwise say what was kept and how to resume."""
+    if folder is None:
+        return ""  # another rank: rank 0 reports
+    if folder.discard():
+        return f" (nothing was kept: {folder.out} holds no outputs of this run)"
+    kept = folder.new_checkpoints()
+    target = _resume_target(kept)
+    return (
+        f" (kept {', '.join(p.name for p in kept)} in {folder.ckpt_dir}; resume with: "
+        f"{resume_command(config_path, target)})"
+        if target is not None
+        else f" (kept {', '.join(p.name for p in kept)} in {folder.ckpt_dir})"
+    )
+
+
+def _resume_target(kept: Sequence[Path]) -> Path | None:
+    by_name = {p.name: p for p in kept}
+    return by_name.get(LAST_NAME) or by_name.get("best.ckpt")
+
+
+def _interrupted(
+    trainer: L.Trainer, folder: _RunFolder | None, config_path: Path, cfg: TrainConfig
+) -> TrainingInterrupted:
+    epoch = int(trainer.current_epoch) + 1
+    where = f"training interrupted in epoch {epoch} of {cfg.optim.epochs}"
+    if folder is None:
+        return TrainingInterrupted(where)
+    if folder.discard():
+        return TrainingInterrupted(
+            f"{where}, before the first checkpoint: nothing was kept and {folder.out} holds no outputs "
+            "of this run; rerun the same command to start again"
+        )
+    kept = folder.new_checkpoints()
+    target = _resume_target(kept)
+    names = ", ".join(p.name for p in kept)
+    if target is None:
+        return TrainingInterrupted(f"{where}: kept {names} in {folder.ckpt_dir}", kept=kept)
+    saved = _checkpoint_epoch(target)
+    at = f" (end of epoch {saved})" if saved is not None else ""
+    return TrainingInterrupted(
+        f"{where}: kept {names} in {folder.ckpt_dir}; {target.name}{at} continues it: "
+        f"{resume_command(config_path, target)}",
+        kept=kept,
+        resume_from=target,
+    )
+
+
+def _checkpoint_epoch(path: Path) -> int | None:
+    """The number of epochs completed in a checkpoint Lightning wrote, or None if unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (only for a message: any failure means "unknown")
+        return None
+    epoch = state.get("epoch") if isinstance(state, Mapping) else None
+    return int(epoch) + 1 if isinstance(epoch, int) else None
+
+
+def _user_line(exc: BaseException) -> str:
+    """The message of a user error as one line, also when a DataLoader worker re-raised it.
+
+    A worker's exception comes back as ``Caught InputDataError in DataLoader worker process 0.
+    Original Traceback ...`` with the original message on the last line.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        name = type(exc).__name__
+        return last.split(f"{name}: ", 1)[1] if f"{name}: " in last else last
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _ShimmedSpawnLauncher(_MultiProcessingLauncher):
+    """Lightning's spawn launcher, pickled into each worker by reference to this module.
+
+    A spawned worker starts a fresh interpreter and unpickles the launcher first; importing its class
+    imports :mod:`flair_deploy.training`, whose ``__init__`` applies the torchvision shim before
+    Lightning (and through it torchmetrics and torchvision) is imported in that worker. Lightning's
+    own launcher class would import Lightning first and crash on ``torchvision::nms``.
+
+    It also quiets Lightning in the workers as in the main process, and brings back what Lightning's
+    launcher leaves in them: the epochs run, the patch count and time of :class:`_PatchRate` and the
+    best checkpoint's score.
+    """
+
+    def __init__(self, strategy: ParallelStrategy, *, progress: bool) -> None:
+        super().__init__(strategy, start_method="spawn")
+        self.progress = progress
+
+    def _wrapping_function(self, *args: Any, **kwargs: Any) -> None:
+        with _quiet_lightning(self.progress):
+            super()._wrapping_function(*args, **kwargs)
+
+    def get_extra_results(self, trainer: L.Trainer) -> dict[str, Any]:
+        extra = super().get_extra_results(trainer)
+        rate = next((c for c in trainer.callbacks if isinstance(c, _PatchRate)), None)  # type: ignore[attr-defined]
+        score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None  # type: ignore[attr-defined]
+        extra["flair_deploy"] = {
+            "epochs": int(trainer.current_epoch),
+            "patches": rate.patches if rate else 0,
+            "seconds": rate.seconds if rate else 0.0,
+            "best_score": None if score is None else float(score),
+        }
+        return extra
+
+    def update_main_process_results(self, trainer: L.Trainer, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        ours = extra.get("flair_deploy") or {}
+        for c in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(c, _PatchRate):
+                c.patches, c.seconds = int(ours.get("patches", 0)), float(ours.get("seconds", 0.0))
+        if trainer.state.fn == "fit" and "epochs" in ours:
+            trainer.fit_loop.epoch_progress.current.completed = int(ours["epochs"])
+        ckpt = trainer.checkpoint_callback
+        if isinstance(ckpt, ModelCheckpoint) and ours.get("best_score") is not None:
+            ckpt.best_model_score = torch.tensor(ours["best_score"])
+
+
+def _shim_spawned_workers(trainer: L.Trainer, *, progress: bool) -> None:
+    """Give spawn-based strategies (``ddp_spawn``) a launcher that applies the shim in every worker."""
+    strategy = trainer.strategy
+    launcher = getattr(strategy, "_launcher", None)
+    if (
+        isinstance(strategy, ParallelStrategy)
+        and type(launcher) is _MultiProcessingLauncher
+        and launcher._start_method == "spawn"
+    ):
+        # Lightning keeps the launcher in a private attribute; the strategy uses it at fit/validate.
+        strategy._launcher = _ShimmedSpawnLauncher(strategy, progress=progress)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -488,8 +862,6 @@ def plot_learning_curve(csv_log: Path, png: Path, *, monitor: str = "val_miou") 
     ax_iou.set(xlabel="epoch", ylabel="score", title="Validation", ylim=(0.0, 1.0))
     ax_iou.grid(alpha=0.3)
     ax_iou.legend(loc="lower right")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(png.name + ".part")
-    fig.savefig(tmp, dpi=110, format="png")
-    tmp.replace(png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     return png

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,13 +35,48 @@ from flair_deploy.models import FlairSegmenter, build_model
 from flair_deploy.training.losses import SegmentationLoss
 from flair_deploy.training.metrics import ConfusionMatrix, compute_metrics, masked_argmax
 
-__all__ = ["OptimizerName", "SchedulerName", "SegmentationTask", "load_encoder_weights"]
+__all__ = ["RNG_KEY", "OptimizerName", "SchedulerName", "SegmentationTask", "load_encoder_weights"]
 
 OptimizerName = Literal["adamw", "sgd"]
 SchedulerName = Literal["onecycle", "cosine", "plateau", "none"]
 
 # Lightning also stores the data module's hyperparameters; both must stay plain for weights_only loads.
 _HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
+#: Checkpoint key of the random-number states (torch, numpy, python, CUDA) at the time of saving.
+RNG_KEY = "flair_deploy_rng_states"
+
+
+def _rng_states() -> dict[str, Any]:
+    """The process's random-number states as tensors and plain values (``weights_only`` loads them)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: Mapping[str, Any]) -> None:
+    if "torch" in states:
+        torch.set_rng_state(states["torch"])
+    if "numpy" in states:
+        n = states["numpy"]
+        keys = n["keys"].numpy().astype(np.uint32)
+        np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["gauss"]))
+    if "python" in states:
+        version, internal, gauss_next = states["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _metric_name(name: str) -> str:
@@ -201,7 +238,13 @@ class SegmentationTask(L.LightningModule):
         """Compute and log the training loss of one batch."""
         loss: Tensor = self.criterion(self._logits(batch), batch["mask"])
         self.log(
-            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["image"])
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,  # the epoch's loss over all ranks, not rank 0's share
+            batch_size=len(batch["image"]),
         )
         return loss
 
@@ -233,8 +276,12 @@ class SegmentationTask(L.LightningModule):
             if not math.isnan(iou):
                 values[f"val_iou/{_metric_name(name)}"] = iou
         self.last_val_metrics = {k: float(v) for k, v in values.items()}
-        self.log_dict({k: v for k, v in values.items() if not k.startswith("val_iou/")}, prog_bar=True)
-        self.log_dict({k: v for k, v in values.items() if k.startswith("val_iou/")})
+        # Every rank computed the same values from the summed matrix; sync_dist keeps Lightning's
+        # epoch-level bookkeeping (checkpoint monitor, early stopping) identical on every rank.
+        self.log_dict(
+            {k: v for k, v in values.items() if not k.startswith("val_iou/")}, prog_bar=True, sync_dist=True
+        )
+        self.log_dict({k: v for k, v in values.items() if k.startswith("val_iou/")}, sync_dist=True)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
@@ -283,7 +330,20 @@ class SegmentationTask(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep hyperparameters to plain JSON types, so ``torch.load(weights_only=True)`` accepts them."""
+        """Keep hyperparameters plain (``torch.load(weights_only=True)`` reads them); store RNG states.
+
+        Lightning saves ``last.ckpt`` at the end of an epoch's validation, before the next epoch draws
+        its shuffling order and augmentations: with the random states of that moment, a run resumed
+        from it draws what the uninterrupted run drew and ends with the same weights and metrics.
+        """
         for key in _HPARAM_KEYS:
             if key in checkpoint:
                 checkpoint[key] = _plain(dict(checkpoint[key]))
+        checkpoint[RNG_KEY] = _rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the random states saved with the checkpoint (when resuming training)."""
+        states = checkpoint.get(RNG_KEY)
+        # Only when fitting: validating a checkpoint must not rewind the caller's random state.
+        if isinstance(states, Mapping) and self._trainer is not None and self.trainer.state.fn == "fit":
+            _set_rng_states(states)

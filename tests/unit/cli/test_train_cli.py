@@ -121,3 +121,37 @@ def test_sample_data_run_reports_checkpoint_and_throughput(tmp_path, capsys, mon
     assert code == 1
     assert "--overwrite" in _one_error_line(err)
     assert Path(best).is_file()
+
+
+def test_interrupt_is_one_line_with_the_resume_command_and_exit_130(tmp_path, capsys, monkeypatch):
+    import flair_deploy.training.run as run_mod
+
+    last = tmp_path / "out" / "checkpoints" / "last.ckpt"
+    message = (
+        f"training interrupted in epoch 3 of 5: kept best.ckpt, last.ckpt in {last.parent}; last.ckpt "
+        f"(end of epoch 2) continues it: {run_mod.resume_command(last.parent / 'train-config.yaml', last)}"
+    )
+
+    def interrupted(cfg, **kwargs):
+        raise run_mod.TrainingInterrupted(message, kept=[last], resume_from=last)
+
+    monkeypatch.setattr(run_mod, "train", interrupted)
+    for name in ("a.csv", "b.csv"):
+        (tmp_path / name).write_text("x.tif,y.tif\n", encoding="utf-8")
+    code, stdout, err = _run(
+        [
+            "train",
+            "--train-csv",
+            str(tmp_path / "a.csv"),
+            "--val-csv",
+            str(tmp_path / "b.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capsys,
+    )
+    assert code == 130
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"interrupted: {message}"]
+    assert f"--set checkpoint.resume_from={last}" in lines[0]
+    assert "Traceback" not in err and "done in" not in stdout

@@ -165,7 +165,7 @@ def _refuse_export(*_a, **_k):
         ({"calibration": ("missing.csv",)}, InputDataError, "missing.csv"),
         ({"calibration_tiles": 10_000}, InputDataError, "calibration sources give only"),
         ({"validation": "missing.csv"}, InputDataError, "missing.csv"),
-        ({"validation": "garbage.csv"}, InputDataError, "parity"),
+        ({"validation": "garbage.csv"}, InputDataError, r"garbage\.csv, line 1: .*does not exist"),
         ({"keep_fp32": ("stem, head",)}, ConfigError, "one pattern per item"),
         ({"keep_fp32": ("/model/[abc",)}, ConfigError, "unbalanced"),
         ({"keep_fp32": ("",)}, ConfigError, "empty pattern"),
