@@ -52,7 +52,8 @@ def _detect(argv: list[str], capsys) -> tuple[int, str]:
     ("name", "bands"),
     [
         ("OSBS_029.tif", "1,2,3"),  # EPSG:32617, 0.1 m, nodata 255 on white pixels
-        ("test_tiled.tif", "1,2,3"),  # EPSG:28992, 0.25 m, JPEG-compressed 256-px tiles
+        # EPSG:28992, 0.25 m, JPEG-compressed 256-px tiles; 1000 x 1000 px, the slowest case (slow run).
+        pytest.param("test_tiled.tif", "1,2,3", marks=pytest.mark.slow),
         ("Betula_spec._1_15679_WEFL_NLF.tif", "4,2,3"),  # EPSG:25832, 0.2 m, bands NIR,G,B,R
     ],
 )

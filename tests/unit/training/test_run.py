@@ -26,6 +26,7 @@ def _tiny_config(sample, out, *overrides):
         None,
         [
             "model.tile_size=32",
+            "model.encoder_depth=3",  # a small network: checkpoints of a few MB, fast steps
             "optim.batch_size=2",
             "optim.epochs=1",
             "trainer.limit_train_batches=2",
