@@ -38,6 +38,7 @@ __all__ = [
     "check_destination",
     "check_free_space",
     "is_temporary",
+    "nearest_existing",
     "output_error",
     "remove_stale_temporaries",
     "scratch_path",
@@ -149,16 +150,20 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def nearest_existing(path: Path) -> Path:
+    """Return *path* or its nearest parent that exists (where a missing output folder would be made)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 #: Below this many free bytes a failed write is reported as a full disk.
 _FULL_BYTES = 1 << 20
 
 
 def _nearly_full(path: Path) -> bool:
-    probe = path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        return shutil.disk_usage(probe).free < _FULL_BYTES
+        return shutil.disk_usage(nearest_existing(path.parent)).free < _FULL_BYTES
     except OSError:
         return False
 
@@ -175,9 +180,7 @@ def check_destination(path: Path, *, overwrite: bool = False, what: str = "outpu
         raise OutputError(f"{what} {path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise OutputError(f"{what} {path} exists; pass --overwrite to replace it")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(path.parent)
     if not folder.is_dir():
         raise OutputError(
             f"cannot write {path}: folder {folder} is not writable (it is a file); choose another output path"
@@ -197,9 +200,7 @@ def check_free_space(folder: Path, needed_bytes: int, *, what: str) -> None:
     Raises:
         OutputError: If there is not enough space.
     """
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(folder)
     try:
         free = shutil.disk_usage(probe).free
     except OSError:

@@ -175,3 +175,8 @@ def test_output_set_per_output_overwrite(tmp_path):
         assert outs.temporary(model) == tmp
         tmp.write_text("m")
     assert report.read_text() == "new report" and model.read_text() == "m"
+
+
+def test_nearest_existing_is_where_a_missing_folder_would_be_made(tmp_path):
+    assert atomic.nearest_existing(tmp_path / "a" / "b" / "c.tif") == tmp_path
+    assert atomic.nearest_existing(tmp_path) == tmp_path

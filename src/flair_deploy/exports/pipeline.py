@@ -39,6 +39,7 @@ from flair_deploy.atomic import (
     OutputSet,
     check_destination,
     check_free_space,
+    nearest_existing,
     output_error,
     remove_stale_temporaries,
 )
@@ -211,9 +212,7 @@ def estimated_output_bytes(cfg: ExportConfig, model: FlairSegmenter) -> int:
 
 
 def _check_outputs(cfg: ExportConfig, name: str, model: FlairSegmenter) -> None:
-    folder = cfg.out_dir
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(cfg.out_dir)
     if not folder.is_dir():
         raise OutputError(
             f"cannot create output folder {cfg.out_dir}: {folder} is a file; choose another --out"

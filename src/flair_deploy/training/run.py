@@ -53,7 +53,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.strategies import ParallelStrategy
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from flair_deploy.atomic import atomic_path, write_text
+from flair_deploy.atomic import atomic_path, nearest_existing, write_text
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import (
     CheckpointError,
@@ -320,9 +320,7 @@ def _check_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
             f"{out} already holds a training run ({existing[0].name}); pass --overwrite to replace it, "
             "set checkpoint.resume_from to continue it, or choose another --out"
         )
-    folder = out
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = nearest_existing(out)
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(
             f"cannot create run folder {out}: {folder} is not a writable folder; choose another --out"
