@@ -8,9 +8,10 @@ variants are ordinary ONNX graphs derived from the FP32 export. They run on onnx
   band normalisation (raw values reach the thousands for elevation in some datasets) and the
   overflow-prone ops (Softmax, ReduceMean, Pow, Exp, the argmax heads) stay in FP32.
 * :func:`quantize_int8`: onnxruntime ``quantize_static`` in QDQ format with per-channel weights,
-  calibrated on real tiles. The default ``s8s8`` scheme (symmetric signed activations and weights,
-  zero point 0) is the one TensorRT accepts and onnxruntime recommends first for CPU. The
-  normalisation, the metadata MLP and the output heads are never quantized.
+  calibrated on real tiles. The ``s8s8`` scheme (symmetric signed activations and weights, zero
+  point 0, float Conv biases, a dedicated Q/DQ pair per consumer) is the one TensorRT's parser
+  accepts; ``u8s8`` (INT32 biases) is the fast one on CPUs. The normalisation, the metadata MLP and
+  the output heads are never quantized.
 """
 
 from __future__ import annotations
@@ -250,6 +251,12 @@ def quantize_int8(
             "CalibStridedMinMax": 1,
             "CalibPercentile": 99.999,
         }
+        if signed:
+            # The TensorRT-bound graph: TensorRT's ONNX parser dequantizes INT8 (not INT32), so Conv
+            # biases stay float, and each consumer gets its own Q/DQ pair, as TensorRT's explicit
+            # quantization expects. The u8s8 CPU graph keeps INT32 biases: onnxruntime fuses them into
+            # QLinearConv.
+            extra.update({"QuantizeBias": False, "DedicatedQDQPair": True})
         # onnxruntime logs progress at INFO/WARNING through the root logger; keep the CLI clean.
         level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
