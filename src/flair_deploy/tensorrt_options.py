@@ -11,23 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from flair_deploy.description import Precision
-
-__all__ = ["Shape", "ShapeRange", "precision_flags", "tensorrt_provider_options"]
+__all__ = ["Shape", "ShapeRange", "tensorrt_provider_options"]
 
 Shape = tuple[int, ...]
 #: The (min, opt, max) shapes of one input of an optimisation profile.
 ShapeRange = tuple[Shape, Shape, Shape]
-
-
-def precision_flags(precision: Precision | str) -> tuple[str, ...]:
-    """Return the TensorRT builder flags a weakly typed network needs for a graph of *precision*.
-
-    Precision lives in the ONNX graph (FP16 casts, Q/DQ nodes); a weakly typed TensorRT network
-    (TensorRT 10) must still be allowed to pick those kernels: ``FP16`` for the FP16 graph, ``INT8``
-    for the Q/DQ graph, none for FP32. Strongly typed networks (TensorRT 11) take no flags.
-    """
-    return {Precision.FP16: ("FP16",), Precision.INT8: ("INT8",)}.get(Precision(precision), ())
 
 
 def _ort_shapes(shapes: Mapping[str, ShapeRange], which: int) -> str:
@@ -36,7 +24,6 @@ def _ort_shapes(shapes: Mapping[str, ShapeRange], which: int) -> str:
 
 def tensorrt_provider_options(
     *,
-    precision: Precision | str,
     shapes: Mapping[str, ShapeRange],
     cache_dir: Path,
     device_id: int = 0,
@@ -45,9 +32,12 @@ def tensorrt_provider_options(
 ) -> dict[str, str]:
     """Return onnxruntime TensorRT execution-provider options for a flair-deploy ONNX graph.
 
-    The precision flags are :func:`precision_flags`' (the same as the engine builder's); explicit
-    profile shapes stop the provider from rebuilding its engine when a batch shape changes inside
-    the profile; engine and timing caches make later sessions start in seconds.
+    Precision lives in the graph (FP16 casts, Q/DQ nodes), so both provider precision flags are off
+    for every graph: onnxruntime then builds a strongly typed TensorRT network on TensorRT 10 as on 11
+    (either flag would make TensorRT 10's network weakly typed, free to demote the graph's FP32
+    islands), the same network the engine builder makes. Explicit profile shapes stop the provider
+    from rebuilding its engine when a batch shape changes inside the profile; engine and timing
+    caches make later sessions start in seconds.
 
     Usage::
 
@@ -55,7 +45,6 @@ def tensorrt_provider_options(
             ("TensorrtExecutionProvider", tensorrt_provider_options(...)), "CUDAExecutionProvider"])
 
     Args:
-        precision: Precision of the ONNX graph.
         shapes: ``{input name: (min, opt, max) shape}`` of the optimisation profile.
         cache_dir: Folder of the engine and timing caches (the caller creates it).
         device_id: CUDA device index.
@@ -65,11 +54,10 @@ def tensorrt_provider_options(
     Returns:
         Provider options as strings (onnxruntime's documented names).
     """
-    flags = precision_flags(precision)
     options = {
         "device_id": str(device_id),
-        "trt_fp16_enable": str("FP16" in flags),
-        "trt_int8_enable": str("INT8" in flags),
+        "trt_fp16_enable": "False",
+        "trt_int8_enable": "False",
         "trt_engine_cache_enable": str(engine_cache),
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": "True",

@@ -5,8 +5,9 @@ it is given. The builder is version-aware:
 
 * **TensorRT 11.x** networks are always strongly typed: no precision flags exist; the FP16 / Q/DQ
   graph decides.
-* **TensorRT 10.x** networks are weakly typed: the builder gets ``BuilderFlag.FP16`` for the FP16
-  graph and ``BuilderFlag.INT8`` for the Q/DQ graph so that it may pick those kernels.
+* **TensorRT 10.x** networks are made strongly typed too (``NetworkDefinitionCreationFlag.
+  STRONGLY_TYPED``) and get no precision builder flag, so the same ONNX runs the same precisions on
+  both versions (a weakly typed 10.x network with ``FP16`` may demote the graph's FP32 islands).
 
 Engines are not portable across TensorRT versions or GPU architectures, so every build is keyed on
 (ONNX SHA-256, TensorRT version, GPU compute capability, precision, optimisation profile): a cached
@@ -43,7 +44,7 @@ from flair_deploy.description import ModelDescription, Precision, file_sha256
 from flair_deploy.errors import ExportError, OutputError
 from flair_deploy.exports.config import TensorRTOptions
 from flair_deploy.exports.onnx import INPUT_IMAGE, INPUT_METADATA
-from flair_deploy.tensorrt_options import Shape, precision_flags, tensorrt_provider_options
+from flair_deploy.tensorrt_options import Shape, tensorrt_provider_options
 
 __all__ = [
     "SUPPORTED_TRT_MAJORS",
@@ -326,16 +327,14 @@ def build_engine(
     key = engine_cache_key(onnx_sha, version, sm, precision, profile)
     cache_dir = options.cache_dir or default_cache_dir()
     cached = cache_dir / "engines" / f"{key}.engine"
-    flags: tuple[str, ...] = ()
-    strongly_typed = major >= 11
-    if major == 10:
-        flags = precision_flags(precision)
+    flags: tuple[str, ...] = ()  # precision is in the graph: no builder precision flag on any version
+    strongly_typed = True
     from_cache = options.use_cache and cached.is_file()
     if from_cache:
         with atomic_path(engine_path) as tmp:
             shutil.copyfile(cached, tmp)
     else:
-        plan = _build_plan(trt, onnx_path, profile, options, flags, strongly_typed, cache_dir, version, sm)
+        plan = _build_plan(trt, onnx_path, profile, options, major, cache_dir, version, sm)
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             _write_bytes(cached, plan)
@@ -368,17 +367,17 @@ def _build_plan(
     onnx_path: Path,
     profile: EngineProfile,
     options: TensorRTOptions,
-    flags: tuple[str, ...],
-    strongly_typed: bool,
+    major: int,
     cache_dir: Path,
     version: str,
     sm: str,
 ) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    # TensorRT 11 is always strongly typed and has no creation flag to ask for it; TensorRT 10 builds a
-    # weakly typed network and is told which reduced precisions it may use.
-    network = builder.create_network(0)
+    # Strongly typed on every version: TensorRT 11 always is (its STRONGLY_TYPED flag is deprecated and
+    # ignored); TensorRT 10 is asked to be, so that the graph's casts and Q/DQ decide every precision.
+    creation = 0 if major >= 11 else 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(creation)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -386,8 +385,6 @@ def _build_plan(
         raise ExportError(f"TensorRT {version} cannot parse {onnx_path.name}: {first}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * (1 << 30)))
-    for flag in flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
     opt_profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in profile.shapes.items():
         opt_profile.set_shape(name, lo, opt, hi)
@@ -429,7 +426,6 @@ def ort_tensorrt_provider_options(
     """
     profile = engine_profile(description, options, tile_size=tile_size, dynamic_hw=dynamic_hw)
     return tensorrt_provider_options(
-        precision=description.provenance.precision,
         shapes=profile.shapes,
         cache_dir=(options.cache_dir or default_cache_dir()) / "ort",
         device_id=device_id,

@@ -26,10 +26,31 @@ from flair_deploy.exports.tensorrt import (
 PLAN = b"\x00fake-plan-bytes\xff" * 7
 
 
+#: What each TensorRT major version's Python bindings offer of what the builder could touch (checked
+#: against the 10.16 and 11.1 bindings, pyCore.cpp). A fake exposes only its version's names: calling a
+#: removed API (``set_binding_shape``, ``max_workspace_size``, ``BuilderFlag.FP16`` on 11) fails.
+_BUILDER_FLAGS = {
+    10: (
+        "FP16",
+        "INT8",
+        "BF16",
+        "FP8",
+        "REFIT",
+        "OBEY_PRECISION_CONSTRAINTS",
+        "PREFER_PRECISION_CONSTRAINTS",
+    ),
+    11: ("REFIT", "DEBUG", "GPU_FALLBACK", "SPARSE_WEIGHTS"),
+}
+_NETWORK_FLAGS = {10: {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1}, 11: {"STRONGLY_TYPED": 1}}
+
+
 def fake_trt(version: str, *, parse_ok: bool = True, calls: list | None = None):
     calls = calls if calls is not None else []
+    major = int(version.split(".")[0])
 
     class Config:
+        __slots__ = ()  # assigning a removed attribute (max_workspace_size, int8_calibrator) fails
+
         def set_memory_pool_limit(self, pool, size):
             calls.append(("workspace", size))
 
@@ -57,6 +78,8 @@ def fake_trt(version: str, *, parse_ok: bool = True, calls: list | None = None):
             self.shapes[name] = (lo, opt, hi)
 
     class Builder:
+        __slots__ = ()
+
         def __init__(self, logger):
             pass
 
@@ -86,14 +109,39 @@ def fake_trt(version: str, *, parse_ok: bool = True, calls: list | None = None):
         def get_error(self, i):
             return "In node 3 (Conv): UNSUPPORTED_NODE\nmore detail"
 
-    return SimpleNamespace(
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, level):
+            pass
+
+    if major == 10:
+        Builder.platform_has_fast_fp16 = property(lambda self: True)  # removed in 11
+    module = SimpleNamespace(
         __version__=version,
-        Logger=SimpleNamespace(WARNING=2, __call__=None) and (lambda level: None),
+        Logger=Logger,
         Builder=Builder,
         OnnxParser=Parser,
         MemoryPoolType=SimpleNamespace(WORKSPACE="ws"),
-        BuilderFlag=SimpleNamespace(FP16="FP16", INT8="INT8"),
-    ), calls
+        BuilderFlag=SimpleNamespace(**{f: f for f in _BUILDER_FLAGS[major]}),
+        NetworkDefinitionCreationFlag=SimpleNamespace(**_NETWORK_FLAGS[major]),
+    )
+    if major == 10:
+        module.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (), {})  # removed in 11
+    return module, calls
+
+
+def test_the_fakes_refuse_what_each_version_removed():
+    trt10, _ = fake_trt("10.16.0")
+    trt11, _ = fake_trt("11.1.0")
+    assert hasattr(trt10.BuilderFlag, "FP16") and not hasattr(trt11.BuilderFlag, "FP16")
+    assert hasattr(trt10, "IInt8EntropyCalibrator2") and not hasattr(trt11, "IInt8EntropyCalibrator2")
+    assert not hasattr(trt11.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH")
+    config = trt11.Builder(None).create_builder_config()
+    with pytest.raises(AttributeError):
+        config.max_workspace_size = 1 << 30  # removed in TensorRT 10
+    with pytest.raises(AttributeError):
+        trt11.Builder(None).platform_has_fast_fp16  # noqa: B018  (removed in TensorRT 11)
 
 
 @pytest.fixture
@@ -104,21 +152,20 @@ def onnx_file(tmp_path, tiny_description):
 
 
 def _fake(version, **kw):
-    trt, calls = fake_trt(version, **kw)
-    trt.Logger.WARNING = 2  # type: ignore[attr-defined]
-    return trt, calls
+    return fake_trt(version, **kw)
 
 
-@pytest.mark.parametrize(("version", "flags"), [("10.13.0.35", [("flag", "FP16")]), ("11.1.0", [])])
-def test_version_dispatch_and_sidecar(onnx_file, tmp_path, version, flags):
+@pytest.mark.parametrize(("version", "network_flags"), [("10.13.0.35", 1 << 1), ("11.1.0", 0)])
+def test_version_dispatch_and_sidecar(onnx_file, tmp_path, version, network_flags):
     path, desc = onnx_file
     trt, calls = _fake(version)
     engine = tmp_path / "tiny.fp16.engine"
     opts = TensorRTOptions(cache_dir=tmp_path / "cache")
     facts = build_engine(path, engine, desc, options=opts, trt=trt, compute_capability="8.9")
-    # 10.x: weakly typed network + precision flag; 11.x: strongly typed, no precision flag at all.
-    assert [c for c in calls if c[0] == "flag"] == flags
-    assert facts.strongly_typed is (version.startswith("11"))
+    # Strongly typed on both: 10.x asks for it, 11.x always is; no precision builder flag on either.
+    assert [c for c in calls if c[0] == "network_flags"] == [("network_flags", network_flags)]
+    assert [c for c in calls if c[0] == "flag"] == []
+    assert facts.strongly_typed and facts.builder_flags == ()
     assert engine.read_bytes() == PLAN, "engine bytes are the plan, untouched"
     back = read_description(engine)  # via the sidecar
     assert back.provenance.precision is Precision.FP16
@@ -189,7 +236,7 @@ def test_ort_tensorrt_provider_options(tiny_description, tmp_path):
         precision="int8"
     )
     opts = ort_tensorrt_provider_options(desc, options=TensorRTOptions(cache_dir=tmp_path))
-    assert opts["trt_int8_enable"] == "True" and opts["trt_fp16_enable"] == "False"
+    assert opts["trt_int8_enable"] == "False" and opts["trt_fp16_enable"] == "False"
     assert opts["trt_profile_opt_shapes"] == "image:4x5x64x64,metadata:4x3"
     assert opts["trt_engine_cache_path"] == str(tmp_path / "ort")
     assert all(isinstance(v, str) for v in opts.values())

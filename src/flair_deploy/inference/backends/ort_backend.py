@@ -145,13 +145,16 @@ class OrtBackend(Backend):
         artifact_precision = description.provenance.precision
         if precision is None:
             precision = artifact_precision
-        elif precision is not artifact_precision and not (
-            provider == "tensorrt" and artifact_precision is Precision.FP32 and precision is Precision.FP16
-        ):
-            # Precision lives in the ONNX graph; only TensorRT can lower an fp32 graph to fp16 on the fly.
+        elif precision is not artifact_precision:
+            # Precision lives in the ONNX graph, for every provider: TensorRT 11 has no precision
+            # flags (an fp32 graph "lowered" through the provider silently runs fp32), and on
+            # TensorRT 10 those flags make the network weakly typed. Run the variant that export wrote.
+            variant = path.name.replace(f".{artifact_precision.value}.", f".{precision.value}.")
+            hint = f" ({variant})" if variant != path.name else ""
             raise BackendError(
-                f"{path.name} is a {artifact_precision} model but {precision} was requested; export a "
-                f"{precision} variant with `flair-deploy export`, or use provider tensorrt for fp16"
+                f"{path.name} is a {artifact_precision} model but {precision} was requested; precision "
+                f"lives in the ONNX graph: run the {precision} variant{hint} written by "
+                f"`flair-deploy export --{precision.value}`, or drop --precision"
             )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise BackendError(f"threads must be a positive integer, got {threads!r}")
@@ -235,9 +238,7 @@ class OrtBackend(Backend):
                 f"cannot create the TensorRT cache folder {self.cache_dir}: {exc.strerror or exc}; "
                 "give a writable cache_dir"
             ) from None
-        trt = tensorrt_provider_options(
-            precision=self.precision, shapes=shapes, cache_dir=self.cache_dir, device_id=self._device_index
-        )
+        trt = tensorrt_provider_options(shapes=shapes, cache_dir=self.cache_dir, device_id=self._device_index)
         # The CUDA provider runs whatever TensorRT does not support; that is GPU, not a CPU fallback.
         return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", cuda)]
 
