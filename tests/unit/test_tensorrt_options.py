@@ -39,7 +39,7 @@ def test_export_side_and_onnxruntime_backend_write_the_same_options(tiny_descrip
         device="cuda",
         provider="tensorrt",
         cache_dir=tmp_path / "ort",
-        profile_batches=(1, 4, 8),
+        profile_batches=(1, 16, 32),
     )
     backend._metadata_name = "metadata"  # as _activate sets it before building the providers
     (name, runtime), (fallback, _) = backend._providers(None)  # type: ignore[arg-type]

@@ -164,7 +164,7 @@ def command(
     ] = None,
     batch_size: Annotated[
         int | None,
-        typer.Option(metavar="N", help="Tiles per inference call (default: 1 on a CPU, 8 on a GPU)."),
+        typer.Option(metavar="N", help="Tiles per inference call (default: 1 on a CPU, 16 on a GPU)."),
     ] = None,
     readers: Annotated[int | None, typer.Option(metavar="N", help="Reader threads.")] = None,
     chunk_mb: Annotated[

@@ -79,8 +79,8 @@ class TensorRTOptions(FrozenConfig):
     """
 
     min_batch: Annotated[int, Field(ge=1)] = 1
-    opt_batch: Annotated[int, Field(ge=1)] = 4
-    max_batch: Annotated[int, Field(ge=1)] = 8
+    opt_batch: Annotated[int, Field(ge=1)] = 16
+    max_batch: Annotated[int, Field(ge=1)] = 32
     min_tile: Annotated[int, Field(gt=0)] | None = None
     max_tile: Annotated[int, Field(gt=0)] | None = None
     workspace_gib: Annotated[float, Field(gt=0)] = 4.0

@@ -36,8 +36,8 @@ __all__ = [
 
 
 def default_batch_size(device: str) -> int:
-    """Tiles per inference call when none is configured: 1 on a CPU, 8 on a GPU."""
-    return 1 if device.startswith("cpu") else 8
+    """Tiles per inference call when none is configured: 1 on a CPU, 16 on a GPU (the engines' opt batch)."""
+    return 1 if device.startswith("cpu") else 16
 
 
 class DetectConfig(FrozenConfig):
@@ -60,7 +60,7 @@ class DetectConfig(FrozenConfig):
         blend_border: Pixels of zero weight on inner tile sides; None = overlap // 8.
         pad_mode: Fill of pixels outside the raster: ``reflect`` or ``constant`` (0, as IGN).
         batch_size: Tiles per inference call; None = 1 on a CPU (onnxruntime and PyTorch already use
-            every core on one 512-px tile, so larger batches only add memory) and 8 on a GPU.
+            every core on one 512-px tile, so larger batches only add memory) and 16 on a GPU (the batch TensorRT profiles are tuned for).
         readers: Reader threads (each opens its own dataset handle).
         prefetch: Tiles read ahead of inference (bounds memory: back-pressure).
         indices: Write 0-based logit indices instead of FLAIR codes.

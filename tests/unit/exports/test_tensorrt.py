@@ -171,7 +171,7 @@ def test_version_dispatch_and_sidecar(onnx_file, tmp_path, version, network_flag
     assert back.provenance.precision is Precision.FP16
     assert EngineFacts.from_description(back) == facts
     profile = dict(next(c for c in calls if c[0] == "profile")[1])
-    assert profile["image"] == ((1, 5, 64, 64), (4, 5, 64, 64), (8, 5, 64, 64))
+    assert profile["image"] == ((1, 5, 64, 64), (16, 5, 64, 64), (32, 5, 64, 64))
     assert (tmp_path / "cache" / f"timing-trt{version}-sm8.9.cache").read_bytes() == b"timing"
 
 
@@ -187,7 +187,7 @@ def test_engine_cache_reuses_matching_builds_only(onnx_file, tmp_path):
     build_engine(path, tmp_path / "c.engine", desc, options=opts, trt=trt, compute_capability="9.0")
     assert calls.count(("build",)) == 2
     # A new profile on the same GPU is rebuilt too, with the timing cache the first build saved.
-    wider = TensorRTOptions(cache_dir=tmp_path / "cache", max_batch=16)
+    wider = TensorRTOptions(cache_dir=tmp_path / "cache", max_batch=64)
     build_engine(path, tmp_path / "d.engine", desc, options=wider, trt=trt, compute_capability="8.9")
     assert calls.count(("build",)) == 3
     assert [c[1] for c in calls if c[0] == "timing_seed"] == [b"", b"", b"timing"]
@@ -195,7 +195,7 @@ def test_engine_cache_reuses_matching_builds_only(onnx_file, tmp_path):
 
 def test_cache_key_covers_every_input(tiny_description):
     profile = engine_profile(tiny_description, TensorRTOptions())
-    other_profile = engine_profile(tiny_description, TensorRTOptions(max_batch=16))
+    other_profile = engine_profile(tiny_description, TensorRTOptions(max_batch=64))
     base = engine_cache_key("a" * 64, "10.1", "8.9", "fp16", profile)
     variants = [
         engine_cache_key("b" * 64, "10.1", "8.9", "fp16", profile),
@@ -224,7 +224,7 @@ def test_profile_rules(tiny_description):
     with pytest.raises(ExportError, match="--dynamic-hw"):
         engine_profile(tiny_description, TensorRTOptions(max_tile=128))
     p = engine_profile(tiny_description, TensorRTOptions(min_tile=32, max_tile=128), dynamic_hw=True)
-    assert p.shapes["image"] == ((1, 5, 32, 32), (4, 5, 64, 64), (8, 5, 128, 128))
+    assert p.shapes["image"] == ((1, 5, 32, 32), (16, 5, 64, 64), (32, 5, 128, 128))
     with pytest.raises(ExportError, match="multiple of the output stride"):
         engine_profile(tiny_description, TensorRTOptions(max_tile=100), dynamic_hw=True)
 
@@ -237,7 +237,7 @@ def test_ort_tensorrt_provider_options(tiny_description, tmp_path):
     )
     opts = ort_tensorrt_provider_options(desc, options=TensorRTOptions(cache_dir=tmp_path))
     assert opts["trt_int8_enable"] == "False" and opts["trt_fp16_enable"] == "False"
-    assert opts["trt_profile_opt_shapes"] == "image:4x5x64x64,metadata:4x3"
+    assert opts["trt_profile_opt_shapes"] == "image:16x5x64x64,metadata:16x3"
     assert opts["trt_engine_cache_path"] == str(tmp_path / "ort")
     assert all(isinstance(v, str) for v in opts.values())
 

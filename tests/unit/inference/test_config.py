@@ -6,6 +6,6 @@ from flair_deploy.inference.config import DetectConfig, default_batch_size
 def test_batch_defaults_to_one_tile_on_cpu_and_more_on_gpu(tmp_path):
     # On a CPU one 512-px tile already uses every core; bigger batches only cost memory.
     assert default_batch_size("cpu") == 1
-    assert default_batch_size("cuda:0") == 8
+    assert default_batch_size("cuda:0") == 16  # the batch TensorRT profiles are tuned for
     cfg = DetectConfig(inputs=(tmp_path / "a.tif",), output=tmp_path / "o.tif")
     assert cfg.batch_size is None and cfg.gdal_cache_mb == 128

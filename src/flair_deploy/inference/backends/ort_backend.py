@@ -13,7 +13,7 @@ and softmax/argmax run on the device so only the requested result comes back. Mo
 Options: ``provider`` (``cpu``, ``cuda``, ``tensorrt``; default from the device), ``threads`` (CPU
 intra-op threads; default the physical cores), ``cudnn_max_workspace`` (default True), and for the
 TensorRT provider ``cache_dir`` (engine and timing cache; default ``<model dir>/.trt_cache``),
-``profile_batches`` (``(min, opt, max)`` batch sizes of the optimisation profile; default ``(1, 8, 16)``)
+``profile_batches`` (``(min, opt, max)`` batch sizes of the optimisation profile; default ``(1, 16, 32)``, detect's GPU batch and the benchmark's largest)
 and ``profile_tile`` (tile edge of the profile; default the description's tile size); the provider options
 themselves are :func:`flair_deploy.tensorrt_options.tensorrt_provider_options`', the same as the export
 side's.
@@ -128,7 +128,7 @@ class OrtBackend(Backend):
         threads: int | None = None,
         cudnn_max_workspace: bool = True,
         cache_dir: Path | str | None = None,
-        profile_batches: Sequence[int] = (1, 8, 16),
+        profile_batches: Sequence[int] = (1, 16, 32),
         profile_tile: int | None = None,
     ) -> None:
         kind, index = parse_device(device)

@@ -137,6 +137,13 @@ class TorchBackend(Backend):
             raise BackendError(
                 f"unknown torch.compile mode {compile!r}; choose one of: {', '.join(_COMPILE_MODES)}"
             )
+        if cuda_graphs and compile in ("reduce-overhead", "max-autotune"):
+            # Those modes capture CUDA graphs themselves (cudagraph trees): capturing them again in our
+            # graph would nest one capture inside another.
+            raise BackendError(
+                f"cuda_graphs cannot be combined with compile={compile!r}, which captures CUDA graphs "
+                "itself; drop cuda_graphs, or use compile='max-autotune-no-cudagraphs'"
+            )
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise BackendError(f"threads must be a positive integer, got {threads!r}")
         super().__init__(
@@ -146,6 +153,7 @@ class TorchBackend(Backend):
         self.channels_last = bool(channels_last)
         self.compile = compile
         self.cuda_graphs = bool(cuda_graphs)
+        self._saved_cudnn_benchmark: bool | None = None
         self.threads = threads
         self.timing = bool(timing)
         self._torch_device = torch.device(self.device)
@@ -230,6 +238,11 @@ class TorchBackend(Backend):
         if self.threads is not None:
             self._saved_threads = torch.get_num_threads()
             torch.set_num_threads(self.threads)
+        if self._torch_device.type == "cuda":
+            # Tile shapes are fixed for a whole run: let cuDNN time its algorithms once and keep the
+            # fastest (restored on exit).
+            self._saved_cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
+            torch.backends.cudnn.benchmark = True
         self._was_training = self.model.training
         self.model.eval()
         self.model.to(self._torch_device)
@@ -259,6 +272,9 @@ class TorchBackend(Backend):
     def _deactivate(self) -> None:
         self._forward = None
         self._pinned.clear()
+        if self._saved_cudnn_benchmark is not None:
+            torch.backends.cudnn.benchmark = self._saved_cudnn_benchmark
+            self._saved_cudnn_benchmark = None
         if self.channels_last:
             self.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         self.model.to("cpu")

@@ -214,6 +214,12 @@ def test_torch_backend_restores_module_state_and_threads(desc):
         ({"compile": "fastest"}, "unknown torch.compile mode"),
         ({"colour": True}, r"unknown torch backend option\(s\) \['colour'\]"),
         ({"device": "gpu"}, "unknown device 'gpu'"),
+        # Checked before any CUDA call, so this runs on a CPU machine too.
+        (
+            {"device": "cuda", "cuda_graphs": True, "compile": "reduce-overhead"},
+            "captures CUDA graphs itself",
+        ),
+        ({"device": "cuda", "cuda_graphs": True, "compile": "max-autotune"}, "captures CUDA graphs itself"),
     ],
 )
 def test_torch_bad_options_are_one_line_errors(desc, model, kwargs, match):
@@ -450,6 +456,14 @@ def test_torch_cuda_matches_cpu(desc, model, options):  # pragma: no cover - nee
     assert np.all(probs[:, ~np.array(desc.active_mask)] == 0)
     if options.get("timing"):
         assert gpu.last_times.h2d > 0 and gpu.last_times.d2h > 0
+
+
+@pytest.mark.gpu
+def test_torch_cuda_turns_cudnn_benchmark_on_while_active(desc, model):  # pragma: no cover - needs a GPU
+    before = torch.backends.cudnn.benchmark
+    with TorchBackend.from_module(model, desc, device="cuda"):
+        assert torch.backends.cudnn.benchmark is True
+    assert torch.backends.cudnn.benchmark is before
 
 
 @pytest.mark.gpu
