@@ -8,8 +8,10 @@ GPU model and TensorRT version; the sidecar beside it (``model.engine.json``, th
 Written against the TensorRT 10/11 Python API (named I/O tensors): ``Runtime.deserialize_cuda_engine``,
 ``ICudaEngine.num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode`` / ``get_tensor_dtype`` /
 ``get_tensor_profile_shape``, ``IExecutionContext.set_input_shape`` / ``set_tensor_address`` /
-``execute_async_v3``. Device buffers are torch CUDA tensors and the engine runs on torch's current stream,
-so uploads, inference and the on-device softmax/argmax are ordered without extra synchronisation.
+``execute_async_v3``. Device buffers are torch CUDA tensors. The engine runs on the backend's own CUDA
+stream (never the legacy default stream, on which TensorRT adds synchronisations), and uploads,
+inference and the on-device softmax/argmax are queued on that stream in order. Every status TensorRT
+returns is checked, and the engine's input dtype is honoured (inputs are cast on the device).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
@@ -40,6 +42,9 @@ from flair_deploy.inference.backends.base import (
     parse_device,
 )
 from flair_deploy.predictions import masked_classes, masked_softmax
+
+if TYPE_CHECKING:
+    import tensorrt
 
 __all__ = ["EngineIO", "TensorProfile", "TrtBackend", "read_engine_io"]
 
@@ -74,6 +79,31 @@ class EngineIO:
     metadata: TensorProfile | None
     outputs: tuple[str, ...]
     output_dtypes: Mapping[str, Any]
+    input_dtypes: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class _Session:
+    """What an active backend holds (dropped in TensorRT's order: context, engine, runtime)."""
+
+    trt: Any
+    torch: Any
+    device: Any
+    runtime: tensorrt.Runtime
+    engine: tensorrt.ICudaEngine
+    context: tensorrt.IExecutionContext
+    stream: Any
+    io: EngineIO
+    pinned: dict[Any, Any]
+
+
+def _checked(ok: bool, call: str, name: str, value: object) -> None:
+    """Raise a BackendError when a TensorRT setter returns False (it does not raise by itself)."""
+    if not ok:
+        raise BackendError(
+            f"TensorRT refused {call}({name!r}, {value}); the engine's profile or bindings do not accept it "
+            "(rebuild the engine with `flair-deploy export --tensorrt` for this tile and batch range)"
+        )
 
 
 def read_engine_io(engine: Any, trt: Any, description: ModelDescription) -> EngineIO:
@@ -93,11 +123,13 @@ def read_engine_io(engine: Any, trt: Any, description: ModelDescription) -> Engi
     inputs: dict[str, TensorProfile] = {}
     outputs: list[str] = []
     dtypes: dict[str, Any] = {}
+    in_dtypes: dict[str, Any] = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             lo, opt, hi = engine.get_tensor_profile_shape(name, 0)
             inputs[name] = TensorProfile(name, tuple(lo), tuple(opt), tuple(hi))
+            in_dtypes[name] = engine.get_tensor_dtype(name)
         else:
             outputs.append(name)
             dtypes[name] = engine.get_tensor_dtype(name)
@@ -122,7 +154,9 @@ def read_engine_io(engine: Any, trt: Any, description: ModelDescription) -> Engi
         raise ModelDescriptionError(f"engine has unexpected inputs {list(inputs)}")
     if not outputs:
         raise ModelDescriptionError("engine has no outputs")
-    return EngineIO(image=image, metadata=metadata, outputs=tuple(outputs), output_dtypes=dtypes)
+    return EngineIO(
+        image=image, metadata=metadata, outputs=tuple(outputs), output_dtypes=dtypes, input_dtypes=in_dtypes
+    )
 
 
 class TrtBackend(Backend):
@@ -164,7 +198,7 @@ class TrtBackend(Backend):
         super().__init__(description, precision=built, device=f"cuda:{index}")
         self.path = path
         self.timing = bool(timing)
-        self._state: dict[str, Any] | None = None
+        self._state: _Session | None = None
 
     @classmethod
     def from_artifact(
@@ -217,29 +251,23 @@ class TrtBackend(Backend):
         if io.image.min[2:] == io.image.max[2:]:
             self.supports_dynamic_hw = False
             self.fixed_hw = (io.image.min[2], io.image.min[3])
-        self._state = {
-            "trt": trt,
-            "torch": torch,
-            "device": dev,
-            "runtime": runtime,
-            "engine": engine,
-            "context": context,
-            "io": io,
-            "pinned": {},
-            "buffers": {},
-        }
+        # The backend's own stream: TensorRT synchronises extra on the legacy default stream.
+        stream = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
+        self._state = _Session(trt, torch, dev, runtime, engine, context, stream, io, {})
 
     def _deactivate(self) -> None:
         # Drop the context before the engine and the engine before the runtime (TensorRT's order).
         state, self._state = self._state, None
         if state is not None:
-            for key in ("buffers", "pinned", "context", "engine", "runtime"):
-                state.pop(key, None)
+            state.pinned.clear()
+            del state.context
+            del state.engine
+            del state.runtime
 
     # ------------------------------------------------------------------ running
     def _output_roles(self) -> dict[str, str]:
         assert self._state is not None
-        names: tuple[str, ...] = self._state["io"].outputs
+        names: tuple[str, ...] = self._state.io.outputs
         roles: dict[str, str] = {
             r: r for r in ("logits", "probabilities", "class_index", "confidence") if r in names
         }
@@ -253,16 +281,28 @@ class TrtBackend(Backend):
         state = self._state
         if state is None:  # pragma: no cover - guarded by Backend._validate
             raise BackendError("the tensorrt backend is not active; run inference inside `with backend:`")
-        torch = state["torch"]
-        trt = state["trt"]
-        io: EngineIO = state["io"]
-        context = state["context"]
-        dev = state["device"]
+        with state.torch.cuda.stream(state.stream):
+            return self._run_on_stream(state, images, metadata, want)
+
+    def _run_on_stream(
+        self, state: _Session, images: Batch, metadata: MetadataBatch | None, want: str
+    ) -> tuple[np.ndarray[Any, Any], ...]:
+        torch, trt, io, context, dev, stream = (
+            state.torch,
+            state.trt,
+            state.io,
+            state.context,
+            state.device,
+            state.stream,
+        )
         io.image.check(tuple(images.shape))
         if io.metadata is not None and metadata is not None:
             io.metadata.check(tuple(metadata.shape))
-        stream = torch.cuda.current_stream(dev)
-        pinned: dict[Any, Any] = state["pinned"]
+        pinned = state.pinned
+        in_dtypes = io.input_dtypes or {}
+
+        def torch_dtype(trt_dtype: Any) -> Any:
+            return getattr(torch, np.dtype(trt.nptype(trt_dtype)).name)
 
         def upload(name: str, arr: np.ndarray[Any, Any]) -> Any:
             host = torch.from_numpy(arr)
@@ -271,17 +311,23 @@ class TrtBackend(Backend):
             if buf is None:
                 buf = pinned[key] = torch.empty(arr.shape, dtype=host.dtype, pin_memory=True)
             buf.copy_(host)
-            return buf.to(dev, non_blocking=True)
+            dev_tensor = buf.to(dev, non_blocking=True)
+            want_dtype = torch_dtype(in_dtypes[name]) if name in in_dtypes else dev_tensor.dtype
+            # The engine's own input type (an FP16 or UINT8 network input): cast on the device.
+            return dev_tensor if want_dtype == dev_tensor.dtype else dev_tensor.to(want_dtype)
+
+        def bind_input(name: str, tensor: Any) -> None:
+            shape = tuple(tensor.shape)
+            _checked(context.set_input_shape(name, shape), "set_input_shape", name, shape)
+            _checked(context.set_tensor_address(name, tensor.data_ptr()), "set_tensor_address", name, "ptr")
 
         t0 = time.perf_counter()
         x = upload(io.image.name, images)
-        context.set_input_shape(io.image.name, tuple(images.shape))
-        context.set_tensor_address(io.image.name, x.data_ptr())
+        bind_input(io.image.name, x)
         keep = [x]
         if io.metadata is not None and metadata is not None:
             m = upload(io.metadata.name, metadata)
-            context.set_input_shape(io.metadata.name, tuple(metadata.shape))
-            context.set_tensor_address(io.metadata.name, m.data_ptr())
+            bind_input(io.metadata.name, m)
             keep.append(m)
         if self.timing:
             stream.synchronize()
@@ -289,9 +335,8 @@ class TrtBackend(Backend):
         outs: dict[str, Any] = {}
         for name in io.outputs:
             shape = tuple(context.get_tensor_shape(name))
-            dtype = getattr(torch, np.dtype(trt.nptype(io.output_dtypes[name])).name)
-            out = torch.empty(shape, dtype=dtype, device=dev)
-            context.set_tensor_address(name, out.data_ptr())
+            out = torch.empty(shape, dtype=torch_dtype(io.output_dtypes[name]), device=dev)
+            _checked(context.set_tensor_address(name, out.data_ptr()), "set_tensor_address", name, "ptr")
             outs[name] = out
         if not context.execute_async_v3(stream.cuda_stream):
             raise BackendError(f"TensorRT failed to enqueue a batch of shape {images.shape}")

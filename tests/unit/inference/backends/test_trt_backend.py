@@ -114,6 +114,8 @@ def test_engine_io_is_read_and_checked_against_the_description(tiny_description)
     )
     io = read_engine_io(eng, FAKE_TRT, tiny_description)
     assert io.image.max == (8, 5, 64, 64) and io.metadata is None and io.outputs == ("logits",)
+    # The input dtype is recorded too, so the backend can cast on the device (FP16 or UINT8 inputs).
+    assert io.input_dtypes == {"image": "float"} and io.output_dtypes == {"logits": "float"}
     io.image.check((3, 5, 64, 64))
     with pytest.raises(
         InputSpecError, match=r"outside the engine's profile \(1, 5, 64, 64\)\.\.\(8, 5, 64, 64\)"
@@ -177,3 +179,13 @@ def test_real_engine_matches_torch(tmp_path, tiny_description):  # pragma: no co
         with pytest.raises(InputSpecError, match="maximum batch 4"):
             b.infer(np.concatenate([tiles, tiles]))
     assert isinstance(b, TrtBackend)
+
+
+def test_a_refused_tensorrt_setter_is_one_line_naming_the_tensor():
+    from flair_deploy.errors import BackendError
+    from flair_deploy.inference.backends.trt_backend import _checked
+
+    _checked(True, "set_input_shape", "image", (4, 5, 64, 64))
+    with pytest.raises(BackendError, match=r"refused set_input_shape\('image', \(9, 5, 64, 64\)\)") as info:
+        _checked(False, "set_input_shape", "image", (9, 5, 64, 64))
+    assert "\n" not in str(info.value)
