@@ -430,8 +430,12 @@ class OrtBackend(Backend):
 
         x_dev = upload("image", x)
         bind_in(self._image_name, x_dev)
+        # IOBinding keeps raw pointers: every bound tensor must stay referenced until the run is over,
+        # or torch's caching allocator may hand its memory to the next allocation.
+        m_dev = None
         if m is not None and self._metadata_name is not None:
-            bind_in(self._metadata_name, upload("metadata", m))
+            m_dev = upload("metadata", m)
+            bind_in(self._metadata_name, m_dev)
         logits_dev = None
         if post is not None:
             # Logits stay on the device, in a torch buffer, for the on-device softmax/argmax.
@@ -458,6 +462,7 @@ class OrtBackend(Backend):
             raise BackendError(
                 f"onnxruntime failed on a batch of shape {images.shape}: {str(exc).splitlines()[0]}"
             ) from None
+        del x_dev, m_dev  # Run() has returned: the inputs' device memory may be reused now
         if logits_dev is None:
             t2 = time.perf_counter()
             outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
