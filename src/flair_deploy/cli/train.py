@@ -85,7 +85,7 @@ def command(
     ] = None,
     train_csv: Annotated[
         Path | None,
-        typer.Option(metavar="CSV", help="Training patch list (image,mask rows; no header)."),
+        typer.Option(metavar="CSV", help="Training patch list (image,mask rows; optional header)."),
     ] = None,
     val_csv: Annotated[
         Path | None,
