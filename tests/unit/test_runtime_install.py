@@ -116,14 +116,41 @@ def world(tmp_path_factory) -> Path:
     return root
 
 
-def test_detect_and_benchmark_run_on_onnx_without_torch(world):
+# Every command of these tests, run in ONE torch-free interpreter (a fresh one costs seconds).
+COMMANDS = {
+    "detect": ["detect", "ortho.tif", "-m", "tiny.onnx", "-o", "map.tif", "--overwrite"],
+    "bench": [
+        "benchmark",
+        "-m",
+        "tiny.onnx",
+        "--raster",
+        "ortho.tif",
+        "--batch",
+        "1",
+        "--json",
+        "bench.json",
+    ],
+    "bench_synthetic": ["benchmark", "-m", "tiny.onnx", "--batch", "1"],
+    "inspect": ["inspect", "tiny.onnx", "--json"],
+    "train": ["train", "--sample-data", "--out", "runs"],
+    "evaluate": ["evaluate", "tiny.ckpt", "--csv", "test.csv", "--out", "eval"],
+    "export": ["export", "tiny.ckpt", "-o", "models"],
+    "demo": ["demo", "--out", "demo"],
+    "detect_ckpt": ["detect", "ortho.tif", "-m", "tiny.ckpt", "-o", "ckpt-map.tif"],
+    "inspect_ckpt": ["inspect", "tiny.ckpt"],
+    "plot": ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--json", "b.json", "--plot", "b.png"],
+}
+
+
+@pytest.fixture(scope="module")
+def ran(world) -> dict[str, dict[str, object]]:
+    return dict(zip(COMMANDS, run_without_torch(*COMMANDS.values(), cwd=world), strict=True))
+
+
+def test_detect_and_benchmark_run_on_onnx_without_torch(world, ran):
     import rasterio
 
-    detect, bench = run_without_torch(
-        ["detect", "ortho.tif", "-m", "tiny.onnx", "-o", "map.tif", "--overwrite"],
-        ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--batch", "1", "--json", "bench.json"],
-        cwd=world,
-    )
+    detect, bench = ran["detect"], ran["bench"]
     assert detect["code"] == 0, detect
     with rasterio.open(world / "map.tif") as src:
         assert (src.count, src.height, src.width) == (1, 150, 170)
@@ -135,42 +162,31 @@ def test_detect_and_benchmark_run_on_onnx_without_torch(world):
     assert bench["code"] == 0, bench
     report = json.loads((world / "bench.json").read_text())
     rows = report["rows"]
-    ran = [r for r in rows if r["status"] == "ok"]
-    assert ran and all(r["backend"] == "onnxruntime" for r in ran)
+    ran_rows = [r for r in rows if r["status"] == "ok"]
+    assert ran_rows and all(r["backend"] == "onnxruntime" for r in ran_rows)
     torch_rows = [r for r in rows if r["backend"] == "torch"]
     assert torch_rows and all(r["status"] == "skipped" for r in torch_rows)
     assert report["fingerprint"]["versions"]["torch"] is None
 
 
-def test_benchmark_on_synthetic_tiles_without_torch(world):
-    (bench,) = run_without_torch(["benchmark", "-m", "tiny.onnx", "--batch", "1"], cwd=world)
-    assert bench["code"] == 0, bench
+def test_benchmark_on_synthetic_tiles_without_torch(ran):
+    assert ran["bench_synthetic"]["code"] == 0, ran["bench_synthetic"]
 
 
-def test_inspect_reads_onnx_without_torch(world):
-    (inspect,) = run_without_torch(["inspect", "tiny.onnx", "--json"], cwd=world)
+def test_inspect_reads_onnx_without_torch(ran):
+    inspect = ran["inspect"]
     assert inspect["code"] == 0, inspect
     assert "tiny" in str(inspect["stdout"])
 
 
-def test_commands_that_need_an_extra_say_which_in_one_line(world):
-    train, evaluate, export, demo, detect_ckpt, inspect_ckpt, plot = run_without_torch(
-        ["train", "--sample-data", "--out", "runs"],
-        ["evaluate", "tiny.ckpt", "--csv", "test.csv", "--out", "eval"],
-        ["export", "tiny.ckpt", "-o", "models"],
-        ["demo", "--out", "demo"],
-        ["detect", "ortho.tif", "-m", "tiny.ckpt", "-o", "ckpt-map.tif"],
-        ["inspect", "tiny.ckpt"],
-        ["benchmark", "-m", "tiny.onnx", "--raster", "ortho.tif", "--json", "b.json", "--plot", "b.png"],
-        cwd=world,
-    )
-    assert "pip install 'flair-deploy[train]'" in one_line_error(train)
-    assert "pip install 'flair-deploy[train]'" in one_line_error(evaluate)
-    assert "pip install 'flair-deploy[export]'" in one_line_error(export)
-    assert "pip install 'flair-deploy[export]'" in one_line_error(demo)
-    assert "pip install 'flair-deploy[train]'" in one_line_error(detect_ckpt)
-    assert "pip install 'flair-deploy[train]'" in one_line_error(inspect_ckpt)
-    assert "--plot needs matplotlib" in one_line_error(plot)  # refused before measuring
+def test_commands_that_need_an_extra_say_which_in_one_line(world, ran):
+    assert "pip install 'flair-deploy[train]'" in one_line_error(ran["train"])
+    assert "pip install 'flair-deploy[train]'" in one_line_error(ran["evaluate"])
+    assert "pip install 'flair-deploy[export]'" in one_line_error(ran["export"])
+    assert "pip install 'flair-deploy[export]'" in one_line_error(ran["demo"])
+    assert "pip install 'flair-deploy[train]'" in one_line_error(ran["detect_ckpt"])
+    assert "pip install 'flair-deploy[train]'" in one_line_error(ran["inspect_ckpt"])
+    assert "--plot needs matplotlib" in one_line_error(ran["plot"])  # refused before measuring
     outputs = ("runs", "eval", "models", "demo", "ckpt-map.tif", "b.json", "b.png")
     assert not any((world / name).exists() for name in outputs)
 
