@@ -517,6 +517,8 @@ class OutputWriter:
             "predictor": 2,
             "bigtiff": "IF_SAFER",
             "interleave": "band",
+            # Rows are written a whole row of blocks at a time: GDAL compresses those blocks in parallel.
+            "num_threads": "ALL_CPUS",
         }
         if kind == "classes":
             profile["nodata"] = self.description.nodata
