@@ -180,8 +180,17 @@ class FlairPatchDataset(Dataset[Sample]):
         return mapped
 
 
-def collate_patches(samples: Sequence[Sample]) -> dict[str, Any]:
+_MIXED_SIZES_FIX = (
+    "list patches of one size in each CSV (FLAIR's are 512x512), e.g. crop or tile the odd ones"
+)
+
+
+def collate_patches(samples: Sequence[Sample], *, fix: str = _MIXED_SIZES_FIX) -> dict[str, Any]:
     """Stack patches into a batch, refusing patches of different sizes in one line.
+
+    Args:
+        samples: Patches of :class:`FlairPatchDataset`.
+        fix: What the error tells the user to do about mixed sizes.
 
     Raises:
         InputDataError: Naming the patches and their sizes (PyTorch's own message is a stack error).
@@ -190,10 +199,7 @@ def collate_patches(samples: Sequence[Sample]) -> dict[str, Any]:
     if len(sizes) > 1:
         by_size = {tuple(s["image"].shape[-2:]): s["name"] for s in samples}
         seen = ", ".join(f"{name} is {w}x{h} px" for (h, w), name in sorted(by_size.items()))
-        raise InputDataError(
-            f"patches of different sizes in one batch ({seen}); list patches of one size in each CSV "
-            "(FLAIR's are 512x512), e.g. crop or tile the odd ones"
-        )
+        raise InputDataError(f"patches of different sizes in one batch ({seen}); {fix}")
     batch: dict[str, Any] = torch.utils.data.default_collate(list(samples))
     return batch
 

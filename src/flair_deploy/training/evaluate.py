@@ -281,17 +281,10 @@ def _check_outputs(out_dir: Path, *, save_predictions: bool, overwrite: bool) ->
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    shapes = {tuple(s["image"].shape) for s in samples}
-    if len(shapes) > 1:
-        raise InputDataError(
-            f"patches {[s['name'] for s in samples]} have different sizes {sorted(shapes)}; "
-            "use --batch-size 1 for lists of mixed patch sizes"
-        )
-    out: dict[str, Any] = {"name": [s["name"] for s in samples]}
-    for key in ("image", "mask", "metadata"):
-        if key in samples[0]:
-            out[key] = torch.stack([s[key] for s in samples])
-    return out
+    from flair_deploy.training.data import collate_patches
+
+    # Evaluation can take mixed sizes one patch at a time (the model runs at any multiple of its stride).
+    return collate_patches(samples, fix="use --batch-size 1 for lists of mixed patch sizes")
 
 
 def _predict(model: torch.nn.Module, image: Tensor, metadata: Tensor | None, stride: int) -> Tensor:
