@@ -347,7 +347,9 @@ def run_raster(
             chunk=chunk,
         )
 
-    current: list[tuple[Chunk, RowBandStitcher]] = []  # the chunk being stitched (stitch thread only)
+    # The chunk being stitched and its stitcher (the stitch thread's; read here once it has ended).
+    chunk_now: Chunk | None = None
+    stitcher: RowBandStitcher | None = None
     # crop without probabilities needs only the class and its probability: cheaper on every backend.
     want_classes = plan.mode == "crop" and not probabilities
 
@@ -359,15 +361,16 @@ def run_raster(
         writer.write(chunk)
 
     def do_stitch(item: tuple[list[_Read], Any]) -> None:
+        nonlocal chunk_now, stitcher
         reads, result = item
         k = 0
         for r in reads:
-            if not current or current[0][0] is not r.chunk:
-                if current:
-                    for c in current.pop()[1].finish():
+            if r.chunk is not chunk_now:
+                if stitcher is not None:
+                    for c in stitcher.finish():
                         _put(write_q, c, abort)
-                current.append((r.chunk, new_stitcher(r.chunk)))
-            stitcher = current[0][1]
+                chunk_now, stitcher = r.chunk, new_stitcher(r.chunk)
+            assert stitcher is not None
             if r.image is None or r.valid is None:
                 chunks = stitcher.advance(r.tile)
             else:
@@ -439,8 +442,8 @@ def run_raster(
             flush()
         _put(stitch_q, _STOP, abort)
         stitch_t.join()
-        if stitch_t.error is None and current:
-            for c in current.pop()[1].finish():
+        if stitch_t.error is None and stitcher is not None:
+            for c in stitcher.finish():
                 _put(write_q, c, abort)
         _put(write_q, _STOP, abort)
         writer_t.join()
