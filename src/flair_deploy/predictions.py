@@ -7,7 +7,8 @@ these functions:
 
 * :func:`masked_argmax`: the most probable active class (int64 logit index);
 * :func:`masked_classes`: the same as uint8 plus its softmax probability (the confidence);
-* :func:`masked_softmax`: probabilities over the active classes, exactly 0 for inactive ones.
+* :func:`masked_softmax`: probabilities over the active classes, exactly 0 for inactive ones;
+* :func:`active_softmax`: the same probabilities, active planes only (what blending accumulates).
 
 They are written once against the `Python array API standard <https://data-apis.org/array-api/>`_
 through ``array_api_compat``: numpy arrays on the host and torch tensors (CPU or CUDA, on their own
@@ -39,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "active_softmax",
     "class_iou",
     "confusion_matrix",
     "masked_argmax",
@@ -146,6 +148,34 @@ def masked_classes(logits: Any, active: Sequence[bool] | npt.NDArray[np.bool_]) 
     return classes, 1.0 / total
 
 
+def active_softmax(logits: Any, active: Sequence[bool] | npt.NDArray[np.bool_]) -> Any:
+    """Softmax over the active classes, returning the active planes only (in their logit order).
+
+    This is what blending accumulates: inactive classes are never materialised.
+
+    Args:
+        logits: ``(N, K, H, W)`` or ``(K, H, W)`` logits, numpy or torch (any device).
+        active: ``K`` flags, True for trained classes.
+
+    Returns:
+        float32 ``(N, A, H, W)`` (or ``(A, H, W)``) probabilities of the ``A`` active classes, in the
+        logits' namespace and device.
+
+    Raises:
+        ValueError: If the flags do not match the class axis or none is active.
+    """
+    xp = _namespace(logits)
+    index = _active_indexes(active, logits)
+    if len(index) == logits.shape[CLASS_AXIS]:
+        sub = xp.astype(logits, xp.float32, copy=True)  # the one copy, worked on in place
+    else:
+        sub = xp.stack([_plane(xp, logits, c) for c in index], axis=CLASS_AXIS)
+    sub -= xp.max(sub, axis=CLASS_AXIS, keepdims=True)
+    sub = _exp_in_place(xp, sub)
+    sub *= 1.0 / xp.sum(sub, axis=CLASS_AXIS, keepdims=True)
+    return sub
+
+
 def masked_softmax(logits: Any, active: Sequence[bool] | npt.NDArray[np.bool_]) -> Any:
     """Softmax over the active classes along the class axis; inactive classes get exactly 0.
 
@@ -161,16 +191,8 @@ def masked_softmax(logits: Any, active: Sequence[bool] | npt.NDArray[np.bool_]) 
     """
     xp = _namespace(logits)
     index = _active_indexes(active, logits)
-    k = logits.shape[CLASS_AXIS]
-    if len(index) == k:
-        sub = xp.astype(logits, xp.float32, copy=True)  # the one copy, worked on in place
-    else:
-        # Only the active planes are exponentiated; they are copied into the zeroed result below.
-        sub = xp.stack([_plane(xp, logits, c) for c in index], axis=CLASS_AXIS)
-    sub -= xp.max(sub, axis=CLASS_AXIS, keepdims=True)
-    sub = _exp_in_place(xp, sub)
-    sub *= 1.0 / xp.sum(sub, axis=CLASS_AXIS, keepdims=True)
-    if len(index) == k:
+    sub = active_softmax(logits, active)
+    if len(index) == logits.shape[CLASS_AXIS]:
         return sub
     out = xp.zeros(logits.shape, dtype=xp.float32, device=_device(logits))
     for j, c in enumerate(index):

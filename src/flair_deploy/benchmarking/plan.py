@@ -73,7 +73,9 @@ class BenchmarkConfig(FrozenConfig):
     """
 
     models: Annotated[tuple[Path, ...], Field(min_length=1)]
-    backends: Annotated[tuple[BackendName, ...], Field(min_length=1)] = tuple(BackendName)
+    backends: Annotated[tuple[BackendName, ...], Field(min_length=1)] = tuple(
+        b for b in BackendName if b is not BackendName.NULL
+    )
     precisions: Annotated[tuple[Precision, ...], Field(min_length=1)] = tuple(Precision)
     batches: Annotated[tuple[Annotated[int, Field(gt=0, le=1024)], ...], Field(min_length=1)] = (1, 4)
     tiles: tuple[Annotated[int, Field(gt=0, le=8192)], ...] | None = None
@@ -271,6 +273,9 @@ def plan_cases(
             cases += _torch_cases(cfg, reason, cuda)
         elif backend is BackendName.ONNXRUNTIME:
             cases += _file_cases(cfg, backend, reason, ort_variants)
+        elif backend is BackendName.NULL:
+            # No network: one row imitating the first model (its description), whatever the precision.
+            cases.append(Case(backend, Precision.FP32, "host-ceiling", cfg.models[0], {}, None, reason))
         else:
             cases += _file_cases(cfg, backend, reason, {"engine": {}})
     return cases

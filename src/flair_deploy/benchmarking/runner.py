@@ -29,7 +29,7 @@ from flair_deploy.benchmarking.report import BenchmarkReport, Mode, Row, Status
 from flair_deploy.benchmarking.workload import gflop_per_tile, raster_tiles
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import FlairDeployError
-from flair_deploy.inference.backends import Backend, available_backends, create_backend
+from flair_deploy.inference.backends import Backend, BackendName, available_backends, create_backend
 from flair_deploy.sample import sample_tiles
 
 __all__ = ["BackendOpener", "RowCallback", "open_backend", "resolve_ceilings", "run_benchmark"]
@@ -312,7 +312,13 @@ def _run_case(
                 warmup_iters=cfg.warmup_iters,
             )
             parity = None
-            if ref is not None and ref[0].num_classes == desc.num_classes and ref[0].bands == desc.bands:
+            # The null backend's logits are a fixed field, not the model's: no parity to report.
+            if (
+                case.backend is not BackendName.NULL
+                and ref is not None
+                and ref[0].num_classes == desc.num_classes
+                and ref[0].bands == desc.bands
+            ):
                 ref_tiles = tiles[: len(ref[1])]
                 parity = compare_logits(reference_logits(backend, ref_tiles, batch), ref[1], desc.active_mask)
         except FlairDeployError as exc:

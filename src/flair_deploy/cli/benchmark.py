@@ -56,6 +56,7 @@ EXAMPLES = (
         "    --variants eager,compile,cuda_graphs --batch 8,16"
     ),
     "flair-deploy benchmark -m out/m.fp32.onnx --raster ortho.tif --markdown b.md",
+    "flair-deploy benchmark -m m.fp32.onnx --backends null --raster ortho.tif",
 )
 
 
@@ -76,7 +77,8 @@ def command(
         str | None,
         typer.Option(
             metavar="NAME,...",
-            help=f"Comma list of {', '.join(b.value for b in BackendName)} (default: all).",
+            help=f"Comma list of {', '.join(b.value for b in BackendName)} (default: all but null). "
+            "null runs no network: with --raster, detect's host-side ceiling on this machine.",
         ),
     ] = None,
     precisions: Annotated[

@@ -6,19 +6,22 @@ width, not the raster's, and the map does not depend on the chunking.
 
 ::
 
-    reader threads (own handles) ──ordered, bounded──► main thread: batch + backend
-        ──bounded queue──► stitch thread (row band) ──bounded queue──► writer thread (block rows)
+    reader threads (own handles) ──ordered, bounded──► main thread: batch into a staging buffer,
+        backend.run (logits stay on the device) ──bounded queue──► stitch thread: softmax, blend,
+        argmax on the device; uint8 rows start back ──bounded queue──► writer thread: waits for
+        those rows, assembles output blocks, compresses (GDAL threads)
 
 * Readers run in a thread pool; each thread opens its own rasterio handle (GDAL releases the GIL
   while reading). At most ``prefetch`` tiles are in flight, and they are consumed in row-major order.
-* The main thread assembles batches and calls the backend: on a GPU the backend's copies and kernels
-  overlap with the readers, stitcher and writer running on CPU threads.
+  Tiles stay in the raster's dtype (uint8 for 8-bit orthophotos) until the device casts them.
+* The main thread only fills staging buffers (pinned on CUDA) and queues work: on a GPU nothing on the
+  host waits for the device except the writer, for finished rows, and the staging ring's back-pressure.
 * Queues are bounded: a slow writer stalls the stitcher, which stalls inference, which stops reads;
   memory stays flat.
 
 Per-stage seconds are summed per stage (readers work in parallel, so ``read`` can exceed the wall
-time); ``busy`` is the share of the wall time the backend was computing: the benchmark's "I/O hidden
-behind compute" measure.
+time); the CPU seconds of each thread are measured too (``*_cpu``), and ``process_cpu`` is the whole
+process's, GDAL's and the runtimes' own threads included: the null backend's host-ceiling figures.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from flair_deploy.inference.chunks import (
     plan_chunks,
 )
 from flair_deploy.inference.config import TilingPlan
+from flair_deploy.inference.device import ArrayDevice
 from flair_deploy.inference.raster import OutputWriter, PadMode, RasterInfo, TileReader
-from flair_deploy.inference.stitching import OutputChunk, RowBandStitcher, TilePrediction
+from flair_deploy.inference.stitching import FinishedRows, OutputBand, RowBandStitcher
 from flair_deploy.inference.tiling import Tile, TileGrid, make_grid
 
 __all__ = ["MetadataFn", "ProgressFn", "RasterRun", "StageSeconds", "default_chunk_plan", "run_raster"]
@@ -69,10 +73,9 @@ class _BackendLike(Protocol):
     max_batch: int | None
     hw_multiple: int
     description: Any
+    arrays: ArrayDevice
 
-    def predict_probabilities(self, images: Any, metadata: Any = None) -> Any: ...
-
-    def predict_classes(self, images: Any, metadata: Any = None) -> Any: ...
+    def run(self, images: Any, metadata: Any = None) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +89,14 @@ class StageSeconds:
         compute: Network compute (backend's ``last_times``).
         d2h: Device-to-host copies (backend's ``last_times``).
         infer: Wall time inside backend calls (h2d + compute + d2h + backend overheads).
-        stitch: Accumulating tiles and reducing final rows.
+        stitch: Accumulating tiles and reducing final rows (queueing it, on a GPU).
         write: Encoding and writing output blocks, overviews and renames.
         wall: Wall-clock time of the run.
+        read_cpu: CPU seconds of the reader threads.
+        main_cpu: CPU seconds of the main thread (batching and backend calls).
+        stitch_cpu: CPU seconds of the stitch thread.
+        write_cpu: CPU seconds of the writer thread (waiting for rows and writing them).
+        process_cpu: CPU seconds of the whole process during the run (every thread).
     """
 
     read: float = 0.0
@@ -100,6 +108,11 @@ class StageSeconds:
     stitch: float = 0.0
     write: float = 0.0
     wall: float = 0.0
+    read_cpu: float = 0.0
+    main_cpu: float = 0.0
+    stitch_cpu: float = 0.0
+    write_cpu: float = 0.0
+    process_cpu: float = 0.0
 
     def __add__(self, other: StageSeconds) -> StageSeconds:
         return StageSeconds(
@@ -113,7 +126,7 @@ class StageSeconds:
 
 
 def _astuple(s: StageSeconds) -> tuple[float, ...]:
-    return (s.read, s.preprocess, s.h2d, s.compute, s.d2h, s.infer, s.stitch, s.write, s.wall)
+    return tuple(getattr(s, f) for f in StageSeconds.__slots__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,11 +154,19 @@ class RasterRun:
 class _Read:
     chunk: Chunk
     tile: Tile
-    image: npt.NDArray[np.float32] | None
-    valid: npt.NDArray[np.bool_] | None
+    image: npt.NDArray[Any] | None  # raw band values, None when the tile holds no valid pixel
+    valid: npt.NDArray[np.bool_] | None  # None: every pixel is valid
     metadata: npt.NDArray[np.float32] | None
     read_s: float
     prep_s: float
+    cpu_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkEnd:
+    """Marker on the write queue: the chunk's last rows have been queued."""
+
+    chunk: Chunk
 
 
 class _Aborted(Exception):
@@ -162,6 +183,7 @@ class _Stage(threading.Thread):
         self.fn, self.inbox, self.abort = fn, inbox, abort
         self.error: BaseException | None = None
         self.busy = 0.0
+        self.cpu = 0.0
 
     def run(self) -> None:
         try:
@@ -169,9 +191,10 @@ class _Stage(threading.Thread):
                 item = _get(self.inbox, self.abort)
                 if item is _STOP:
                     return
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.thread_time()
                 self.fn(item)
                 self.busy += time.perf_counter() - start
+                self.cpu += time.thread_time() - cpu
         except _Aborted:
             return
         except BaseException as exc:  # noqa: BLE001  (handed to the main thread, which re-raises it)
@@ -319,7 +342,7 @@ def run_raster(
         Counts and per-stage seconds.
     """
     check_backend_fits(backend, plan.tile, batch_size)
-    start = time.perf_counter()
+    start, process_cpu0 = time.perf_counter(), time.process_time()
     grid = make_grid(
         info.width, info.height, plan.tile, mode=plan.mode, overlap=plan.overlap, margin=plan.margin
     )
@@ -334,6 +357,7 @@ def run_raster(
             confidence=confidence,
             probabilities=probabilities,
         ).chunks
+    device: ArrayDevice = backend.arrays
 
     def new_stitcher(chunk: Chunk) -> RowBandStitcher:
         return RowBandStitcher(
@@ -341,54 +365,76 @@ def run_raster(
             active=active,
             overlap=plan.overlap,
             border=plan.border,
-            block=writer.block,
             confidence=confidence,
             probabilities=probabilities,
             chunk=chunk,
+            device=device,
         )
 
     # The chunk being stitched and its stitcher (the stitch thread's; read here once it has ended).
     chunk_now: Chunk | None = None
     stitcher: RowBandStitcher | None = None
-    # crop without probabilities needs only the class and its probability: cheaper on every backend.
-    want_classes = plan.mode == "crop" and not probabilities
+    # Output blocks being assembled, per chunk (the writer thread's).
+    bands: dict[int, OutputBand] = {}
 
     abort = threading.Event()
-    write_q: queue.Queue[Any] = queue.Queue(maxsize=4)
-    stitch_q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    write_q: queue.Queue[Any] = queue.Queue(maxsize=8)
+    stitch_q: queue.Queue[Any] = queue.Queue(maxsize=3)
 
-    def do_write(chunk: OutputChunk) -> None:
-        writer.write(chunk)
+    def do_write(item: _Finished | _ChunkEnd) -> None:
+        if isinstance(item, _ChunkEnd):
+            done = bands.pop(item.chunk.index, None)
+            for c in done.finish() if done is not None else []:
+                writer.write(c)
+            return
+        band = bands.get(item.chunk.index)
+        if band is None:
+            band = bands[item.chunk.index] = OutputBand(item.chunk.output.row1, writer.block)
+        for c in band.push(item.rows.result()):  # waits for this copy only
+            writer.write(c)
+
+    def queue_rows(chunk: Chunk, rows: list[FinishedRows]) -> None:
+        for r in rows:
+            _put(write_q, _Finished(chunk, r), abort)
+
+    def end_chunk() -> None:
+        if stitcher is not None and chunk_now is not None:
+            queue_rows(chunk_now, stitcher.finish())
+            _put(write_q, _ChunkEnd(chunk_now), abort)
 
     def do_stitch(item: tuple[list[_Read], Any]) -> None:
         nonlocal chunk_now, stitcher
-        reads, result = item
-        k = 0
-        for r in reads:
-            if r.chunk is not chunk_now:
-                if stitcher is not None:
-                    for c in stitcher.finish():
-                        _put(write_q, c, abort)
-                chunk_now, stitcher = r.chunk, new_stitcher(r.chunk)
-            assert stitcher is not None
-            if r.image is None or r.valid is None:
-                chunks = stitcher.advance(r.tile)
-            else:
-                if want_classes:
-                    pred = TilePrediction(r.tile, r.valid, classes=result[0][k], confidence=result[1][k])
-                else:
-                    pred = TilePrediction(r.tile, r.valid, probabilities=result[k])
-                k += 1
-                chunks = stitcher.add(pred)
-            for c in chunks:
-                _put(write_q, c, abort)
+        reads, logits = item
+        k = 0  # next row of the batch's logits (skipped tiles have none)
+        i = 0
+        with device.stream():
+            while i < len(reads):
+                r = reads[i]
+                if r.chunk is not chunk_now:
+                    end_chunk()
+                    chunk_now, stitcher = r.chunk, new_stitcher(r.chunk)
+                assert stitcher is not None
+                if r.image is None:
+                    queue_rows(r.chunk, stitcher.advance(r.tile))
+                    i += 1
+                    continue
+                # The longest run of tiles with data, of one chunk: one call, one slice of the logits.
+                j = i + 1
+                while j < len(reads) and reads[j].chunk is r.chunk and reads[j].image is not None:
+                    j += 1
+                run = reads[i:j]
+                rows = stitcher.add([t.tile for t in run], logits[k : k + len(run)], [t.valid for t in run])
+                queue_rows(r.chunk, rows)
+                k += len(run)
+                i = j
 
     writer_t = _Stage("detect-writer", do_write, write_q, abort)
     stitch_t = _Stage("detect-stitch", do_stitch, stitch_q, abort)
     writer_t.start()
     stitch_t.start()
 
-    read_s = prep_s = infer_s = h2d = compute = d2h = 0.0
+    read_s = prep_s = infer_s = h2d = compute = d2h = read_cpu = 0.0
+    main_cpu0 = time.thread_time()
     skipped = inferred = done = 0
     total = sum(c.tiles for c in chunks)
     pixels_per_tile = info.width * info.height / max(total, 1)
@@ -398,17 +444,21 @@ def run_raster(
 
         def flush() -> None:
             nonlocal pending, n_images, infer_s, h2d, compute, d2h, prep_s, done, inferred
-            result: Any = None
+            logits: Any = None
             if n_images:
                 t0 = time.perf_counter()
-                images = np.stack([r.image for r in pending if r.image is not None])
-                metas = [r.metadata for r in pending if r.image is not None]
-                meta = np.stack([m for m in metas if m is not None]) if metadata_fn is not None else None
+                with_data = [r for r in pending if r.image is not None]
+                first = with_data[0].image
+                assert first is not None
+                # Filled in place: on CUDA a pinned buffer of the staging ring, uploaded asynchronously.
+                batch = device.staging((len(with_data), *first.shape), first.dtype)
+                for b, r in enumerate(with_data):
+                    batch[b] = r.image
+                meta = None
+                if metadata_fn is not None:
+                    meta = np.stack([r.metadata for r in with_data if r.metadata is not None])
                 t1 = time.perf_counter()
-                if want_classes:
-                    result = backend.predict_classes(images, meta)
-                else:
-                    result = backend.predict_probabilities(images, meta)
+                logits = backend.run(batch, meta)
                 t2 = time.perf_counter()
                 prep_s += t1 - t0
                 infer_s += t2 - t1
@@ -417,7 +467,9 @@ def run_raster(
                 compute += float(getattr(lt, "compute", 0.0))
                 d2h += float(getattr(lt, "d2h", 0.0))
                 inferred += n_images
-            _put(stitch_q, (pending, result), abort)
+            # Within a batch, skipped tiles must still advance the stitcher in order: the pairs go
+            # together, with logits for the tiles that have data.
+            _put(stitch_q, (pending, logits), abort)
             done += len(pending)
             if progress is not None:
                 progress(done, total, int(done * pixels_per_tile))
@@ -429,6 +481,7 @@ def run_raster(
             for r in reads:
                 read_s += r.read_s
                 prep_s += r.prep_s
+                read_cpu += r.cpu_s
                 pending.append(r)
                 if r.image is None:
                     skipped += 1
@@ -442,9 +495,9 @@ def run_raster(
             flush()
         _put(stitch_q, _STOP, abort)
         stitch_t.join()
-        if stitch_t.error is None and stitcher is not None:
-            for c in stitcher.finish():
-                _put(write_q, c, abort)
+        if stitch_t.error is None:
+            with device.stream():
+                end_chunk()
         _put(write_q, _STOP, abort)
         writer_t.join()
     except _Aborted:
@@ -470,8 +523,21 @@ def run_raster(
         stitch=stitch_t.busy,
         write=writer_t.busy,
         wall=time.perf_counter() - start,
+        read_cpu=read_cpu,
+        main_cpu=time.thread_time() - main_cpu0,
+        stitch_cpu=stitch_t.cpu,
+        write_cpu=writer_t.cpu,
+        process_cpu=time.process_time() - process_cpu0,
     )
     return RasterRun(len(grid), skipped, inferred, info.width * info.height, seconds, len(chunks))
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    """Rows of a chunk on the write queue."""
+
+    chunk: Chunk
+    rows: FinishedRows
 
 
 def _ordered_reads(
@@ -491,6 +557,7 @@ def _ordered_reads(
     def task(chunk: Chunk, tile: Tile) -> _Read:
         if abort.is_set():
             raise _Aborted
+        cpu0 = time.thread_time()
         reader: TileReader | None = getattr(local, "reader", None)
         if reader is None:
             reader = TileReader(info, pad_mode=pad_mode)
@@ -500,10 +567,22 @@ def _ordered_reads(
         t0 = time.perf_counter()
         out = reader.read(tile)
         t1 = time.perf_counter()
-        meta = metadata_fn(tile) if (metadata_fn is not None and out is not None) else None
         if out is None:
-            return _Read(chunk, tile, None, None, None, t1 - t0, 0.0)
-        return _Read(chunk, tile, out[0], out[1], meta, reader.last_read_s, (t1 - t0) - reader.last_read_s)
+            return _Read(chunk, tile, None, None, None, t1 - t0, 0.0, time.thread_time() - cpu0)
+        meta = metadata_fn(tile) if metadata_fn is not None else None
+        image, valid = out
+        # The common case, every pixel valid, needs no mask downstream.
+        mask = None if valid.all() else valid
+        return _Read(
+            chunk,
+            tile,
+            image,
+            mask,
+            meta,
+            reader.last_read_s,
+            (t1 - t0) - reader.last_read_s,
+            time.thread_time() - cpu0,
+        )
 
     futures: deque[Future[_Read]] = deque()
     pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="detect-reader")

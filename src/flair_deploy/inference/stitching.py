@@ -1,17 +1,24 @@
-"""Stitch tile predictions over one chunk of the output, in row bands as wide as the chunk.
+"""Stitch a chunk's tile logits into final class rows, on the device the network ran on.
 
 Each :class:`~flair_deploy.inference.chunks.Chunk` is stitched on its own: its tiles (of the global
-grid) arrive in row-major order, and the stitcher keeps one band of ``tile`` rows over the chunk's
-width; when the first tile of the next tile row arrives, every row above that row's first kept pixel is
-final: it is reduced to uint8 (class index, confidence, optional probabilities) and handed to an
-:class:`OutputBand`, which releases rows only in whole output blocks. Only pixels inside the chunk are
+grid) arrive in row-major order, in batches, as the backend's *logits on its device* (numpy arrays for
+CPU runtimes, torch CUDA tensors for PyTorch, onnxruntime-CUDA and TensorRT). The stitcher keeps one
+band of ``tile`` rows over the chunk's width **on that device**; when the first tile of the next tile
+row arrives, every row above that row's first kept pixel is final: it is reduced to uint8 (class
+index, confidence, optional probabilities) on the device, and only those uint8 rows are copied back
+(:class:`FinishedRows`, whose copy may still be in flight). Only pixels inside the chunk are
 accumulated, so memory is ``O(chunk width × tile × active classes)`` whatever the raster's size.
 
-* ``blend``: probabilities of the *active* classes times a separable window, summed, then divided by
-  the summed weights. The window (:func:`blend_window`) is 1 in the tile centre, 0 over a small border
-  ``b`` on sides that lie inside the raster (the network's least reliable pixels), and a raised-cosine
-  (half-Hann) ramp over the rest of the overlap; ramps of neighbouring tiles sum to one. Sides on the
-  raster edge are not tapered, so edge pixels keep full weight. Nodata pixels get weight 0.
+The code is written once against the `array API standard <https://data-apis.org/array-api/>`_
+(``array_api_compat``): the same lines run on numpy and on torch tensors of any device, and the suite
+checks them on CPU tensors against numpy.
+
+* ``blend``: softmax over the *active* classes (inactive ones are never accumulated), times a separable
+  window, summed, then divided by the summed weights. The window (:func:`blend_window`) is 1 in the
+  tile centre, 0 over a small border ``b`` on sides that lie inside the raster (the network's least
+  reliable pixels), and a raised-cosine (half-Hann) ramp over the rest of the overlap; ramps of
+  neighbouring tiles sum to one. Sides on the raster edge are not tapered, so edge pixels keep full
+  weight. Nodata pixels get weight 0.
 * ``crop``: each tile writes its kept core (the crop grid's keep intervals partition the raster), with
   no arithmetic on probabilities.
 """
@@ -21,45 +28,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from flair_deploy.errors import ConfigError
 from flair_deploy.inference.chunks import Box, Chunk
+from flair_deploy.inference.device import HOST, ArrayDevice, Download
 from flair_deploy.inference.tiling import Tile, TileGrid
-from flair_deploy.predictions import masked_argmax
+from flair_deploy.predictions import active_softmax, masked_argmax, masked_classes, masked_softmax
 
-__all__ = ["OutputBand", "OutputChunk", "RowBandStitcher", "TilePrediction", "blend_window"]
+__all__ = ["NO_CLASS", "FinishedRows", "OutputBand", "OutputChunk", "RowBandStitcher", "blend_window"]
 
 _U8 = npt.NDArray[np.uint8]
 _F32 = npt.NDArray[np.float32]
-# Rows reduced at once: bounds the float temporaries of a reduction to ~16 × width × classes
-# (~15 MB each at 16384 px and 15 classes), small next to the row band itself.
-_REDUCE_ROWS = 16
+# Rows reduced at once on the host: keeps the float temporaries of a reduction small and in cache. A
+# GPU reduces all final rows in one go (fewer, larger kernels).
+_HOST_REDUCE_ROWS = 16
 #: Logit-index value meaning "no prediction" inside the stitcher (mapped to the output nodata later).
 NO_CLASS = 255
-
-
-@dataclass(frozen=True, slots=True)
-class TilePrediction:
-    """The network's output for one tile.
-
-    Exactly one of *probabilities* or (*classes*, *confidence*) is set.
-
-    Attributes:
-        tile: The tile.
-        valid: ``(T, T)`` bool, True where the input pixel holds data.
-        probabilities: ``(K, T, T)`` float32 probabilities over all logits (0 for inactive ones).
-        classes: ``(T, T)`` uint8 logit indices.
-        confidence: ``(T, T)`` float32 probability of the chosen class.
-    """
-
-    tile: Tile
-    valid: npt.NDArray[np.bool_]
-    probabilities: _F32 | None = None
-    classes: _U8 | None = None
-    confidence: _F32 | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,19 +164,48 @@ def _slice(chunk: OutputChunk, a: int, b: int) -> OutputChunk:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FinishedRows:
+    """Final output rows of a chunk whose uint8 planes may still be on their way to the host.
+
+    Attributes:
+        row: First row (absolute).
+        col: First column (the chunk's left edge).
+        classes: ``(n, W)`` uint8 logit indices, 255 where there is no prediction.
+        confidence: ``(n, W)`` uint8 confidence, or None.
+        probabilities: ``(K, n, W)`` uint8 probabilities, or None.
+    """
+
+    row: int
+    col: int
+    classes: Download
+    confidence: Download | None
+    probabilities: Download | None
+
+    def result(self) -> OutputChunk:
+        """Wait for the copies and return the rows as host arrays."""
+        return OutputChunk(
+            self.row,
+            self.classes.result(),
+            None if self.confidence is None else self.confidence.result(),
+            None if self.probabilities is None else self.probabilities.result(),
+            self.col,
+        )
+
+
 class RowBandStitcher:
-    """Accumulate a chunk's tile predictions row band by row band; emit final rows in whole blocks.
+    """Accumulate a chunk's tile logits row band by row band, on the logits' device.
 
     Args:
         grid: The raster's global tile grid (its mode selects blend or crop).
         active: Per-logit flag: True for trained classes.
         overlap: Blend overlap the grid was built with.
         border: Blend border given zero weight on inner tile sides.
-        block: Output block height; chunks are released in multiples of it.
         confidence: Produce the confidence plane.
         probabilities: Produce per-logit uint8 probabilities.
         chunk: The chunk to stitch (its tiles must be fed, in row-major order); None for the whole
             raster as one chunk.
+        device: Where the logits live (the backend's :attr:`~Backend.arrays`); the band lives there too.
 
     Raises:
         ConfigError: If the blend border does not fit in the overlap.
@@ -201,10 +218,10 @@ class RowBandStitcher:
         active: Sequence[bool],
         overlap: int = 0,
         border: int = 0,
-        block: int = 256,
         confidence: bool = False,
         probabilities: bool = False,
         chunk: Chunk | None = None,
+        device: ArrayDevice = HOST,
     ) -> None:
         if grid.mode == "blend" and overlap > 0 and not 0 <= 2 * border < overlap:
             raise ConfigError(
@@ -213,68 +230,73 @@ class RowBandStitcher:
             )
         self.grid = grid
         self.mode = grid.mode
+        self.device = device
+        xp = self.xp = device.xp
         self.num_classes = len(active)
         self.active = tuple(bool(a) for a in active)
-        self.active_index = np.flatnonzero(np.asarray(active, dtype=bool))
+        self.active_index = [int(i) for i in np.flatnonzero(np.asarray(active, dtype=bool))]
         self.want_conf = confidence
         self.want_probs = probabilities
         self.box = chunk.output if chunk is not None else Box(0, 0, grid.height, grid.width)
-        self.output = OutputBand(self.box.row1, block)
         self._overlap, self._border = overlap, border
         w, t = self.box.width, grid.size
         self._band_rows = t
         self._base = self.box.row0  # absolute row of band row 0
         self._row_index = chunk.tile_rows[0] if chunk is not None else 0  # current tile row
+        self._reduce_rows = _HOST_REDUCE_ROWS if device.is_host else t
+        self._dev = device.array_device
+        z = {"device": self._dev}
         if self.mode == "blend":
-            self._acc: _F32 = np.zeros((len(self.active_index), t, w), dtype=np.float32)
-            self._wsum: _F32 = np.zeros((t, w), dtype=np.float32)
-            self._windows: dict[tuple[bool, bool], _F32] = {}
+            self._acc = xp.zeros((len(self.active_index), t, w), dtype=xp.float32, **z)
+            self._wsum = xp.zeros((t, w), dtype=xp.float32, **z)
+            self._windows: dict[tuple[bool, bool, bool, bool], Any] = {}
+            # logit index of each accumulator plane, as a device lookup table for the reduction
+            self._lut = device.asarray(np.asarray(self.active_index, dtype=np.uint8))
         else:
-            self._cls: _U8 = np.full((t, w), NO_CLASS, dtype=np.uint8)
-            self._conf: _U8 = np.zeros((t, w), dtype=np.uint8)
-            self._prob: _U8 = np.zeros((self.num_classes if probabilities else 0, t, w), dtype=np.uint8)
+            self._cls = xp.full((t, w), NO_CLASS, dtype=xp.uint8, **z)
+            self._conf = xp.zeros((t, w), dtype=xp.uint8, **z)
+            self._prob = xp.zeros((self.num_classes if probabilities else 0, t, w), dtype=xp.uint8, **z)
 
     # ------------------------------------------------------------------ feeding
-    def add(self, prediction: TilePrediction) -> list[OutputChunk]:
-        """Add one tile's prediction (tiles must come in row-major order).
+    def add(
+        self,
+        tiles: Sequence[Tile],
+        logits: Any,
+        valid: Sequence[npt.NDArray[np.bool_] | None],
+    ) -> list[FinishedRows]:
+        """Add a batch of tiles (in row-major order) and their logits.
+
+        Args:
+            tiles: The batch's tiles.
+            logits: ``(N, K, T, T)`` logits on the stitcher's device.
+            valid: Per tile, the ``(T, T)`` host validity mask, or None when every pixel is valid.
 
         Returns:
-            Output chunks completed by moving to this tile's row (often none).
+            Rows made final by moving to these tiles' rows (often none).
         """
-        out = self.advance(prediction.tile)
+        if len(tiles) != int(logits.shape[0]) or len(valid) != len(tiles):
+            raise ValueError(f"{len(tiles)} tiles, {logits.shape[0]} logits and {len(valid)} masks")
         if self.mode == "blend":
-            self._add_blend(prediction)
-        else:
-            self._add_crop(prediction)
-        return out
+            return self._add_blend(tiles, logits, valid)
+        return self._add_crop(tiles, logits, valid)
 
-    def advance(self, tile: Tile) -> list[OutputChunk]:
-        """Note that *tile* is next (call it for skipped tiles too); returns chunks made final."""
+    def advance(self, tile: Tile) -> list[FinishedRows]:
+        """Note that *tile* is next (call it for skipped tiles too); returns rows made final."""
         if tile.row_index < self._row_index:
             raise ValueError(f"tile row {tile.row_index} arrived after row {self._row_index}: not row-major")
-        out: list[OutputChunk] = []
+        out: list[FinishedRows] = []
         if tile.row_index > self._row_index:
             self._row_index = tile.row_index
             out = self._finalize(self.grid.rows[tile.row_index].keep_start)
         return out
 
-    def finish(self) -> list[OutputChunk]:
+    def finish(self) -> list[FinishedRows]:
         """Finalise every remaining row of the chunk; returns the last rows."""
-        return self._finalize(self.box.row1) + self.output.finish()
+        return self._finalize(self.box.row1)
 
-    # ------------------------------------------------------------------ blend
-    def _window(self, tile: Tile) -> _F32:
-        key = (tile.row.inner_start, tile.row.inner_stop, tile.col.inner_start, tile.col.inner_stop)
-        rk, ck = key[:2], key[2:]
-        if rk not in self._windows:
-            self._windows[rk] = blend_window(
-                tile.size, self._overlap, self._border, inner_start=rk[0], inner_stop=rk[1]
-            )
-        if ck not in self._windows:
-            self._windows[ck] = blend_window(
-                tile.size, self._overlap, self._border, inner_start=ck[0], inner_stop=ck[1]
-            )
-        return np.outer(self._windows[rk], self._windows[ck])
+    # ------------------------------------------------------------------ helpers
+    def _valid(self, mask: npt.NDArray[np.bool_]) -> Any:
+        return self.device.upload(np.ascontiguousarray(mask))
 
     def _regions(self, tile: Tile) -> tuple[slice, slice, slice, slice]:
         """Return (band rows, band cols, tile rows, tile cols) slices of the tile's kept area in the chunk."""
@@ -291,95 +313,145 @@ class RowBandStitcher:
             raise AssertionError(f"tile rows {r} fall outside the row band at {self._base}")
         return band_r, band_c, tile_r, tile_c
 
-    def _add_blend(self, p: TilePrediction) -> None:
-        if p.probabilities is None:
-            raise ValueError("blend stitching needs class probabilities")
-        band_r, band_c, tile_r, tile_c = self._regions(p.tile)
-        weight = self._window(p.tile)[tile_r, tile_c] * p.valid[tile_r, tile_c]
-        probs = p.probabilities[self.active_index][:, tile_r, tile_c]
-        self._acc[:, band_r, band_c] += probs * weight
-        self._wsum[band_r, band_c] += weight
+    # ------------------------------------------------------------------ blend
+    def _window(self, tile: Tile) -> Any:
+        key = (tile.row.inner_start, tile.row.inner_stop, tile.col.inner_start, tile.col.inner_stop)
+        win = self._windows.get(key)
+        if win is None:
+            rows = blend_window(tile.size, self._overlap, self._border, inner_start=key[0], inner_stop=key[1])
+            cols = blend_window(tile.size, self._overlap, self._border, inner_start=key[2], inner_stop=key[3])
+            win = self._windows[key] = self.device.asarray(np.outer(rows, cols))
+        return win
+
+    def _add_blend(
+        self, tiles: Sequence[Tile], logits: Any, valid: Sequence[npt.NDArray[np.bool_] | None]
+    ) -> list[FinishedRows]:
+        xp = self.xp
+        # One softmax for the whole batch, over the active classes only: (N, A, T, T).
+        probs = active_softmax(logits, self.active)
+        out: list[FinishedRows] = []
+        for i, tile in enumerate(tiles):
+            out += self.advance(tile)
+            band_r, band_c, tile_r, tile_c = self._regions(tile)
+            weight = self._window(tile)[tile_r, tile_c]
+            mask = valid[i]
+            if mask is not None:
+                weight = weight * xp.astype(self._valid(mask)[tile_r, tile_c], xp.float32)
+            self._acc[:, band_r, band_c] += probs[i, :, tile_r, tile_c] * weight
+            self._wsum[band_r, band_c] += weight
+        return out
 
     # ------------------------------------------------------------------ crop
-    def _add_crop(self, p: TilePrediction) -> None:
-        band_r, band_c, tile_r, tile_c = self._regions(p.tile)
-        valid = p.valid[tile_r, tile_c]
-        if p.probabilities is not None:
-            probs = p.probabilities[:, tile_r, tile_c]
+    def _add_crop(
+        self, tiles: Sequence[Tile], logits: Any, valid: Sequence[npt.NDArray[np.bool_] | None]
+    ) -> list[FinishedRows]:
+        xp = self.xp
+        probs = None
+        if self.want_probs:
+            probs = masked_softmax(logits, self.active)
             arg = masked_argmax(probs, self.active)
-            cls = arg.astype(np.uint8)
-            conf = np.take_along_axis(probs, arg[None], axis=0)[0]
-            if self.want_probs:
-                self._prob[:, band_r, band_c] = np.where(valid, _to_u8(probs), 0)
-        elif p.classes is not None and p.confidence is not None:
-            cls = p.classes[tile_r, tile_c]
-            conf = p.confidence[tile_r, tile_c]
+            classes = xp.astype(arg, xp.uint8)
+            conf = xp.take_along_axis(probs, arg[:, None], axis=1)[:, 0]
         else:
-            raise ValueError("crop stitching needs probabilities or classes with confidence")
-        self._cls[band_r, band_c] = np.where(valid, cls, NO_CLASS)
-        if self.want_conf:
-            self._conf[band_r, band_c] = np.where(valid, _to_u8(conf), 0)
+            classes, conf = masked_classes(logits, self.active)
+        out: list[FinishedRows] = []
+        for i, tile in enumerate(tiles):
+            out += self.advance(tile)
+            band_r, band_c, tile_r, tile_c = self._regions(tile)
+            cls = classes[i, tile_r, tile_c]
+            mask = valid[i]
+            ok = None if mask is None else self._valid(mask)[tile_r, tile_c]
+            self._cls[band_r, band_c] = cls if ok is None else xp.where(ok, cls, NO_CLASS)
+            if self.want_conf:
+                c8 = _to_u8(xp, conf[i, tile_r, tile_c])
+                self._conf[band_r, band_c] = c8 if ok is None else xp.where(ok, c8, 0)
+            if probs is not None:
+                p8 = _to_u8(xp, probs[i, :, tile_r, tile_c])
+                self._prob[:, band_r, band_c] = p8 if ok is None else xp.where(ok, p8, 0)
+        return out
 
     # ------------------------------------------------------------------ finalising
-    def _finalize(self, upto: int) -> list[OutputChunk]:
+    def _finalize(self, upto: int) -> list[FinishedRows]:
         n = min(upto, self.box.row1) - self._base
         if n <= 0:
             return []
         if n > self._band_rows:
             raise AssertionError(f"cannot finalise {n} rows from a band of {self._band_rows}")
-        chunk = self._reduce_blend(n) if self.mode == "blend" else self._reduce_crop(n)
+        rows = self._reduce_blend(n) if self.mode == "blend" else self._reduce_crop(n)
         self._shift(n)
         self._base += n
-        return self.output.push(chunk)
+        return [rows]
 
-    def _reduce_crop(self, n: int) -> OutputChunk:
-        return OutputChunk(
+    def _finished(self, cls: Any, conf: Any, probs: Any) -> FinishedRows:
+        d = self.device
+        return FinishedRows(
             self._base,
-            self._cls[:n].copy(),
-            self._conf[:n].copy() if self.want_conf else None,
-            self._prob[:, :n].copy() if self.want_probs else None,
             self.box.col0,
+            d.download(cls),
+            None if conf is None else d.download(conf),
+            None if probs is None else d.download(probs),
         )
 
-    def _reduce_blend(self, n: int) -> OutputChunk:
-        w = self.box.width
-        cls = np.empty((n, w), dtype=np.uint8)
-        conf = np.empty((n, w), dtype=np.uint8) if self.want_conf else None
-        probs = np.zeros((self.num_classes, n, w), dtype=np.uint8) if self.want_probs else None
-        for a in range(0, n, _REDUCE_ROWS):
-            b = min(a + _REDUCE_ROWS, n)
+    def _reduce_crop(self, n: int) -> FinishedRows:
+        xp = self.xp
+        # Copies: the band is shifted and refilled while the rows may still be on their way back.
+        return self._finished(
+            xp.asarray(self._cls[:n], copy=True),
+            xp.asarray(self._conf[:n], copy=True) if self.want_conf else None,
+            xp.asarray(self._prob[:, :n], copy=True) if self.want_probs else None,
+        )
+
+    def _reduce_blend(self, n: int) -> FinishedRows:
+        xp = self.xp
+        every = [True] * len(self.active_index)
+        cls_parts, conf_parts, prob_parts = [], [], []
+        for a in range(0, n, self._reduce_rows):
+            b = min(a + self._reduce_rows, n)
             acc, wsum = self._acc[:, a:b], self._wsum[a:b]
             empty = wsum <= 0.0
             # argmax of the weighted sum = argmax of the weighted mean: no division needed for classes.
             # The accumulators hold the active classes only, so every plane may win.
-            arg = masked_argmax(acc, [True] * len(self.active_index))
-            cls[a:b] = np.where(empty, NO_CLASS, self.active_index[arg])
-            if conf is None and probs is None:
+            arg = masked_argmax(acc, every)
+            index = xp.reshape(xp.take(self._lut, xp.reshape(arg, (-1,)), axis=0), arg.shape)
+            cls_parts.append(xp.where(empty, NO_CLASS, index))
+            if not (self.want_conf or self.want_probs):
                 continue
-            inv = np.divide(1.0, wsum, out=np.zeros_like(wsum), where=~empty)
-            if conf is not None:
-                top = np.take_along_axis(acc, arg[None], axis=0)[0]
-                conf[a:b] = _to_u8(top * inv)
-            if probs is not None:
-                probs[self.active_index, a:b] = _to_u8(acc * inv)
-        return OutputChunk(self._base, cls, conf, probs, self.box.col0)
+            inv = xp.where(empty, 0.0, 1.0 / xp.where(empty, 1.0, wsum))
+            if self.want_conf:
+                top = xp.take_along_axis(acc, arg[None], axis=0)[0]
+                conf_parts.append(_to_u8(xp, top * inv))
+            if self.want_probs:
+                p8 = _to_u8(xp, acc * inv)
+                full = xp.zeros((self.num_classes, b - a, self.box.width), dtype=xp.uint8, device=self._dev)
+                for j, c in enumerate(self.active_index):
+                    full[c] = p8[j]
+                prob_parts.append(full)
+        return self._finished(
+            _join(xp, cls_parts, 0),
+            _join(xp, conf_parts, 0) if self.want_conf else None,
+            _join(xp, prob_parts, 1) if self.want_probs else None,
+        )
 
     def _shift(self, n: int) -> None:
         """Drop the first *n* band rows and clear the freed rows at the bottom."""
-        arrays: list[npt.NDArray[np.generic]]
+        xp = self.xp
         if self.mode == "blend":
             arrays, fills = [self._acc, self._wsum], [0.0, 0.0]
         else:
             arrays, fills = [self._cls, self._conf, self._prob], [NO_CLASS, 0, 0]
         for arr, fill in zip(arrays, fills, strict=True):
-            axis_rows = arr.shape[-2]
-            keep = axis_rows - n
+            keep = arr.shape[-2] - n
             if keep > 0:
-                arr[..., :keep, :] = arr[..., n:, :]
+                src = arr[..., n:, :]
+                # Overlapping source and destination (n < keep): copy first (torch does not allow it).
+                arr[..., :keep, :] = xp.asarray(src, copy=True) if n < keep else src
             arr[..., max(keep, 0) :, :] = fill
 
 
-def _to_u8(p: npt.NDArray[np.floating]) -> _U8:
-    """``round(255 × p)`` as uint8 (rounded, not truncated as IGN's ``class_prob``)."""
-    out: _U8 = np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)
-    return out
+def _join(xp: Any, parts: list[Any], axis: int) -> Any:
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=axis)
+
+
+def _to_u8(xp: Any, p: Any) -> Any:
+    """``round(255 × p)`` as uint8 (rounded half to even, not truncated as IGN's ``class_prob``)."""
+    return xp.astype(xp.clip(xp.round(p * 255.0), 0, 255), xp.uint8)

@@ -17,7 +17,7 @@ from flair_deploy.errors import ConfigError
 from flair_deploy.inference.config import TilingPlan
 from flair_deploy.inference.pipeline import run_raster
 from flair_deploy.inference.raster import TileReader, inspect_raster
-from flair_deploy.inference.stitching import NO_CLASS, OutputChunk, RowBandStitcher, TilePrediction
+from flair_deploy.inference.stitching import NO_CLASS, FinishedRows, OutputChunk, RowBandStitcher
 from flair_deploy.inference.tiling import make_grid
 from tests.fakes import ContextBackend, EchoBackend
 
@@ -102,16 +102,14 @@ def test_tiles_reach_the_backend_in_row_major_order_and_rows_are_written_once(wr
     # Threads change nothing: the map equals a serial read → predict → stitch of the same tiles.
     reader = TileReader(info)
     stitcher = RowBandStitcher(grid, active=desc.active_mask, overlap=BLEND.overlap, border=BLEND.border)
-    serial: list[OutputChunk] = []
+    serial: list[FinishedRows] = []
     with ContextBackend(desc) as ref:
         for t in grid:
             image, valid = reader.read(t)
-            serial += stitcher.add(
-                TilePrediction(t, valid, probabilities=ref.predict_probabilities(image[None])[0])
-            )
+            serial += stitcher.add([t], ref.run(image[None]), [valid])
     reader.close()
     serial += stitcher.finish()
-    assert (writer.classes() == np.concatenate([c.classes for c in serial])).all()
+    assert (writer.classes() == np.concatenate([r.result().classes for r in serial])).all()
     assert run.seconds.wall > 0 and 0.0 <= run.seconds.busy <= 1.0
     assert not _pipeline_threads()
 

@@ -1,6 +1,8 @@
 """Row-band stitching (``inference/stitching.py``) against references written from the definitions.
 
-The tile predictions come from :class:`tests.fakes.ContextBackend`, whose output at a pixel depends on
+The stitcher runs on the backend's device through the array API; every comparison below runs it on
+numpy arrays and on torch CPU tensors (the code path of CUDA runs), fed with logits as a backend's
+:meth:`run` returns them. The tile logits come from :class:`tests.fakes.ContextBackend`, whose output at a pixel depends on
 the pixel's neighbourhood and on its position inside the tile: overlapping tiles *disagree* on the
 pixels they share. With such a model a wrong blend weight, a missing ramp, an off-by-one in a keep
 interval or a lost partition of unity changes the stitched map, and the comparisons below fail (a
@@ -15,6 +17,7 @@ elsewhere and on raster edges).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -22,12 +25,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flair_deploy.errors import ConfigError
+from flair_deploy.inference.device import HOST, ArrayDevice, TorchDevice
 from flair_deploy.inference.stitching import (
     NO_CLASS,
     OutputBand,
     OutputChunk,
     RowBandStitcher,
-    TilePrediction,
     blend_window,
 )
 from flair_deploy.inference.tiling import Tile, TileGrid, blend_axis, make_grid
@@ -71,25 +74,49 @@ def _tile_input(image: np.ndarray, valid: np.ndarray, tile: Tile) -> tuple[np.nd
     return data, ok
 
 
-def _predict(backend, image, valid, grid: TileGrid) -> list[TilePrediction]:
+@dataclass(frozen=True)
+class Pred:
+    """One tile as the stitcher is fed: its logits, plus the probabilities the references use."""
+
+    tile: Tile
+    valid: np.ndarray
+    logits: np.ndarray
+    probabilities: np.ndarray
+
+
+def _predict(backend, image, valid, grid: TileGrid) -> list[Pred]:
     preds = []
     for tile in grid:
         data, ok = _tile_input(image, valid, tile)
+        logits = backend.infer(data[None])[0]
         probs = backend.predict_probabilities(data[None])[0]
-        preds.append(TilePrediction(tile, ok, probabilities=probs))
+        preds.append(Pred(tile, ok, logits, probs))
     return preds
 
 
-def _stitch(stitcher: RowBandStitcher, preds) -> dict[str, np.ndarray | None]:
-    """Feed every prediction; check the chunks are contiguous and whole; return full-raster planes."""
-    chunks: list[OutputChunk] = []
-    for p in preds:
-        chunks += stitcher.add(p)
-    chunks += stitcher.finish()
+DEVICES = ["numpy", "torch"]
+
+
+def _device(name: str) -> ArrayDevice:
+    return HOST if name == "numpy" else TorchDevice("cpu")
+
+
+def _stitch(stitcher: RowBandStitcher, preds, batch: int = 3) -> dict[str, np.ndarray | None]:
+    """Feed the tiles in batches of logits on the stitcher's device; return full-raster planes."""
+    dev = stitcher.device
+    rows = []
+    for i in range(0, len(preds), batch):
+        part = preds[i : i + batch]
+        logits = dev.upload(np.ascontiguousarray(np.stack([p.logits for p in part])))
+        masks = [None if p.valid.all() else p.valid for p in part]
+        rows += stitcher.add([p.tile for p in part], logits, masks)
+    rows += stitcher.finish()
+    chunks: list[OutputChunk] = [r.result() for r in rows]
+    assert all(isinstance(c.classes, np.ndarray) and c.classes.dtype == np.uint8 for c in chunks)
     grid = stitcher.grid
+    # Rows come once each, top to bottom, with nothing missing.
     assert [c.row for c in chunks] == list(np.cumsum([0] + [c.rows for c in chunks[:-1]]))
     assert sum(c.rows for c in chunks) == grid.height
-    assert all(c.rows % stitcher.output.block == 0 for c in chunks[:-1])
     out: dict[str, np.ndarray | None] = {"classes": np.concatenate([c.classes for c in chunks])}
     out["confidence"] = (
         np.concatenate([c.confidence for c in chunks]) if chunks[0].confidence is not None else None
@@ -190,17 +217,18 @@ def test_blend_weights_are_positive_wherever_a_pixel_is_covered(length, tile, fr
 
 
 # ---------------------------------------------------------------------- blend stitching
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    ("h", "w", "tile", "overlap", "border", "block"),
+    ("h", "w", "tile", "overlap", "border", "batch"),
     [
-        (150, 133, 64, 24, 3, 32),  # shifted last tiles on both axes
-        (112, 208, 64, 16, 0, 16),  # nominal stride only, no border
-        (64, 64, 64, 16, 2, 32),  # one tile
-        (40, 150, 64, 20, 2, 16),  # rows: one reflect-padded tile; columns: three tiles
-        (200, 70, 32, 15, 3, 48),  # odd overlap, many rows, blocks not a multiple of the tile
+        (150, 133, 64, 24, 3, 3),  # shifted last tiles on both axes
+        (112, 208, 64, 16, 0, 1),  # nominal stride only, no border
+        (64, 64, 64, 16, 2, 2),  # one tile
+        (40, 150, 64, 20, 2, 4),  # rows: one reflect-padded tile; columns: three tiles
+        (200, 70, 32, 15, 3, 5),  # odd overlap, many rows, batches across tile rows
     ],
 )
-def test_blend_matches_the_reference_blend(backend, desc, h, w, tile, overlap, border, block):
+def test_blend_matches_the_reference_blend(backend, desc, device, h, w, tile, overlap, border, batch):
     image, valid = _image(h, w), np.ones((h, w), bool)
     grid = make_grid(w, h, tile, mode="blend", overlap=overlap)
     preds = _predict(backend, image, valid, grid)
@@ -209,11 +237,11 @@ def test_blend_matches_the_reference_blend(backend, desc, h, w, tile, overlap, b
         active=desc.active_mask,
         overlap=overlap,
         border=border,
-        block=block,
         confidence=True,
         probabilities=True,
+        device=_device(device),
     )
-    got = _stitch(st_, preds)
+    got = _stitch(st_, preds, batch)
     mean, den = reference_blend(preds, h, w, overlap, border)
     active = np.asarray(desc.active_mask)
     assert (den > 0).all()
@@ -289,37 +317,34 @@ def reference_crop(preds, h: int, w: int, active: np.ndarray) -> tuple[np.ndarra
     return cls, conf, writes
 
 
-@pytest.mark.parametrize(
-    ("h", "w", "margin", "block"), [(150, 133, 16, 32), (97, 170, 8, 16), (20, 30, 16, 16)]
-)
-def test_crop_takes_each_pixel_from_the_one_tile_that_keeps_it(backend, desc, h, w, margin, block):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("h", "w", "margin", "batch"), [(150, 133, 16, 3), (97, 170, 8, 1), (20, 30, 16, 2)])
+def test_crop_takes_each_pixel_from_the_one_tile_that_keeps_it(backend, desc, device, h, w, margin, batch):
     image, valid = _image(h, w, seed=3), np.ones((h, w), bool)
     grid = make_grid(w, h, 64, mode="crop", margin=margin)
     preds = _predict(backend, image, valid, grid)
     active = np.asarray(desc.active_mask)
     ref_cls, ref_conf, writes = reference_crop(preds, h, w, active)
     assert (writes == 1).all()  # the keep rectangles partition the raster
+    dev = _device(device)
     got = _stitch(
-        RowBandStitcher(grid, active=desc.active_mask, block=block, confidence=True, probabilities=True),
+        RowBandStitcher(grid, active=desc.active_mask, confidence=True, probabilities=True, device=dev),
         preds,
+        batch,
     )
     assert (got["classes"] == ref_cls).all(), f"{(got['classes'] != ref_cls).sum()} pixels differ"
-    assert (got["confidence"] == _u8(ref_conf)).all()
+    assert np.abs(got["confidence"].astype(np.int16) - _u8(ref_conf)).max() <= U8_STEP
     assert got["probabilities"].shape == (desc.num_classes, h, w)
-    # The same map from class/confidence predictions (the cheaper path detect uses without probabilities).
-    by_class = []
-    for p in preds:
-        data, ok = _tile_input(image, valid, p.tile)
-        cls, conf = backend.predict_classes(data[None])
-        by_class.append(TilePrediction(p.tile, ok, classes=cls[0], confidence=conf[0]))
-    got2 = _stitch(RowBandStitcher(grid, active=desc.active_mask, block=block, confidence=True), by_class)
+    # The same map without probabilities (the cheaper path: argmax and confidence from the logits).
+    got2 = _stitch(RowBandStitcher(grid, active=desc.active_mask, confidence=True, device=dev), preds, batch)
     assert (got2["classes"] == ref_cls).all()
     assert np.abs(got2["confidence"].astype(np.int16) - _u8(ref_conf)).max() <= U8_STEP
 
 
 # ---------------------------------------------------------------------- classes, nodata, contract
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["blend", "crop"])
-def test_inactive_classes_are_never_chosen(desc, mode):
+def test_inactive_classes_are_never_chosen(desc, mode, device):
     active = np.asarray(desc.active_mask)
     assert not active.all()
     h, w = 90, 100
@@ -327,26 +352,30 @@ def test_inactive_classes_are_never_chosen(desc, mode):
     rng = np.random.default_rng(0)
     preds = []
     for t in grid:
-        probs = rng.uniform(0, 0.1, (desc.num_classes, 64, 64)).astype(np.float32)
-        probs[~active] = 0.9  # an upstream bug leaking mass into inactive logits must not pick them
-        preds.append(TilePrediction(t, np.ones((64, 64), bool), probabilities=probs))
-    got = _stitch(
-        RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=2, probabilities=True), preds
+        logits = rng.uniform(0, 1, (desc.num_classes, 64, 64)).astype(np.float32)
+        logits[~active] = 50.0  # inactive logits far above the rest: they must still never win
+        preds.append(Pred(t, np.ones((64, 64), bool), logits, logits))
+    st_ = RowBandStitcher(
+        grid, active=desc.active_mask, overlap=16, border=2, probabilities=True, device=_device(device)
     )
+    got = _stitch(st_, preds)
     assert np.isin(got["classes"], np.flatnonzero(active)).all()
     if mode == "blend":
         assert (got["probabilities"][~active] == 0).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["blend", "crop"])
-def test_nodata_pixels_get_no_class_and_zero_confidence(backend, desc, mode):
+def test_nodata_pixels_get_no_class_and_zero_confidence(backend, desc, mode, device):
     h, w = 130, 120
     image = _image(h, w)
     valid = np.ones((h, w), bool)
     valid[10:30, 5:90] = False  # a hole across tile boundaries
     valid[:, 115:] = False  # a nodata strip on the raster edge
     grid = make_grid(w, h, 64, mode=mode, overlap=24, margin=16)
-    st_ = RowBandStitcher(grid, active=desc.active_mask, overlap=24, border=3, confidence=True)
+    st_ = RowBandStitcher(
+        grid, active=desc.active_mask, overlap=24, border=3, confidence=True, device=_device(device)
+    )
     got = _stitch(st_, _predict(backend, image, valid, grid))
     assert (got["classes"][~valid] == NO_CLASS).all()
     assert (got["classes"][valid] != NO_CLASS).all()
@@ -362,15 +391,56 @@ def test_tiles_must_come_in_row_major_order(backend, desc):
         st_.advance(tiles[0])
 
 
-def test_blend_needs_probabilities_and_a_ramp(desc):
+def test_blend_needs_a_ramp_and_one_logit_plane_per_tile(desc):
     grid = make_grid(100, 100, 64, mode="blend", overlap=16)
     with pytest.raises(ConfigError, match="border"):
         RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=8)
     st_ = RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=2)
-    t = grid.tile(0)
-    cls = np.zeros((64, 64), np.uint8)
-    with pytest.raises(ValueError, match="probabilities"):
-        st_.add(TilePrediction(t, np.ones((64, 64), bool), classes=cls, confidence=cls.astype(np.float32)))
+    logits = np.zeros((2, desc.num_classes, 64, 64), np.float32)
+    with pytest.raises(ValueError, match="1 tiles, 2 logits"):
+        st_.add([grid.tile(0)], logits, [None])
+
+
+@pytest.mark.parametrize("mode", ["blend", "crop"])
+def test_torch_tensors_and_numpy_give_the_same_map(backend, desc, mode):
+    # The device path (torch tensors, as on CUDA) and the host path are one implementation: they agree.
+    h, w = 140, 150
+    image, valid = _image(h, w, seed=5), np.ones((h, w), bool)
+    valid[50:60, 20:120] = False
+    grid = make_grid(w, h, 64, mode=mode, overlap=24, margin=16)
+    preds = _predict(backend, image, valid, grid)
+    maps = []
+    for device in DEVICES:
+        st_ = RowBandStitcher(
+            grid,
+            active=desc.active_mask,
+            overlap=24,
+            border=3,
+            confidence=True,
+            probabilities=True,
+            device=_device(device),
+        )
+        maps.append(_stitch(st_, preds, batch=4))
+    a, b = maps
+    assert (a["classes"] != b["classes"]).mean() <= 1e-4  # float rounding may flip exact ties only
+    for key in ("confidence", "probabilities"):
+        assert np.abs(a[key].astype(np.int16) - b[key].astype(np.int16)).max() <= U8_STEP
+
+
+def test_batching_does_not_change_the_map(backend, desc):
+    h, w = 130, 170
+    image, valid = _image(h, w, seed=7), np.ones((h, w), bool)
+    grid = make_grid(w, h, 64, mode="blend", overlap=24)
+    preds = _predict(backend, image, valid, grid)
+    maps = [
+        _stitch(
+            RowBandStitcher(grid, active=desc.active_mask, overlap=24, border=3, probabilities=True), preds, b
+        )
+        for b in (1, 4, len(preds))
+    ]
+    for other in maps[1:]:
+        assert (other["classes"] == maps[0]["classes"]).all()
+        assert (other["probabilities"] == maps[0]["probabilities"]).all()
 
 
 def test_output_band_releases_whole_blocks_once():

@@ -68,6 +68,7 @@ _REGISTRY: Final[Mapping[BackendName, Callable[[], type[Backend]]]] = {
     BackendName.TORCH: _lazy("flair_deploy.inference.backends.torch_backend", "TorchBackend"),
     BackendName.ONNXRUNTIME: _lazy("flair_deploy.inference.backends.ort_backend", "OrtBackend"),
     BackendName.TENSORRT: _lazy("flair_deploy.inference.backends.trt_backend", "TrtBackend"),
+    BackendName.NULL: _lazy("flair_deploy.inference.backends.null_backend", "NullBackend"),
 }
 
 
@@ -107,7 +108,8 @@ def create_backend(
     """Create a backend for a model file; use the result as a context manager.
 
     Args:
-        name: ``torch``, ``onnxruntime`` or ``tensorrt``; None chooses from the file suffix
+        name: ``torch``, ``onnxruntime``, ``tensorrt`` or ``null`` (no network: the host-side ceiling);
+            None chooses from the file suffix
             (:data:`SUFFIXES`: checkpoints → torch, ``.onnx`` → onnxruntime, engines → tensorrt).
         artifact: The model file.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``.
@@ -184,4 +186,5 @@ def available_backends(device: str = "cpu") -> dict[BackendName, str | None]:
         out[BackendName.TENSORRT] = cuda_reason() or (
             "TensorRT engines run on CUDA only; use --device cuda" if kind == "cpu" else None
         )
+    out[BackendName.NULL] = cuda_reason() if kind == "cuda" else None
     return out

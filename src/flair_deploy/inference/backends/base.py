@@ -1,11 +1,20 @@
 """The one contract every inference runtime implements.
 
 A :class:`Backend` runs a segmentation network on batches of tiles of *raw* band values (normalisation is
-inside every artifact's graph) and returns logits, class probabilities or a class map. It is an ABC with
-template methods rather than a ``Protocol`` because the lifecycle (resources exist only inside
-``with backend:``) and the input validation are shared code: each runtime only implements ``_activate``,
-``_infer`` and, where it can do better than the numpy fallback, ``_predict_probabilities`` /
-``_predict_classes`` on its device.
+inside every artifact's graph). It is an ABC with template methods rather than a ``Protocol`` because
+the lifecycle (resources exist only inside ``with backend:``), the input validation and the
+post-processing are shared code. Two ways in:
+
+* :meth:`Backend.run` is detect's: raw band values in the raster's own dtype (uint8 for 8-bit
+  orthophotos) in, **logits on the backend's device** out (:attr:`Backend.arrays`, an
+  :class:`~flair_deploy.inference.device.ArrayDevice`), possibly still being computed; the stitcher
+  works on them there and only finished uint8 rows come back.
+* :meth:`Backend.infer`, :meth:`~Backend.predict_probabilities` and :meth:`~Backend.predict_classes` are
+  synchronous and return host arrays (evaluation, parity, benchmarks). Softmax and argmax run on the
+  device, once, here, for every runtime (:mod:`flair_deploy.predictions`).
+
+A host runtime implements ``_activate`` and ``_infer``; a device runtime also sets :attr:`arrays` when
+activated and implements ``_run_device`` (inputs already on the device, raw dtype; cast there).
 
 Class indices returned by :meth:`Backend.predict_classes` are *logit indices* (0-based positions in
 ``description.classes``), never FLAIR codes: mapping to codes is the writer's job.
@@ -29,9 +38,11 @@ import numpy.typing as npt
 
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError
+from flair_deploy.inference.device import HOST, ArrayDevice
 from flair_deploy.predictions import masked_classes, masked_softmax
 
 __all__ = [
+    "RAW_DTYPES",
     "Backend",
     "BackendName",
     "Batch",
@@ -40,8 +51,10 @@ __all__ = [
     "Logits",
     "MetadataBatch",
     "Probabilities",
+    "RawBatch",
     "StageTimes",
     "check_options",
+    "logits_output",
     "parse_device",
     "parse_precision",
     "physical_cores",
@@ -49,6 +62,10 @@ __all__ = [
 
 Batch = npt.NDArray[np.float32]
 """``(N, C, H, W)`` raw band values (not normalised: the graph does it)."""
+RawBatch = npt.NDArray[Any]
+"""``(N, C, H, W)`` raw band values in the raster's dtype: uint8, uint16, int16 or float32."""
+#: Input dtypes :meth:`Backend.run` accepts (cast to the network's input type on its device).
+RAW_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.float32))
 MetadataBatch = npt.NDArray[np.float32]
 """``(N, D)`` encoded aerial metadata, for models with a metadata input."""
 Logits = npt.NDArray[np.float32]
@@ -67,6 +84,8 @@ class BackendName(StrEnum):
     TORCH = "torch"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+    #: No network: ready logits on the device, to measure the host side's ceiling.
+    NULL = "null"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,8 @@ class Backend(abc.ABC):
         max_batch: Largest accepted batch, or None for no limit.
         activation_seconds: Time the last ``__enter__`` took (session creation, engine load,
             compilation happens later, on the first call).
+        arrays: Where :meth:`run`'s logits live (the host until activated).
+        preferred_batch: The batch the runtime is tuned for (a TensorRT profile's opt batch), or None.
     """
 
     name: ClassVar[BackendName]
@@ -137,6 +158,8 @@ class Backend(abc.ABC):
         self.max_batch: int | None = None
         self.hw_multiple: int = description.architecture.output_stride
         self.activation_seconds: float = 0.0
+        self.arrays: ArrayDevice = HOST
+        self.preferred_batch: int | None = None
         self._active = False
         mask = np.asarray(description.active_mask, dtype=bool)
         self._active_mask: npt.NDArray[np.bool_] = mask
@@ -196,6 +219,30 @@ class Backend(abc.ABC):
         return f"{self.name} {self.precision} {self.device}"
 
     # ------------------------------------------------------------------ public calls
+    def run(self, images: RawBatch, metadata: MetadataBatch | None = None) -> Any:
+        """Return a batch's logits on the backend's device, possibly still being computed.
+
+        Work is queued on :attr:`arrays`' stream: use the result inside ``with backend.arrays.stream():``
+        (the stitcher does) or download it with ``backend.arrays.download``. Pass a buffer from
+        ``backend.arrays.staging`` filled in place to upload without an extra copy (pinned on CUDA).
+
+        Args:
+            images: ``(N, C, H, W)`` raw band values (uint8, uint16, int16 or float32), in the
+                description's band order; cast to the network's input type on the device.
+            metadata: ``(N, D)`` float32 metadata vectors, for metadata models.
+
+        Returns:
+            ``(N, K, H, W)`` logits (float32, or float16 for FP16 graphs) in :attr:`arrays`' namespace.
+
+        Raises:
+            InputSpecError: If the batch does not match the model's input specification.
+            BackendError: Outside ``with backend:`` or when the runtime fails.
+        """
+        images, metadata = self._validate(images, metadata, raw=True)
+        dev = self.arrays
+        with dev.stream():
+            return self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+
     def infer(self, images: Batch, metadata: MetadataBatch | None = None) -> Logits:
         """Return the logits for a batch.
 
@@ -261,25 +308,52 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
-        """Run the network on an already-validated batch and fill :attr:`last_times`."""
+        """Run the network on an already-validated batch and fill :attr:`last_times`.
+
+        Device runtimes implement it as ``return self._host_logits(images, metadata)``.
+        """
+
+    def _run_device(self, images: Any, metadata: Any) -> Any:
+        """Logits on the device for inputs already there (raw dtype). Host runtimes: :meth:`_infer`."""
+        x = images if images.dtype == np.float32 else images.astype(np.float32)
+        return self._infer(x, metadata)
+
+    def _host_logits(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        """:meth:`_run_device`'s logits copied back as float32 (``_infer`` of device runtimes)."""
+        dev = self.arrays
+        with dev.stream():
+            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            xp = dev.xp
+            out: Logits = np.asarray(dev.download(xp.astype(logits, xp.float32)).result(), dtype=np.float32)
+        return out
 
     def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        """Host fallback: logits from :meth:`_infer`, then :func:`~flair_deploy.predictions.masked_softmax`."""
-        logits = self._infer(images, metadata)
-        probs: Probabilities = masked_softmax(logits, self._active_mask)
+        """Softmax over the active classes on the device; only the probabilities come back."""
+        dev = self.arrays
+        with dev.stream():
+            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            probs: Probabilities = np.asarray(
+                dev.download(masked_softmax(logits, self._active_mask)).result()
+            )
         return probs
 
     def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        """Host fallback: logits from :meth:`_infer`, then :func:`~flair_deploy.predictions.masked_classes`."""
-        logits = self._infer(images, metadata)
-        classes: Classes
-        confidence: Confidence
-        classes, confidence = masked_classes(logits, self._active_mask)
-        return classes, confidence
+        """Masked argmax and confidence on the device; only a uint8 map and a float32 plane come back."""
+        dev = self.arrays
+        with dev.stream():
+            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            classes, confidence = masked_classes(logits, self._active_mask)
+            c, p = dev.download(classes), dev.download(confidence)
+            return np.asarray(c.result()), np.asarray(p.result())
 
     # ------------------------------------------------------------------ validation
-    def _validate(self, images: Any, metadata: Any) -> tuple[Batch, MetadataBatch | None]:
-        """Check a batch once against the description; raise one-line InputSpecErrors."""
+    def _validate(
+        self, images: Any, metadata: Any, *, raw: bool = False
+    ) -> tuple[Batch, MetadataBatch | None]:
+        """Check a batch once against the description; raise one-line InputSpecErrors.
+
+        With *raw*, the raster dtypes of :data:`RAW_DTYPES` are accepted (:meth:`run`); otherwise float32.
+        """
         if not self._active:
             raise BackendError(f"the {self.name} backend is not active; run inference inside `with backend:`")
         d = self.description
@@ -289,7 +363,12 @@ class Backend(abc.ABC):
                 f"images must be a numpy array, got {type(images).__name__}; pass np.ndarray (N, {c}, H, W) "
                 "float32"
             )
-        if images.dtype != np.float32:
+        if raw and images.dtype not in RAW_DTYPES:
+            raise InputSpecError(
+                f"images have dtype {images.dtype}, expected raw band values as uint8, uint16, int16 or "
+                "float32; convert with .astype(np.float32) (normalisation happens inside the model)"
+            )
+        if not raw and images.dtype != np.float32:
             raise InputSpecError(
                 f"images have dtype {images.dtype}, expected float32 raw band values; convert with "
                 ".astype(np.float32) (normalisation happens inside the model)"
@@ -340,6 +419,26 @@ class Backend(abc.ABC):
             metadata = np.ascontiguousarray(metadata)
         # Runtimes read raw memory (IOBinding, pinned copies): hand them C-contiguous arrays.
         return np.ascontiguousarray(images), metadata
+
+
+def logits_output(names: Iterable[str]) -> str:
+    """Return the name of a graph's or engine's logits output.
+
+    Exports name it ``logits``; extra heads (``probabilities``, ``class_index``, ``confidence``) are
+    recognised by name, and a graph from elsewhere has its first other output taken as the logits.
+
+    Raises:
+        ModelDescriptionError: If there is no candidate.
+    """
+    from flair_deploy.errors import ModelDescriptionError
+
+    names = list(names)
+    if "logits" in names:
+        return "logits"
+    rest = [n for n in names if n not in ("probabilities", "class_index", "confidence")]
+    if not rest:
+        raise ModelDescriptionError(f"the model has no logits output (outputs: {names}); re-export it")
+    return rest[0]
 
 
 # ---------------------------------------------------------------------- option parsing

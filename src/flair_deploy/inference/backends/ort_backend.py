@@ -5,10 +5,12 @@ The model's description is read from its ``metadata_props`` (written by ``flair-
 that onnxruntime does not have, or that it drops while creating the session (a CUDA/cuDNN mismatch makes onnxruntime fall back to the CPU *silently*), is a
 :class:`~flair_deploy.errors.BackendError`, never a slow CPU run.
 
-On CUDA the batch goes through I/O binding: inputs are staged in pinned host memory and copied
-asynchronously into device buffers bound to the session (via torch's CUDA allocator when torch has CUDA),
-and softmax/argmax run on the device so only the requested result comes back. Models exported with
-``probabilities`` or ``class_index`` + ``confidence`` outputs are used as they are (by output name).
+On CUDA the batch goes through I/O binding on torch CUDA buffers, staged by the shared
+:class:`~flair_deploy.inference.device.TorchDevice` (pinned ring, own stream): raw band values are
+uploaded in the raster's dtype and cast to the graph's input type on the device, and the logits stay
+there for detect's stitcher (softmax and argmax of the synchronous calls run there too). The logits
+output is found by :func:`~flair_deploy.inference.backends.base.logits_output`; extra heads of the graph
+are not needed.
 
 Options: ``provider`` (``cpu``, ``cuda``, ``tensorrt``; default from the device), ``threads`` (CPU
 intra-op threads; default the physical cores), ``cudnn_max_workspace`` (default True), and for the
@@ -38,17 +40,15 @@ from flair_deploy.inference.backends.base import (
     Backend,
     BackendName,
     Batch,
-    Classes,
-    Confidence,
     Logits,
     MetadataBatch,
-    Probabilities,
     StageTimes,
     check_options,
+    logits_output,
     parse_device,
     physical_cores,
 )
-from flair_deploy.predictions import masked_classes, masked_softmax
+from flair_deploy.inference.device import HOST, TorchDevice
 from flair_deploy.tensorrt_options import ShapeRange, tensorrt_provider_options
 
 __all__ = ["PROVIDERS", "OrtBackend"]
@@ -68,6 +68,16 @@ _ORT_TYPES: Mapping[str, type[np.generic]] = {
     "tensor(int32)": np.int32,
     "tensor(int64)": np.int64,
 }
+
+
+def _torch_dtype(np_type: type[np.generic]) -> Any:
+    import torch
+
+    return getattr(torch, np.dtype(np_type).name)
+
+
+def _numpy_type(torch_dtype: Any) -> type[np.generic]:
+    return np.dtype(str(torch_dtype).removeprefix("torch.")).type
 
 
 def _ort() -> ModuleType:
@@ -178,11 +188,9 @@ class OrtBackend(Backend):
         self._image_name = "image"
         self._image_dtype: type[np.generic] = np.float32
         self._metadata_name: str | None = None
-        self._outputs: dict[str, str] = {}  # role (logits, probabilities, class_index, confidence) → name
+        self._logits_name = "logits"
         self._static_batch: int | None = None
         self._logits_dtype: type[np.generic] = np.float32
-        self._torch_cuda = False
-        self._torch_state: Any = None  # pinned buffers, mask bias (CUDA path)
 
     @classmethod
     def from_artifact(
@@ -317,197 +325,102 @@ class OrtBackend(Backend):
             self.supports_dynamic_hw = False
             self.fixed_hw = (h, w)
         outputs = {o.name: o for o in session.get_outputs()}
-        roles: dict[str, str] = {}
-        for role in ("logits", "probabilities", "class_index", "confidence"):
-            if role in outputs:
-                roles[role] = role
-        if "logits" not in roles:
-            rest = [name for name in outputs if name not in roles.values()]
-            if not rest:
-                raise ModelDescriptionError(f"{self.path} has no logits output (outputs: {list(outputs)})")
-            roles["logits"] = rest[0]
-        if ("class_index" in roles) != ("confidence" in roles):
-            roles.pop("class_index", None)  # both are needed to answer predict_classes without logits
-            roles.pop("confidence", None)
-        self._outputs = roles
-        self._logits_dtype = _ORT_TYPES.get(outputs[roles["logits"]].type, np.float32)
+        self._logits_name = logits_output(outputs)
+        self._logits_dtype = _ORT_TYPES.get(outputs[self._logits_name].type, np.float32)
 
     def _setup_device_buffers(self) -> None:
         require("torch", purpose="onnxruntime on CUDA (it binds PyTorch CUDA buffers)", extra="gpu")
         import torch
 
-        self._torch_cuda = torch.cuda.is_available()
-        if self._torch_cuda:
-            dev = torch.device(f"cuda:{self._device_index}")
-            self._torch_state = {"device": dev, "pinned": {}}
+        if not torch.cuda.is_available():
+            raise BackendError(
+                f"onnxruntime on {self.device} binds PyTorch CUDA buffers, but this torch "
+                f"{torch.__version__} sees no CUDA device; install a CUDA build of torch "
+                "(pip install flair-deploy[gpu]) or use --device cpu"
+            )
+        self.arrays = TorchDevice(f"cuda:{self._device_index}")
 
     def _deactivate(self) -> None:
         self._session = None
-        self._torch_state = None
+        if isinstance(self.arrays, TorchDevice):
+            self.arrays.close()
+        self.arrays = HOST
 
     # ------------------------------------------------------------------ running
-    def _pad(
-        self, images: Batch, metadata: MetadataBatch | None
-    ) -> tuple[np.ndarray[Any, Any], MetadataBatch | None, int]:
-        n = images.shape[0]
-        x: np.ndarray[Any, Any] = images
-        if self._static_batch is not None and n < self._static_batch:
-            # A static-batch graph: pad with copies of the last tile and drop their results.
-            extra = self._static_batch - n
-            x = np.concatenate([images, np.repeat(images[-1:], extra, axis=0)])
-            if metadata is not None:
-                metadata = np.concatenate([metadata, np.repeat(metadata[-1:], extra, axis=0)])
-        if self._image_dtype is not np.float32:
-            x = x.astype(self._image_dtype)
-        return x, metadata, n
+    def _failed(self, shape: tuple[int, ...], exc: BaseException) -> BackendError:
+        return BackendError(f"onnxruntime failed on a batch of shape {shape}: {str(exc).splitlines()[0]}")
 
-    def _run_cpu(
-        self, images: Batch, metadata: MetadataBatch | None, roles: list[str]
-    ) -> list[np.ndarray[Any, Any]]:
-        x, m, n = self._pad(images, metadata)
-        feed: dict[str, np.ndarray[Any, Any]] = {self._image_name: x}
-        if m is not None and self._metadata_name is not None:
-            feed[self._metadata_name] = m
-        t0 = time.perf_counter()
-        try:
-            outs = self._session.run([self._outputs[r] for r in roles], feed)
-        except _ort_errors() as exc:
-            raise BackendError(
-                f"onnxruntime failed on a batch of shape {images.shape}: {str(exc).splitlines()[0]}"
-            ) from None
-        self.last_times = StageTimes(compute=time.perf_counter() - t0)
-        return [np.asarray(o)[:n] for o in outs]
-
-    def _run_device(
-        self, images: Batch, metadata: MetadataBatch | None, roles: list[str], post: str | None
-    ) -> list[np.ndarray[Any, Any]]:
-        """I/O-bound run on CUDA; *post* (``softmax``/``argmax``) is applied to the logits on the device."""
-        x, m, n = self._pad(images, metadata)
-        binding = self._session.io_binding()
-        t0 = time.perf_counter()
-        state = self._torch_state
-        if state is None:
-            # torch without CUDA: onnxruntime copies from pageable host memory itself.
-            binding.bind_cpu_input(self._image_name, x)
-            if m is not None and self._metadata_name is not None:
-                binding.bind_cpu_input(self._metadata_name, m)
-            for r in roles:
-                binding.bind_output(self._outputs[r], "cpu")
-            t1 = time.perf_counter()
-            self._session.run_with_iobinding(binding)
-            t2 = time.perf_counter()
-            outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
-            if post == "softmax":
-                outs = [masked_softmax(outs[0], self._active_mask)]
-            elif post == "argmax":
-                outs = list(masked_classes(outs[0], self._active_mask))
-            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
-            return [o[:n] for o in outs]
-
-        import torch
-
-        dev = state["device"]
-        pinned: dict[tuple[str, tuple[int, ...], Any], Any] = state["pinned"]
-
-        def upload(role: str, arr: np.ndarray[Any, Any]) -> Any:
-            host = torch.from_numpy(arr)
-            key = (role, tuple(arr.shape), host.dtype)
-            buf = pinned.get(key)
-            if buf is None:
-                buf = pinned[key] = torch.empty(arr.shape, dtype=host.dtype, pin_memory=True)
-            buf.copy_(host)
-            return buf.to(dev, non_blocking=True)
-
-        def bind_in(name: str, t: Any) -> None:
-            binding.bind_input(
-                name,
-                "cuda",
-                self._device_index,
-                np.dtype(str(t.dtype).removeprefix("torch.")).type,
-                list(t.shape),
-                t.data_ptr(),
-            )
-
-        x_dev = upload("image", x)
-        bind_in(self._image_name, x_dev)
-        # IOBinding keeps raw pointers: every bound tensor must stay referenced until the run is over,
-        # or torch's caching allocator may hand its memory to the next allocation.
-        m_dev = None
-        if m is not None and self._metadata_name is not None:
-            m_dev = upload("metadata", m)
-            bind_in(self._metadata_name, m_dev)
-        logits_dev = None
-        if post is not None:
-            # Logits stay on the device, in a torch buffer, for the on-device softmax/argmax.
-            k = self.description.num_classes
-            out_dtype = torch.float16 if self._logits_dtype is np.float16 else torch.float32
-            logits_dev = torch.empty((x.shape[0], k, x.shape[2], x.shape[3]), dtype=out_dtype, device=dev)
-            binding.bind_output(
-                self._outputs["logits"],
-                "cuda",
-                self._device_index,
-                np.dtype(str(out_dtype).removeprefix("torch.")).type,
-                list(logits_dev.shape),
-                logits_dev.data_ptr(),
-            )
-        else:
-            for r in roles:
-                binding.bind_output(self._outputs[r], "cuda", self._device_index)
-        # onnxruntime runs on its own stream: the asynchronous uploads must have landed first.
-        torch.cuda.current_stream(dev).synchronize()
-        t1 = time.perf_counter()
-        try:
-            self._session.run_with_iobinding(binding)
-        except _ort_errors() as exc:
-            raise BackendError(
-                f"onnxruntime failed on a batch of shape {images.shape}: {str(exc).splitlines()[0]}"
-            ) from None
-        del x_dev, m_dev  # Run() has returned: the inputs' device memory may be reused now
-        if logits_dev is None:
-            t2 = time.perf_counter()
-            outs = [np.asarray(o) for o in binding.copy_outputs_to_cpu()]
-            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
-            return [o[:n] for o in outs]
-        # Run() returns once the provider's stream has finished, so torch may read the logits now.
-        results = (
-            (masked_softmax(logits_dev, self._active_mask),)
-            if post == "softmax"
-            else masked_classes(logits_dev, self._active_mask)
-        )
-        torch.cuda.current_stream(dev).synchronize()
-        t2 = time.perf_counter()
-        host = [r.cpu().numpy()[:n] for r in results]
-        self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=time.perf_counter() - t2)
-        return host
-
-    def _run(
-        self, images: Batch, metadata: MetadataBatch | None, roles: list[str], post: str | None = None
-    ) -> list[np.ndarray[Any, Any]]:
+    def _run_device(self, images: Any, metadata: Any) -> Any:
         if self._session is None:  # pragma: no cover - guarded by Backend._validate
             raise BackendError("the onnxruntime backend is not active; run inference inside `with backend:`")
         if self.provider == "cpu":
-            outs = self._run_cpu(images, metadata, roles)
-            if post == "softmax":
-                return [masked_softmax(outs[0], self._active_mask)]
-            if post == "argmax":
-                return list(masked_classes(outs[0], self._active_mask))
-            return outs
-        return self._run_device(images, metadata, roles, post)
+            return self._run_host(images, metadata)
+        return self._run_cuda(images, metadata)
+
+    def _run_host(self, images: np.ndarray[Any, Any], metadata: MetadataBatch | None) -> np.ndarray[Any, Any]:
+        n = images.shape[0]
+        x: np.ndarray[Any, Any] = images.astype(self._image_dtype, copy=False)
+        if self._static_batch is not None and n < self._static_batch:
+            # A static-batch graph: pad with copies of the last tile and drop their results.
+            extra = self._static_batch - n
+            x = np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+            if metadata is not None:
+                metadata = np.concatenate([metadata, np.repeat(metadata[-1:], extra, axis=0)])
+        feed: dict[str, np.ndarray[Any, Any]] = {self._image_name: x}
+        if metadata is not None and self._metadata_name is not None:
+            feed[self._metadata_name] = metadata
+        t0 = time.perf_counter()
+        try:
+            (logits,) = self._session.run([self._logits_name], feed)
+        except _ort_errors() as exc:
+            raise self._failed(tuple(images.shape), exc) from None
+        self.last_times = StageTimes(compute=time.perf_counter() - t0)
+        out: np.ndarray[Any, Any] = np.asarray(logits)[:n]
+        return out
+
+    def _run_cuda(self, images: Any, metadata: Any) -> Any:
+        """I/O-bound run on torch CUDA buffers; returns the logits tensor (on the device)."""
+        import torch
+
+        dev = self.arrays
+        assert isinstance(dev, TorchDevice)
+        n = int(images.shape[0])
+        x = images.to(_torch_dtype(self._image_dtype))  # the cast, on the device
+        m = metadata
+        if self._static_batch is not None and n < self._static_batch:
+            extra = self._static_batch - n
+            x = torch.cat([x, x[-1:].expand(extra, *x.shape[1:])])
+            if m is not None:
+                m = torch.cat([m, m[-1:].expand(extra, *m.shape[1:])])
+        binding = self._session.io_binding()
+
+        def bind(name: str, t: Any, output: bool = False) -> None:
+            args = ("cuda", self._device_index, _numpy_type(t.dtype), list(t.shape), t.data_ptr())
+            (binding.bind_output if output else binding.bind_input)(name, *args)
+
+        # IOBinding keeps raw pointers: every bound tensor stays referenced until Run() has returned.
+        x = x.contiguous()
+        bind(self._image_name, x)
+        if m is not None and self._metadata_name is not None:
+            m = m.float().contiguous()
+            bind(self._metadata_name, m)
+        k = self.description.num_classes
+        out_dtype = torch.float16 if self._logits_dtype is np.float16 else torch.float32
+        logits = torch.empty((x.shape[0], k, x.shape[2], x.shape[3]), dtype=out_dtype, device=dev.device)
+        bind(self._logits_name, logits, output=True)
+        # onnxruntime runs on its own stream: the uploads and casts queued on ours must have landed.
+        dev.synchronize()
+        t0 = time.perf_counter()
+        try:
+            self._session.run_with_iobinding(binding)
+        except _ort_errors() as exc:
+            raise self._failed(tuple(images.shape), exc) from None
+        # Run() returns once the provider's stream has finished: the logits are there for our stream.
+        self.last_times = StageTimes(compute=time.perf_counter() - t0)
+        del x, m
+        return logits[:n]
 
     def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
-        (logits,) = self._run(images, metadata, ["logits"])
-        return logits.astype(np.float32, copy=False)
-
-    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        if "probabilities" in self._outputs:
-            (probs,) = self._run(images, metadata, ["probabilities"])
-            return probs.astype(np.float32, copy=False)
-        (probs,) = self._run(images, metadata, ["logits"], post="softmax")
-        return probs
-
-    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        if "class_index" in self._outputs:
-            index, conf = self._run(images, metadata, ["class_index", "confidence"])
-            return index.astype(np.uint8, copy=False), conf.astype(np.float32, copy=False)
-        index, conf = self._run(images, metadata, ["logits"], post="argmax")
-        return index, conf
+        if self.provider == "cpu":
+            return self._run_host(images, metadata).astype(np.float32, copy=False)
+        return self._host_logits(images, metadata)

@@ -5,9 +5,10 @@ Variants (``options``): autocast precision (``fp16``, ``bf16`` — bf16 autocast
 graph captured per input shape), ``threads`` (CPU intra-op threads) and ``timing`` (synchronise at stage
 boundaries so :attr:`Backend.last_times` splits host→device, compute and device→host exactly).
 
-On CUDA the inputs go through pinned host buffers with asynchronous copies; softmax and argmax run on the
-device and only the requested result is copied back (for :meth:`Backend.predict_classes`, a uint8 map
-and a float32 confidence, ~5 bytes a pixel instead of 4·K).
+Inputs and outputs move through the shared :class:`~flair_deploy.inference.device.TorchDevice` (pinned
+staging ring, own stream and events on CUDA): raw band values are uploaded in the raster's dtype and cast
+to float on the device; :meth:`Backend.run` leaves the logits there for detect's stitcher, and softmax
+and argmax for the synchronous calls run there too, so only the requested result comes back.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -28,17 +28,14 @@ from flair_deploy.inference.backends.base import (
     Backend,
     BackendName,
     Batch,
-    Classes,
-    Confidence,
     Logits,
     MetadataBatch,
-    Probabilities,
     StageTimes,
     check_options,
     parse_device,
     parse_precision,
 )
-from flair_deploy.predictions import masked_classes, masked_softmax
+from flair_deploy.inference.device import HOST, TorchDevice
 
 __all__ = ["TorchBackend"]
 
@@ -159,7 +156,6 @@ class TorchBackend(Backend):
         self._torch_device = torch.device(self.device)
         self._is_cuda = kind == "cuda"
         self._forward: _Forward | None = None
-        self._pinned: dict[tuple[str, tuple[int, ...], torch.dtype], Tensor] = {}
         self._saved_threads: int | None = None
         self._was_training = False
 
@@ -243,6 +239,7 @@ class TorchBackend(Backend):
             # fastest (restored on exit).
             self._saved_cudnn_benchmark = bool(torch.backends.cudnn.benchmark)
             torch.backends.cudnn.benchmark = True
+        self.arrays = TorchDevice(self._torch_device)
         self._was_training = self.model.training
         self.model.eval()
         self.model.to(self._torch_device)
@@ -271,7 +268,9 @@ class TorchBackend(Backend):
 
     def _deactivate(self) -> None:
         self._forward = None
-        self._pinned.clear()
+        if isinstance(self.arrays, TorchDevice):
+            self.arrays.close()
+        self.arrays = HOST
         if self._saved_cudnn_benchmark is not None:
             torch.backends.cudnn.benchmark = self._saved_cudnn_benchmark
             self._saved_cudnn_benchmark = None
@@ -285,79 +284,22 @@ class TorchBackend(Backend):
         if self._is_cuda and torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # ------------------------------------------------------------------ stages
-    def _sync(self) -> None:
-        if self._is_cuda and self.timing:
-            torch.cuda.synchronize(self._torch_device)
-
-    def _pinned_buffer(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        key = (role, shape, dtype)
-        buf = self._pinned.get(key)
-        if buf is None:
-            buf = torch.empty(shape, dtype=dtype, pin_memory=True)
-            self._pinned[key] = buf
-        return buf
-
-    def _to_device(self, array: np.ndarray[Any, Any], *, image: bool) -> Tensor:
-        host = torch.from_numpy(array)
-        if self._is_cuda:
-            # Staging through a reused pinned buffer makes the copy asynchronous and DMA-fast; it is safe
-            # to reuse because every call ends with a synchronising device→host copy.
-            pinned = self._pinned_buffer("image" if image else "metadata", tuple(array.shape), host.dtype)
-            pinned.copy_(host)
-            dev = pinned.to(self._torch_device, non_blocking=True)
-        else:
-            dev = host
-        if image and self.channels_last:
-            dev = dev.contiguous(memory_format=torch.channels_last)
-        return dev
-
-    def _to_host(self, tensors: tuple[Tensor, ...]) -> tuple[np.ndarray[Any, Any], ...]:
-        if not self._is_cuda:
-            return tuple(t.contiguous().numpy() for t in tensors)
-        staged = []
-        for i, t in enumerate(tensors):
-            pinned = self._pinned_buffer(f"out{i}", tuple(t.shape), t.dtype)
-            pinned.copy_(t, non_blocking=True)
-            staged.append(pinned)
-        torch.cuda.current_stream(self._torch_device).synchronize()  # one wait for all the copies
-        # Copy out of the reused pinned buffers: the caller keeps the arrays beyond the next call.
-        return tuple(p.numpy().copy() for p in staged)
-
-    def _run(
-        self, images: Batch, metadata: MetadataBatch | None, post: Callable[[Tensor], tuple[Tensor, ...]]
-    ) -> tuple[np.ndarray[Any, Any], ...]:
+    # ------------------------------------------------------------------ running
+    def _run_device(self, images: Tensor, metadata: Tensor | None) -> Tensor:
         if self._forward is None:  # pragma: no cover - guarded by Backend._validate
             raise BackendError("the torch backend is not active; run inference inside `with backend:`")
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            x = self._to_device(images, image=True)
-            m = None if metadata is None else self._to_device(metadata, image=False)
-            self._sync()
-            t1 = time.perf_counter()
-            results = post(self._forward(x, m))
-            self._sync()
-            t2 = time.perf_counter()
-            host = self._to_host(results)
-        t3 = time.perf_counter()
-        if self._is_cuda and not self.timing:
-            # Without synchronisation the boundaries are only enqueue times: report the honest total.
-            self.last_times = StageTimes(compute=t3 - t0)
-        else:
-            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=t3 - t2)
-        return host
-
-    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
-        (logits,) = self._run(images, metadata, lambda out: (out,))
+        start = time.perf_counter()
+        with torch.no_grad():
+            x = images if images.dtype == torch.float32 else images.float()  # the cast, on the device
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            m = None if metadata is None else metadata.float()
+            logits = self._forward(x, m)
+        if self._is_cuda and self.timing:
+            torch.cuda.synchronize(self._torch_device)
+        # On CUDA without `timing` this is the time to queue the work, not to run it.
+        self.last_times = StageTimes(compute=time.perf_counter() - start)
         return logits
 
-    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        active = self.description.active_mask
-        # On the device: only the probabilities come back to the host.
-        (probs,) = self._run(images, metadata, lambda out: (masked_softmax(out, active),))
-        return probs
-
-    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        active = self.description.active_mask
-        classes, conf = self._run(images, metadata, lambda out: masked_classes(out, active))
-        return classes, conf
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        return self._host_logits(images, metadata)

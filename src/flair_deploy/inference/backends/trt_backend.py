@@ -8,10 +8,12 @@ GPU model and TensorRT version; the sidecar beside it (``model.engine.json``, th
 Written against the TensorRT 10/11 Python API (named I/O tensors): ``Runtime.deserialize_cuda_engine``,
 ``ICudaEngine.num_io_tensors`` / ``get_tensor_name`` / ``get_tensor_mode`` / ``get_tensor_dtype`` /
 ``get_tensor_profile_shape``, ``IExecutionContext.set_input_shape`` / ``set_tensor_address`` /
-``execute_async_v3``. Device buffers are torch CUDA tensors. The engine runs on the backend's own CUDA
-stream (never the legacy default stream, on which TensorRT adds synchronisations), and uploads,
-inference and the on-device softmax/argmax are queued on that stream in order. Every status TensorRT
-returns is checked, and the engine's input dtype is honoured (inputs are cast on the device).
+``execute_async_v3``. Device buffers are torch CUDA tensors, staged by the shared
+:class:`~flair_deploy.inference.device.TorchDevice`. The engine runs on that device's own CUDA stream
+(never the legacy default stream, on which TensorRT adds synchronisations): uploads, the cast to the
+engine's input dtype, inference and detect's stitching are queued on it in order, and nothing waits
+for the GPU until finished rows are copied back. Every status TensorRT returns is checked. The
+profile's opt batch is the batch detect uses by default (:attr:`Backend.preferred_batch`).
 """
 
 from __future__ import annotations
@@ -32,16 +34,14 @@ from flair_deploy.inference.backends.base import (
     Backend,
     BackendName,
     Batch,
-    Classes,
-    Confidence,
     Logits,
     MetadataBatch,
-    Probabilities,
     StageTimes,
     check_options,
+    logits_output,
     parse_device,
 )
-from flair_deploy.predictions import masked_classes, masked_softmax
+from flair_deploy.inference.device import HOST, TorchDevice
 
 if TYPE_CHECKING:
     import tensorrt
@@ -92,9 +92,8 @@ class _Session:
     runtime: tensorrt.Runtime
     engine: tensorrt.ICudaEngine
     context: tensorrt.IExecutionContext
-    stream: Any
     io: EngineIO
-    pinned: dict[Any, Any]
+    logits: str
 
 
 def _checked(ok: bool, call: str, name: str, value: object) -> None:
@@ -251,137 +250,67 @@ class TrtBackend(Backend):
         if io.image.min[2:] == io.image.max[2:]:
             self.supports_dynamic_hw = False
             self.fixed_hw = (io.image.min[2], io.image.min[3])
-        # The backend's own stream: TensorRT synchronises extra on the legacy default stream.
-        stream = torch.cuda.Stream(device=dev)  # type: ignore[no-untyped-call]
-        self._state = _Session(trt, torch, dev, runtime, engine, context, stream, io, {})
+        self.preferred_batch = io.image.opt[0]
+        # The device's own stream: TensorRT synchronises extra on the legacy default stream.
+        self.arrays = TorchDevice(dev)
+        self._state = _Session(trt, torch, dev, runtime, engine, context, io, logits_output(io.outputs))
 
     def _deactivate(self) -> None:
         # Drop the context before the engine and the engine before the runtime (TensorRT's order).
         state, self._state = self._state, None
+        if isinstance(self.arrays, TorchDevice):
+            self.arrays.close()
+        self.arrays = HOST
         if state is not None:
-            state.pinned.clear()
             del state.context
             del state.engine
             del state.runtime
 
     # ------------------------------------------------------------------ running
-    def _output_roles(self) -> dict[str, str]:
-        assert self._state is not None
-        names: tuple[str, ...] = self._state.io.outputs
-        roles: dict[str, str] = {
-            r: r for r in ("logits", "probabilities", "class_index", "confidence") if r in names
-        }
-        if "logits" not in roles:
-            roles["logits"] = next(n for n in names if n not in roles.values())
-        return roles
-
-    def _run(
-        self, images: Batch, metadata: MetadataBatch | None, want: str
-    ) -> tuple[np.ndarray[Any, Any], ...]:
+    def _run_device(self, images: Any, metadata: Any) -> Any:
+        """Queue one batch on the device's stream; returns the logits tensor without waiting."""
         state = self._state
         if state is None:  # pragma: no cover - guarded by Backend._validate
             raise BackendError("the tensorrt backend is not active; run inference inside `with backend:`")
-        with state.torch.cuda.stream(state.stream):
-            return self._run_on_stream(state, images, metadata, want)
-
-    def _run_on_stream(
-        self, state: _Session, images: Batch, metadata: MetadataBatch | None, want: str
-    ) -> tuple[np.ndarray[Any, Any], ...]:
-        torch, trt, io, context, dev, stream = (
-            state.torch,
-            state.trt,
-            state.io,
-            state.context,
-            state.device,
-            state.stream,
-        )
+        torch, trt, io, context = state.torch, state.trt, state.io, state.context
         io.image.check(tuple(images.shape))
         if io.metadata is not None and metadata is not None:
             io.metadata.check(tuple(metadata.shape))
-        pinned = state.pinned
         in_dtypes = io.input_dtypes or {}
 
         def torch_dtype(trt_dtype: Any) -> Any:
             return getattr(torch, np.dtype(trt.nptype(trt_dtype)).name)
 
-        def upload(name: str, arr: np.ndarray[Any, Any]) -> Any:
-            host = torch.from_numpy(arr)
-            key = (name, tuple(arr.shape))
-            buf = pinned.get(key)
-            if buf is None:
-                buf = pinned[key] = torch.empty(arr.shape, dtype=host.dtype, pin_memory=True)
-            buf.copy_(host)
-            dev_tensor = buf.to(dev, non_blocking=True)
-            want_dtype = torch_dtype(in_dtypes[name]) if name in in_dtypes else dev_tensor.dtype
-            # The engine's own input type (an FP16 or UINT8 network input): cast on the device.
-            return dev_tensor if want_dtype == dev_tensor.dtype else dev_tensor.to(want_dtype)
-
-        def bind_input(name: str, tensor: Any) -> None:
-            shape = tuple(tensor.shape)
+        def bind_input(name: str, tensor: Any) -> Any:
+            want = torch_dtype(in_dtypes[name]) if name in in_dtypes else tensor.dtype
+            # The engine's own input type (FP32, FP16 or UINT8): cast on the device.
+            t = (tensor if want == tensor.dtype else tensor.to(want)).contiguous()
+            shape = tuple(t.shape)
             _checked(context.set_input_shape(name, shape), "set_input_shape", name, shape)
-            _checked(context.set_tensor_address(name, tensor.data_ptr()), "set_tensor_address", name, "ptr")
+            _checked(context.set_tensor_address(name, t.data_ptr()), "set_tensor_address", name, "ptr")
+            return t
 
-        t0 = time.perf_counter()
-        x = upload(io.image.name, images)
-        bind_input(io.image.name, x)
-        keep = [x]
+        start = time.perf_counter()
+        # Buffers come from torch's caching allocator on this stream: one freed after this call is
+        # reused only by work queued after the engine's, so no buffer needs to be kept by hand.
+        bound = [bind_input(io.image.name, images)]
         if io.metadata is not None and metadata is not None:
-            m = upload(io.metadata.name, metadata)
-            bind_input(io.metadata.name, m)
-            keep.append(m)
-        if self.timing:
-            stream.synchronize()
-        t1 = time.perf_counter()
+            bound.append(bind_input(io.metadata.name, metadata))
         outs: dict[str, Any] = {}
         for name in io.outputs:
             shape = tuple(context.get_tensor_shape(name))
-            out = torch.empty(shape, dtype=torch_dtype(io.output_dtypes[name]), device=dev)
+            out = torch.empty(shape, dtype=torch_dtype(io.output_dtypes[name]), device=state.device)
             _checked(context.set_tensor_address(name, out.data_ptr()), "set_tensor_address", name, "ptr")
             outs[name] = out
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise BackendError(f"TensorRT failed to enqueue a batch of shape {images.shape}")
-        roles = self._output_roles()
-        if want == "logits":
-            results: tuple[Any, ...] = (outs[roles["logits"]].float(),)
-        elif want == "probabilities":
-            results = (
-                (outs[roles["probabilities"]].float(),)
-                if "probabilities" in roles
-                else (masked_softmax(outs[roles["logits"]], self.description.active_mask),)
-            )
-        elif "class_index" in roles and "confidence" in roles:
-            results = (outs[roles["class_index"]].to(torch.uint8), outs[roles["confidence"]].float())
-        else:
-            results = masked_classes(outs[roles["logits"]], self.description.active_mask)
+        dev = self.arrays
+        assert isinstance(dev, TorchDevice)
+        if not context.execute_async_v3(dev.cuda_stream.cuda_stream):
+            raise BackendError(f"TensorRT failed to enqueue a batch of shape {tuple(images.shape)}")
         if self.timing:
-            stream.synchronize()
-        t2 = time.perf_counter()
-        host = []
-        for i, r in enumerate(results):
-            key = (f"out{i}", tuple(r.shape), r.dtype)
-            buf = pinned.get(key)
-            if buf is None:
-                buf = pinned[key] = torch.empty(tuple(r.shape), dtype=r.dtype, pin_memory=True)
-            buf.copy_(r, non_blocking=True)
-            host.append(buf)
-        stream.synchronize()  # also keeps `keep` and `outs` alive until the engine is done with them
-        arrays = tuple(b.numpy().copy() for b in host)
-        t3 = time.perf_counter()
-        del keep, outs
-        if self.timing:
-            self.last_times = StageTimes(h2d=t1 - t0, compute=t2 - t1, d2h=t3 - t2)
-        else:
-            self.last_times = StageTimes(compute=t3 - t0)
-        return arrays
+            dev.synchronize()
+        # Without `timing`, the time to queue the batch, not to run it.
+        self.last_times = StageTimes(compute=time.perf_counter() - start)
+        return outs[state.logits]
 
     def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
-        (logits,) = self._run(images, metadata, "logits")
-        return logits
-
-    def _predict_probabilities(self, images: Batch, metadata: MetadataBatch | None) -> Probabilities:
-        (probs,) = self._run(images, metadata, "probabilities")
-        return probs
-
-    def _predict_classes(self, images: Batch, metadata: MetadataBatch | None) -> tuple[Classes, Confidence]:
-        classes, conf = self._run(images, metadata, "classes")
-        return classes, conf
+        return self._host_logits(images, metadata)

@@ -296,8 +296,9 @@ def test_onnxruntime_bad_options(onnx_path, kwargs, match):
         create_backend("onnxruntime", onnx_path, **kwargs)
 
 
-def test_onnxruntime_uses_model_probability_and_class_outputs(desc, tmp_path):
-    # A graph whose class outputs deliberately disagree with its logits proves they are used by name.
+def test_onnxruntime_takes_the_logits_output_among_extra_heads_and_post_processes_it_once(desc, tmp_path):
+    # A graph whose extra heads deliberately disagree with its logits: every answer must come from the
+    # logits, through the one masked softmax/argmax (inactive classes never win), whatever the heads say.
     from onnx import TensorProto, helper
 
     k, d = desc.num_classes, desc.in_channels
@@ -332,10 +333,18 @@ def test_onnxruntime_uses_model_probability_and_class_outputs(desc, tmp_path):
     path = tmp_path / "outs.onnx"
     onnx.save(proto, str(path))
     with create_backend(None, path) as b:
-        classes, conf = b.predict_classes(tiles(desc, 1))
-        probs = b.predict_probabilities(tiles(desc, 1))
-    assert (classes == 7).all() and (conf == 7.0).all()
-    np.testing.assert_allclose(probs, 1.0 / k, rtol=1e-5)  # the graph's own softmax over all 19 logits
+        x = tiles(desc, 1)
+        classes, conf = b.predict_classes(x)
+        probs = b.predict_probabilities(x)
+        logits = b.infer(x)
+        run = b.run(x.astype(np.uint8))  # raw uint8 tiles, cast inside
+    active = np.asarray(desc.active_mask)
+    # Every logit is equal (the tiled mean): the first active class wins, with 1/A confidence.
+    assert (classes == np.flatnonzero(active)[0]).all()
+    np.testing.assert_allclose(conf, 1.0 / active.sum(), rtol=1e-5)
+    np.testing.assert_allclose(probs[:, active], 1.0 / active.sum(), rtol=1e-5)
+    assert (probs[:, ~active] == 0).all()
+    assert logits.shape == (1, k, *x.shape[2:]) and isinstance(run, np.ndarray)
 
 
 def test_metadata_model_requires_metadata(tmp_path):
