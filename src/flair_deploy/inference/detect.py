@@ -302,16 +302,7 @@ def run_detection(
                 t_finish0 = time.perf_counter()
             # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
             finish_s = time.perf_counter() - t_finish0
-            seconds = seconds + StageSeconds(
-                read=run.seconds.read,
-                preprocess=run.seconds.preprocess,
-                h2d=run.seconds.h2d,
-                compute=run.seconds.compute,
-                d2h=run.seconds.d2h,
-                infer=run.seconds.infer,
-                stitch=run.seconds.stitch,
-                write=run.seconds.write + finish_s,
-            )
+            seconds = seconds + dataclasses.replace(run.seconds, write=run.seconds.write + finish_s, wall=0.0)
             outputs.extend(out_paths.all())
             tiles += run.tiles
             skipped += run.skipped

@@ -327,17 +327,21 @@ class RowBandStitcher:
         self, tiles: Sequence[Tile], logits: Any, valid: Sequence[npt.NDArray[np.bool_] | None]
     ) -> list[FinishedRows]:
         xp = self.xp
-        # One softmax for the whole batch, over the active classes only: (N, A, T, T).
-        probs = active_softmax(logits, self.active)
+        # Softmax over the active classes only, (N, A, T, T): one call for the whole batch on a GPU
+        # (few large kernels), tile by tile on the host (temporaries that stay in cache).
+        batch_probs = None if self.device.is_host else active_softmax(logits, self.active)
         out: list[FinishedRows] = []
         for i, tile in enumerate(tiles):
             out += self.advance(tile)
             band_r, band_c, tile_r, tile_c = self._regions(tile)
+            probs = batch_probs[i] if batch_probs is not None else active_softmax(logits[i], self.active)
             weight = self._window(tile)[tile_r, tile_c]
             mask = valid[i]
             if mask is not None:
                 weight = weight * xp.astype(self._valid(mask)[tile_r, tile_c], xp.float32)
-            self._acc[:, band_r, band_c] += probs[i, :, tile_r, tile_c] * weight
+            kept = probs[:, tile_r, tile_c]
+            kept *= weight  # in place: the probabilities are this call's own array
+            self._acc[:, band_r, band_c] += kept
             self._wsum[band_r, band_c] += weight
         return out
 
@@ -346,29 +350,35 @@ class RowBandStitcher:
         self, tiles: Sequence[Tile], logits: Any, valid: Sequence[npt.NDArray[np.bool_] | None]
     ) -> list[FinishedRows]:
         xp = self.xp
-        probs = None
-        if self.want_probs:
-            probs = masked_softmax(logits, self.active)
-            arg = masked_argmax(probs, self.active)
-            classes = xp.astype(arg, xp.uint8)
-            conf = xp.take_along_axis(probs, arg[:, None], axis=1)[:, 0]
-        else:
-            classes, conf = masked_classes(logits, self.active)
+        # As for blend: the whole batch at once on a GPU, tile by tile on the host.
+        batch = None if self.device.is_host else self._crop_predictions(logits)
         out: list[FinishedRows] = []
         for i, tile in enumerate(tiles):
             out += self.advance(tile)
             band_r, band_c, tile_r, tile_c = self._regions(tile)
-            cls = classes[i, tile_r, tile_c]
+            preds, j = (batch, i) if batch is not None else (self._crop_predictions(logits[i : i + 1]), 0)
+            conf, probs = preds[1][j], None if preds[2] is None else preds[2][j]
+            cls = preds[0][j][tile_r, tile_c]
             mask = valid[i]
             ok = None if mask is None else self._valid(mask)[tile_r, tile_c]
             self._cls[band_r, band_c] = cls if ok is None else xp.where(ok, cls, NO_CLASS)
             if self.want_conf:
-                c8 = _to_u8(xp, conf[i, tile_r, tile_c])
+                c8 = _to_u8(xp, conf[tile_r, tile_c])
                 self._conf[band_r, band_c] = c8 if ok is None else xp.where(ok, c8, 0)
             if probs is not None:
-                p8 = _to_u8(xp, probs[i, :, tile_r, tile_c])
+                p8 = _to_u8(xp, probs[:, tile_r, tile_c])
                 self._prob[:, band_r, band_c] = p8 if ok is None else xp.where(ok, p8, 0)
         return out
+
+    def _crop_predictions(self, logits: Any) -> tuple[Any, Any, Any]:
+        """Classes, confidence and (when wanted) probabilities of ``(N, K, T, T)`` logits."""
+        xp = self.xp
+        if not self.want_probs:
+            classes, conf = masked_classes(logits, self.active)
+            return classes, conf, None
+        probs = masked_softmax(logits, self.active)
+        arg = masked_argmax(probs, self.active)
+        return xp.astype(arg, xp.uint8), xp.take_along_axis(probs, arg[:, None], axis=1)[:, 0], probs
 
     # ------------------------------------------------------------------ finalising
     def _finalize(self, upto: int) -> list[FinishedRows]:
