@@ -288,7 +288,8 @@ def _run_case(
 ) -> None:
     desc = backend.description
     tiles = work.tiles(desc, tile)
-    gflop = gflop_per_tile(desc, tile)
+    # The null backend runs no network: no FLOPs, no fraction of the hardware ceiling.
+    gflop = None if case.backend is BackendName.NULL else gflop_per_tile(desc, tile)
     ceiling = ceilings.get(case.precision)
     ref = work.reference_logits(tile)
     for batch in cfg.batches:

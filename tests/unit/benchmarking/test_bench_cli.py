@@ -97,3 +97,22 @@ def test_help_teaches_with_examples(capsys):
     code, out, _ = _run(["benchmark", "--help"], capsys)
     assert code == 0
     assert "flair-deploy benchmark --model" in out and "--raster" in out
+
+
+def test_null_backend_row_measures_the_host_ceiling_and_is_never_a_default(tiny_artifacts, capsys, tmp_path):
+    from flair_deploy.sample import make_sample_ortho
+
+    _, onnx_path = tiny_artifacts
+    raster = make_sample_ortho(tmp_path / "o.tif", width=256, height=256, seed=0)
+    out = tmp_path / "b.json"
+    argv = ["benchmark", "-m", str(onnx_path), "--backends", "null", "--raster", str(raster)]
+    code, _, err = _run([*argv, "--batch", "2", "--json", str(out), *FAST], capsys)
+    assert code == 0, err
+    rows = json.loads(out.read_text())["rows"]
+    e2e = [r for r in rows if r["mode"] == "end-to-end"]
+    assert [r["backend"] for r in rows] == ["null", "null"] and e2e[0]["status"] == "ok"
+    assert e2e[0]["stages"]["stitch_cpu"] > 0 and e2e[0]["argmax_agreement"] is None
+    assert rows[0]["achieved_gflops"] is None  # no network: no FLOPs to claim
+    from flair_deploy.benchmarking.plan import BenchmarkConfig
+
+    assert "null" not in BenchmarkConfig(models=(onnx_path,)).backends
