@@ -277,7 +277,7 @@ def section_seams(work: Path, ortho: Path, desc, args) -> dict[str, Any]:
             with rasterio.open(out) as ds:
                 got = ds.read(1)
             plan = cfg.resolve_tiling(desc)
-            grid = make_grid(w, h, plan.tile, mode=plan.mode, overlap=plan.overlap, margin=plan.margin)
+            grid = make_grid(w, h, plan)
             border = _border_mask(grid, h, w)
             agree = got == whole
             results[mode] = {

@@ -1,8 +1,10 @@
 """``detect`` configuration: :class:`DetectConfig` and :func:`load_detect_config`.
 
-A :class:`DetectConfig` is frozen and validated once (unknown keys are errors). Values that depend on the
-model (tile size, overlap, margin default to the model description's) are resolved by
-:meth:`DetectConfig.resolve_tiling` and checked against the network's output stride.
+A :class:`DetectConfig` is frozen and validated once (unknown keys are errors). The tiling values it
+holds are checked by the tiling rules' one home (:func:`~flair_deploy.inference.tiling.check_tiling`);
+those that depend on the model (tile size, overlap, margin default to the model description's) are
+resolved by :meth:`DetectConfig.resolve_tiling` into a
+:class:`~flair_deploy.inference.tiling.TilingPlan`.
 
 :func:`load_detect_config` reads our detect YAML or IGN's detect config as it is (mapped by
 :func:`flair_deploy.ign.convert_ign_detect`: IGN's 0-based class indices and margin cropping, without
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -24,12 +25,12 @@ from flair_deploy.config import FrozenConfig, Loaded, build_config, read_yaml, r
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import ConfigError
 from flair_deploy.ign import convert_ign_detect, is_ign_detect_config
+from flair_deploy.inference.tiling import TilingPlan, check_tiling, plan_tiling
 
 __all__ = [
     "Compression",
     "DetectConfig",
     "Stitching",
-    "TilingPlan",
     "default_batch_size",
     "load_detect_config",
 ]
@@ -128,70 +129,34 @@ class DetectConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.tile_size is not None:
-            if self.overlap is not None and 2 * self.overlap >= self.tile_size:
-                raise ValueError(
-                    f"overlap {self.overlap} px leaves no tile centre in {self.tile_size}-px tiles; "
-                    f"use an overlap < {self.tile_size // 2}"
-                )
-            if self.margin is not None and 2 * self.margin >= self.tile_size:
-                raise ValueError(
-                    f"margin {self.margin} px leaves no core in {self.tile_size}-px tiles; "
-                    f"use a margin < {self.tile_size // 2}"
-                )
-        if self.margin is not None and self.stitching != "crop":
-            raise ValueError("margin applies to stitching='crop' only; use overlap for blend")
-        if self.blend_border is not None and self.stitching != "blend":
-            raise ValueError("blend_border applies to stitching='blend' only")
+        # What can be checked before the model is known, by the same rules and messages as the plan.
+        try:
+            check_tiling(
+                self.stitching,
+                tile=self.tile_size,
+                overlap=self.overlap,
+                margin=self.margin,
+                border=self.blend_border,
+            )
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def resolve_tiling(self, description: ModelDescription) -> TilingPlan:
-        """Fill tile size, overlap/margin and border from the model and check them against it.
+        """The run's tiling plan: unset values from the model (:func:`~flair_deploy.inference.tiling.plan_tiling`).
 
         Raises:
             ConfigError: If the tile is not a multiple of the network's output stride, or the
                 overlap, margin or border do not fit.
         """
-        tile = self.tile_size or description.tile_size
-        stride = description.architecture.output_stride
-        if tile % stride:
-            lower = max(stride, tile // stride * stride)
-            raise ConfigError(
-                f"tile size {tile} px is not a multiple of the network's output stride {stride}; "
-                f"use {lower} or {lower + stride}"
-            )
-        overlap = self.overlap if self.overlap is not None else min(description.overlap, (tile - 1) // 2)
-        margin = self.margin if self.margin is not None else min(description.overlap, (tile - 1) // 2)
-        if self.stitching == "crop":
-            if 2 * margin >= tile:
-                raise ConfigError(
-                    f"margin {margin} px leaves no core in {tile}-px tiles; use a margin < {tile // 2}"
-                )
-            return TilingPlan(tile, "crop", 0, margin, 0)
-        if 2 * overlap >= tile:
-            raise ConfigError(
-                f"overlap {overlap} px leaves no tile centre in {tile}-px tiles; use an overlap < {tile // 2}"
-            )
-        border = self.blend_border if self.blend_border is not None else overlap // 8
-        if overlap and 2 * border >= overlap:
-            raise ConfigError(
-                f"blend border {border} px leaves no ramp in an overlap of {overlap} px; "
-                f"use a border < {(overlap + 1) // 2}"
-            )
-        if not overlap and border:
-            raise ConfigError("a blend border needs an overlap; set overlap > 2 x border or border 0")
-        return TilingPlan(tile, "blend", overlap, 0, border)
-
-
-@dataclass(frozen=True, slots=True)
-class TilingPlan:
-    """Resolved tiling: tile edge, mode, blend overlap and border, crop margin (pixels)."""
-
-    tile: int
-    mode: Literal["blend", "crop"]
-    overlap: int
-    margin: int
-    border: int
+        return plan_tiling(
+            description,
+            stitching=self.stitching,
+            tile=self.tile_size,
+            overlap=self.overlap,
+            margin=self.margin,
+            border=self.blend_border,
+        )
 
 
 #: Dotted keys of :class:`DetectConfig` holding paths (relative to the YAML file's folder).

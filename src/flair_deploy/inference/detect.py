@@ -25,7 +25,7 @@ from flair_deploy.atomic import check_destination, check_free_space, remove_stal
 from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.flair_format import list_rasters
-from flair_deploy.inference.config import DetectConfig, TilingPlan, default_batch_size
+from flair_deploy.inference.config import DetectConfig, default_batch_size
 from flair_deploy.inference.pipeline import MetadataFn, StageSeconds, check_backend_fits, run_raster
 from flair_deploy.inference.raster import (
     OutputPaths,
@@ -35,7 +35,7 @@ from flair_deploy.inference.raster import (
     inspect_raster,
     plan_outputs,
 )
-from flair_deploy.inference.tiling import Tile
+from flair_deploy.inference.tiling import Tile, TilingPlan
 
 __all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "run_detection"]
 
@@ -175,9 +175,7 @@ def detect(
     """
     if cfg.model is None:
         raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
-    inputs = expand_inputs(cfg.inputs)
-    plans = plan_outputs(inputs, cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence)
-    _check_outputs(plans, cfg)  # cheap checks first: a typo must not wait for a model to load
+    planned = _plan_run_outputs(cfg)  # cheap checks first: a typo must not wait for a model to load
     from flair_deploy.inference.backends import create_backend
 
     backend = create_backend(
@@ -190,7 +188,22 @@ def detect(
     )
     sha = backend.description.provenance.source_sha256 or file_sha256(cfg.model)
     with backend:
-        return run_detection(backend, cfg, progress=progress, model_sha256=sha)
+        return _run(backend, cfg, planned, progress=progress, model_sha256=sha)
+
+
+@dataclass(frozen=True, slots=True)
+class _RunOutputs:
+    """The inputs of a run with their outputs: all of them, and those still to make."""
+
+    plans: tuple[OutputPaths, ...]
+    todo: tuple[OutputPaths, ...]
+
+
+def _plan_run_outputs(cfg: DetectConfig) -> _RunOutputs:
+    plans = plan_outputs(
+        expand_inputs(cfg.inputs), cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence
+    )
+    return _RunOutputs(tuple(plans), tuple(_check_outputs(plans, cfg)))
 
 
 def run_detection(
@@ -214,6 +227,17 @@ def run_detection(
     Raises:
         FlairDeployError: Any user error, raised before an output is created where possible.
     """
+    return _run(backend, cfg, _plan_run_outputs(cfg), progress=progress, model_sha256=model_sha256)
+
+
+def _run(
+    backend: Any,
+    cfg: DetectConfig,
+    planned: _RunOutputs,
+    *,
+    progress: Callable[[DetectProgress], None] | None,
+    model_sha256: str | None,
+) -> DetectSummary:
     start = time.perf_counter()
     description: ModelDescription = backend.description
     notes: list[str] = []
@@ -225,9 +249,7 @@ def run_detection(
     plan = cfg.resolve_tiling(description)
     batch_size = cfg.batch_size or default_batch_size(str(getattr(backend, "device", "cpu")))
     check_backend_fits(backend, plan.tile, batch_size)
-    inputs = expand_inputs(cfg.inputs)
-    plans = plan_outputs(inputs, cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence)
-    todo = _check_outputs(plans, cfg)
+    plans, todo = planned.plans, planned.todo
     resumed = tuple(p.source for p in plans if p not in todo)
     # Every input is checked against the model before the first output exists.
     infos = [

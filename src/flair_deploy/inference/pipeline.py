@@ -47,11 +47,10 @@ from flair_deploy.inference.chunks import (
     chunk_width_for_budget,
     plan_chunks,
 )
-from flair_deploy.inference.config import TilingPlan
 from flair_deploy.inference.device import ArrayDevice
 from flair_deploy.inference.raster import OutputWriter, PadMode, RasterInfo, TileReader
 from flair_deploy.inference.stitching import FinishedRows, OutputBand, RowBandStitcher
-from flair_deploy.inference.tiling import Tile, TileGrid, make_grid
+from flair_deploy.inference.tiling import Tile, TileGrid, TilingPlan, make_grid
 
 __all__ = ["MetadataFn", "ProgressFn", "RasterRun", "StageSeconds", "default_chunk_plan", "run_raster"]
 
@@ -343,9 +342,7 @@ def run_raster(
     """
     check_backend_fits(backend, plan.tile, batch_size)
     start, process_cpu0 = time.perf_counter(), time.process_time()
-    grid = make_grid(
-        info.width, info.height, plan.tile, mode=plan.mode, overlap=plan.overlap, margin=plan.margin
-    )
+    grid = make_grid(info.width, info.height, plan)
     active = backend.description.active_mask
     if chunks is None:
         chunks = default_chunk_plan(
@@ -363,8 +360,6 @@ def run_raster(
         return RowBandStitcher(
             grid,
             active=active,
-            overlap=plan.overlap,
-            border=plan.border,
             confidence=confidence,
             probabilities=probabilities,
             chunk=chunk,

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from flair_deploy.errors import ConfigError
 from flair_deploy.inference.chunks import Box, Chunk
 from flair_deploy.inference.device import HOST, ArrayDevice, Download
 from flair_deploy.inference.tiling import Tile, TileGrid
@@ -197,18 +196,13 @@ class RowBandStitcher:
     """Accumulate a chunk's tile logits row band by row band, on the logits' device.
 
     Args:
-        grid: The raster's global tile grid (its mode selects blend or crop).
+        grid: The raster's global tile grid (its plan gives the mode, overlap and blend border).
         active: Per-logit flag: True for trained classes.
-        overlap: Blend overlap the grid was built with.
-        border: Blend border given zero weight on inner tile sides.
         confidence: Produce the confidence plane.
         probabilities: Produce per-logit uint8 probabilities.
         chunk: The chunk to stitch (its tiles must be fed, in row-major order); None for the whole
             raster as one chunk.
         device: Where the logits live (the backend's :attr:`~Backend.arrays`); the band lives there too.
-
-    Raises:
-        ConfigError: If the blend border does not fit in the overlap.
     """
 
     def __init__(
@@ -216,18 +210,11 @@ class RowBandStitcher:
         grid: TileGrid,
         *,
         active: Sequence[bool],
-        overlap: int = 0,
-        border: int = 0,
         confidence: bool = False,
         probabilities: bool = False,
         chunk: Chunk | None = None,
         device: ArrayDevice = HOST,
     ) -> None:
-        if grid.mode == "blend" and overlap > 0 and not 0 <= 2 * border < overlap:
-            raise ConfigError(
-                f"blend border {border} px leaves no ramp in an overlap of {overlap} px; "
-                f"use a border < {overlap // 2 + overlap % 2}"
-            )
         self.grid = grid
         self.mode = grid.mode
         self.device = device
@@ -238,7 +225,7 @@ class RowBandStitcher:
         self.want_conf = confidence
         self.want_probs = probabilities
         self.box = chunk.output if chunk is not None else Box(0, 0, grid.height, grid.width)
-        self._overlap, self._border = overlap, border
+        self._overlap, self._border = grid.plan.overlap, grid.plan.border
         w, t = self.box.width, grid.size
         self._band_rows = t
         self._base = self.box.row0  # absolute row of band row 0

@@ -15,27 +15,153 @@ Two grids are built here, one per stitching mode, both as the product of two 1-D
 
 Each :class:`AxisTile` says which pixels the tile *keeps* (writes or weights); the keep intervals of a
 crop axis partition ``[0, length)`` exactly, those of a blend axis cover it.
+
+The tiling is one frozen value, :class:`TilingPlan` (tile, mode, overlap, margin, border), validated in
+one place (:func:`check_tiling`, with one message per rule) and made from a model's description by one
+function (:func:`plan_tiling`); the grid carries it (:attr:`TileGrid.plan`), so the stitcher and the
+chunk planner read it from there instead of checking their own copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from flair_deploy.choices import Stitching
 from flair_deploy.errors import ConfigError
+
+if TYPE_CHECKING:
+    from flair_deploy.description import ModelDescription
 
 __all__ = [
     "AxisTile",
     "StitchMode",
     "Tile",
     "TileGrid",
+    "TilingPlan",
     "blend_axis",
+    "check_tiling",
     "crop_axis",
     "make_grid",
+    "plan_tiling",
 ]
 
-StitchMode = Literal["blend", "crop"]
+StitchMode = Stitching
+
+
+def check_tiling(
+    mode: Stitching | str,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    margin: int | None = None,
+    border: int | None = None,
+) -> None:
+    """Check tiling values against the rules, skipping those whose values are not known yet (None).
+
+    This is the one home of the tiling rules: :class:`TilingPlan` applies them to complete values and
+    ``detect``'s config to what the user gave, before a model is loaded.
+
+    Raises:
+        ConfigError: One line per broken rule, naming the value and what is allowed.
+    """
+    mode = Stitching(mode)
+    if tile is not None and tile <= 0:
+        raise ConfigError(f"tile size {tile} px must be positive")
+    for name, value in (("overlap", overlap), ("margin", margin), ("blend border", border)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{name} {value} px must be >= 0")
+    if mode is Stitching.BLEND and margin:
+        raise ConfigError("margin applies to stitching='crop' only; use overlap for blend")
+    if mode is Stitching.CROP and border:
+        raise ConfigError("blend_border applies to stitching='blend' only")
+    if mode is Stitching.CROP and overlap:
+        raise ConfigError("overlap applies to stitching='blend' only; use margin for crop")
+    if tile is not None and overlap is not None and 2 * overlap >= tile:
+        raise ConfigError(
+            f"overlap {overlap} px leaves no tile centre in {tile}-px tiles; use an overlap < {(tile + 1) // 2}"
+        )
+    if tile is not None and margin is not None and 2 * margin >= tile:
+        raise ConfigError(
+            f"margin {margin} px leaves no core in {tile}-px tiles; use a margin < {(tile + 1) // 2}"
+        )
+    if overlap is not None and border:
+        if not overlap:
+            raise ConfigError("a blend border needs an overlap; set overlap > 2 x border or border 0")
+        if 2 * border >= overlap:
+            raise ConfigError(
+                f"blend border {border} px leaves no ramp in an overlap of {overlap} px; "
+                f"use a border < {(overlap + 1) // 2}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class TilingPlan:
+    """Resolved tiling, validated when made (:func:`check_tiling`).
+
+    Attributes:
+        tile: Tile edge in pixels.
+        mode: ``blend`` or ``crop``.
+        overlap: Blend overlap in pixels (0 for crop).
+        margin: Crop margin in pixels (0 for blend).
+        border: Blend border of zero weight on inner tile sides (0 for crop).
+    """
+
+    tile: int
+    mode: Stitching = Stitching.BLEND
+    overlap: int = 0
+    margin: int = 0
+    border: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Stitching(self.mode))
+        check_tiling(self.mode, tile=self.tile, overlap=self.overlap, margin=self.margin, border=self.border)
+
+    @classmethod
+    def blend(cls, tile: int, overlap: int = 0, border: int = 0) -> TilingPlan:
+        """A blend plan."""
+        return cls(tile, Stitching.BLEND, overlap=overlap, border=border)
+
+    @classmethod
+    def crop(cls, tile: int, margin: int = 0) -> TilingPlan:
+        """A crop plan (IGN's grid)."""
+        return cls(tile, Stitching.CROP, margin=margin)
+
+
+def plan_tiling(
+    description: ModelDescription,
+    *,
+    stitching: Stitching | str = Stitching.BLEND,
+    tile: int | None = None,
+    overlap: int | None = None,
+    margin: int | None = None,
+    border: int | None = None,
+) -> TilingPlan:
+    """Make the tiling plan of a run: unset values from the model, checked against its output stride.
+
+    Defaults: the model's tile size; its overlap as the blend overlap or the crop margin (at most just
+    under half the tile); a blend border of ``overlap // 8``.
+
+    Raises:
+        ConfigError: If the tile is not a multiple of the network's output stride, or a rule of
+            :func:`check_tiling` is broken.
+    """
+    mode = Stitching(stitching)
+    check_tiling(mode, tile=tile, overlap=overlap, margin=margin, border=border)
+    size = tile or description.tile_size
+    stride = description.architecture.output_stride
+    if size % stride:
+        lower = max(stride, size // stride * stride)
+        raise ConfigError(
+            f"tile size {size} px is not a multiple of the network's output stride {stride}; "
+            f"use {lower} or {lower + stride}"
+        )
+    default = min(description.overlap, (size - 1) // 2)
+    if mode is Stitching.CROP:
+        return TilingPlan.crop(size, default if margin is None else margin)
+    lap = default if overlap is None else overlap
+    return TilingPlan.blend(size, lap, lap // 8 if border is None else border)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +227,26 @@ class TileGrid:
     Attributes:
         width: Raster width in pixels.
         height: Raster height in pixels.
-        size: Tile edge in pixels.
-        mode: Stitching mode the grid was built for.
+        plan: The tiling the grid was built for.
         rows: Row-axis layouts, sorted by start (top to bottom).
         cols: Column-axis layouts, sorted by start (left to right).
     """
 
     width: int
     height: int
-    size: int
-    mode: StitchMode
+    plan: TilingPlan
     rows: tuple[AxisTile, ...]
     cols: tuple[AxisTile, ...]
+
+    @property
+    def size(self) -> int:
+        """Tile edge in pixels."""
+        return self.plan.tile
+
+    @property
+    def mode(self) -> Stitching:
+        """Stitching mode."""
+        return self.plan.mode
 
     def __len__(self) -> int:
         return len(self.rows) * len(self.cols)
@@ -136,7 +270,7 @@ def blend_axis(length: int, tile: int, overlap: int) -> tuple[AxisTile, ...]:
     Args:
         length: Raster length along the axis (pixels, > 0).
         tile: Tile length (pixels, > 0).
-        overlap: Pixels shared by neighbouring tiles (``0 <= overlap < tile``).
+        overlap: Pixels shared by neighbouring tiles (``0 <= 2 * overlap < tile``).
 
     Returns:
         Tiles sorted by start; every pixel of ``[0, length)`` is kept by at least one tile.
@@ -145,8 +279,7 @@ def blend_axis(length: int, tile: int, overlap: int) -> tuple[AxisTile, ...]:
         ConfigError: If the arguments are inconsistent.
     """
     _check(length, tile)
-    if not 0 <= overlap < tile:
-        raise ConfigError(f"overlap {overlap} must be >= 0 and smaller than the tile size {tile}")
+    check_tiling(Stitching.BLEND, tile=tile, overlap=overlap)
     if length <= tile:
         # One tile, reflect-padded past the far edge: the only padding a blend grid uses.
         return (AxisTile(0, 0, length, False, False),)
@@ -174,10 +307,7 @@ def crop_axis(
         ConfigError: If the arguments are inconsistent.
     """
     _check(length, tile)
-    if not 0 <= 2 * margin < tile:
-        raise ConfigError(
-            f"margin {margin} leaves no core in a {tile}-px patch; use 0 <= margin < {tile // 2}"
-        )
+    check_tiling(Stitching.CROP, tile=tile, margin=margin)
     stride = tile - 2 * margin
     # IGN's loop, in IGN's order, along the axis as IGN walks it.
     origins: list[int] = []
@@ -202,37 +332,26 @@ def crop_axis(
     return tuple(AxisTile(x, lo, hi, x > 0, x + tile < length) for x, lo, hi in kept if hi > lo)
 
 
-def make_grid(
-    width: int,
-    height: int,
-    tile: int,
-    *,
-    mode: StitchMode = "blend",
-    overlap: int = 0,
-    margin: int = 0,
-) -> TileGrid:
-    """Build the tile grid of a raster for a stitching mode.
+def make_grid(width: int, height: int, plan: TilingPlan) -> TileGrid:
+    """Build the tile grid of a raster for a tiling plan.
 
     Args:
         width: Raster width in pixels.
         height: Raster height in pixels.
-        tile: Tile edge in pixels.
-        mode: ``"blend"`` (uses *overlap*) or ``"crop"`` (IGN's grid, uses *margin*).
-        overlap: Blend overlap in pixels.
-        margin: Crop margin in pixels.
+        plan: The tiling (blend uses its overlap, crop its margin: IGN's grid).
 
     Returns:
         The grid, iterated in row-major order.
 
     Raises:
-        ConfigError: If tile, overlap or margin are inconsistent.
+        ConfigError: If the raster is empty.
     """
-    if mode == "blend":
-        rows, cols = blend_axis(height, tile, overlap), blend_axis(width, tile, overlap)
+    if plan.mode is Stitching.BLEND:
+        rows, cols = blend_axis(height, plan.tile, plan.overlap), blend_axis(width, plan.tile, plan.overlap)
     else:
-        rows = crop_axis(height, tile, margin, anchor="end")
-        cols = crop_axis(width, tile, margin, anchor="start")
-    return TileGrid(width, height, tile, mode, rows, cols)
+        rows = crop_axis(height, plan.tile, plan.margin, anchor="end")
+        cols = crop_axis(width, plan.tile, plan.margin, anchor="start")
+    return TileGrid(width, height, plan, rows, cols)
 
 
 def _check(length: int, tile: int) -> None:

@@ -12,11 +12,12 @@ from flair_deploy.inference.chunks import (
     plan_chunks,
 )
 from flair_deploy.inference.stitching import blend_window
-from flair_deploy.inference.tiling import make_grid
+from flair_deploy.inference.tiling import TilingPlan, make_grid
 
 
 def _grid(mode="blend", w=1000, h=700, tile=128, overlap=32, margin=32):
-    return make_grid(w, h, tile, mode=mode, overlap=overlap, margin=margin)
+    plan = TilingPlan.blend(tile, overlap) if mode == "blend" else TilingPlan.crop(tile, margin)
+    return make_grid(w, h, plan)
 
 
 @pytest.mark.parametrize("mode", ["blend", "crop"])

@@ -14,15 +14,14 @@ import numpy as np
 import pytest
 
 from flair_deploy.errors import ConfigError
-from flair_deploy.inference.config import TilingPlan
 from flair_deploy.inference.pipeline import run_raster
 from flair_deploy.inference.raster import TileReader, inspect_raster
 from flair_deploy.inference.stitching import NO_CLASS, FinishedRows, OutputChunk, RowBandStitcher
-from flair_deploy.inference.tiling import make_grid
+from flair_deploy.inference.tiling import TilingPlan, make_grid
 from tests.fakes import ContextBackend, EchoBackend
 
 TILE = 32
-BLEND = TilingPlan(tile=TILE, mode="blend", overlap=8, margin=0, border=1)
+BLEND = TilingPlan.blend(TILE, overlap=8, border=1)
 
 
 class RecordingWriter:
@@ -87,7 +86,7 @@ def _pipeline_threads() -> list[str]:
 def test_tiles_reach_the_backend_in_row_major_order_and_rows_are_written_once(write_geotiff, desc):
     h, w = 150, 133
     info = _info(write_geotiff, _positions(h, w), desc)
-    grid = make_grid(w, h, TILE, mode="blend", overlap=BLEND.overlap)
+    grid = make_grid(w, h, BLEND)
     writer = RecordingWriter(block=32)
     with ContextBackend(desc) as backend:
         run = run_raster(backend, info, writer, BLEND, batch_size=3, readers=3, prefetch=5)
@@ -101,7 +100,7 @@ def test_tiles_reach_the_backend_in_row_major_order_and_rows_are_written_once(wr
     assert sum(n for _, n in rows) == h and all(n % 32 == 0 for _, n in rows[:-1])
     # Threads change nothing: the map equals a serial read → predict → stitch of the same tiles.
     reader = TileReader(info)
-    stitcher = RowBandStitcher(grid, active=desc.active_mask, overlap=BLEND.overlap, border=BLEND.border)
+    stitcher = RowBandStitcher(grid, active=desc.active_mask)
     serial: list[FinishedRows] = []
     with ContextBackend(desc) as ref:
         for t in grid:
@@ -120,8 +119,8 @@ def test_all_nodata_tiles_are_skipped_and_their_pixels_get_no_class(write_geotif
     data[:, :64] = 0  # the first tile rows are entirely nodata
     data[:, 100:140, 30:70] = 0  # a hole spanning tiles, none of them entirely inside it
     info = _info(write_geotiff, data, desc, nodata=0)
-    plan = TilingPlan(tile=TILE, mode="crop", overlap=0, margin=0, border=0)
-    grid = make_grid(w, h, TILE, mode="crop", margin=0)
+    plan = TilingPlan.crop(TILE)
+    grid = make_grid(w, h, plan)
     invalid = (data == 0).all(axis=0)
     empty = [
         t for t in grid if invalid[t.row.start : t.row.start + TILE, t.col.start : t.col.start + TILE].all()
@@ -144,7 +143,7 @@ def test_a_failing_writer_stops_the_run_and_its_error_propagates(write_geotiff, 
         writer = RecordingWriter(block=32, fail_on=2, backend=backend)
         with pytest.raises(OSError, match="No space left"):
             run_raster(backend, info, writer, BLEND, batch_size=1, prefetch=4)
-    total = len(make_grid(w, h, TILE, mode="blend", overlap=BLEND.overlap))
+    total = len(make_grid(w, h, BLEND))
     assert backend.calls < total // 2  # inference stopped soon after the failure, not at the end
     assert not _pipeline_threads()  # every stage thread and reader has ended
 
@@ -162,7 +161,7 @@ def test_a_slow_writer_holds_inference_back(write_geotiff, desc):
     # Bounded queues: the backend may run only a bounded number of tiles ahead of the written rows.
     h, w = 1280, 64
     info = _info(write_geotiff, _positions(h, w), desc)
-    grid = make_grid(w, h, TILE, mode="blend", overlap=BLEND.overlap)
+    grid = make_grid(w, h, BLEND)
     with ContextBackend(desc) as backend:
         writer = RecordingWriter(block=32, delay=0.01, backend=backend, stall=True)
         run_raster(backend, info, writer, BLEND, batch_size=1, prefetch=4)

@@ -33,7 +33,7 @@ from flair_deploy.inference.stitching import (
     RowBandStitcher,
     blend_window,
 )
-from flair_deploy.inference.tiling import Tile, TileGrid, blend_axis, make_grid
+from flair_deploy.inference.tiling import Tile, TileGrid, TilingPlan, blend_axis, make_grid
 from tests.fakes import ContextBackend
 
 U8_STEP = 1  # uint8 planes are round(255·p): one step of rounding/float32 accumulation is allowed
@@ -95,6 +95,11 @@ def _predict(backend, image, valid, grid: TileGrid) -> list[Pred]:
 
 
 DEVICES = ["numpy", "torch"]
+
+
+def _plan(mode: str, tile: int, *, overlap: int, border: int, margin: int) -> TilingPlan:
+    """The blend or crop plan of a test parametrised over both modes."""
+    return TilingPlan.blend(tile, overlap, border) if mode == "blend" else TilingPlan.crop(tile, margin)
 
 
 def _device(name: str) -> ArrayDevice:
@@ -230,13 +235,11 @@ def test_blend_weights_are_positive_wherever_a_pixel_is_covered(length, tile, fr
 )
 def test_blend_matches_the_reference_blend(backend, desc, device, h, w, tile, overlap, border, batch):
     image, valid = _image(h, w), np.ones((h, w), bool)
-    grid = make_grid(w, h, tile, mode="blend", overlap=overlap)
+    grid = make_grid(w, h, TilingPlan.blend(tile, overlap, border))
     preds = _predict(backend, image, valid, grid)
     st_ = RowBandStitcher(
         grid,
         active=desc.active_mask,
-        overlap=overlap,
-        border=border,
         confidence=True,
         probabilities=True,
         device=_device(device),
@@ -266,7 +269,7 @@ def test_the_fake_makes_overlapping_tiles_disagree(backend, desc):
     # Guard for the test above: it can see a seam only if tiles disagree where they overlap.
     h, w, tile, overlap = 64, 112, 64, 16
     image = _image(h, w)
-    grid = make_grid(w, h, tile, mode="blend", overlap=overlap)
+    grid = make_grid(w, h, TilingPlan.blend(tile, overlap))
     a, b = _predict(backend, image, np.ones((h, w), bool), grid)
     shared = slice(b.tile.col.start, a.tile.col.start + tile)
     pa = a.probabilities[:, :, shared]
@@ -287,11 +290,9 @@ def test_blend_is_seamless_where_crop_shows_the_tile_grid(backend, desc):
     h = w = 150
     image, valid = np.full((5, h, w), 120.0, np.float32), np.ones((h, w), bool)
     maps = {}
-    for mode, kw in (("blend", {"overlap": 32}), ("crop", {"margin": 16})):
-        grid = make_grid(w, h, 64, mode=mode, **kw)
-        st_ = RowBandStitcher(
-            grid, active=desc.active_mask, overlap=kw.get("overlap", 0), border=4, probabilities=True
-        )
+    for mode, plan in (("blend", TilingPlan.blend(64, 30, 4)), ("crop", TilingPlan.crop(64, 16))):
+        grid = make_grid(w, h, plan)
+        st_ = RowBandStitcher(grid, active=desc.active_mask, probabilities=True)
         maps[mode] = _stitch(st_, _predict(backend, image, valid, grid))["probabilities"]
     # Inside a tile the fake's field changes by a few hundredths per pixel; at crop seams far more.
     assert _max_jump(maps["crop"]) > 0.15
@@ -321,7 +322,7 @@ def reference_crop(preds, h: int, w: int, active: np.ndarray) -> tuple[np.ndarra
 @pytest.mark.parametrize(("h", "w", "margin", "batch"), [(150, 133, 16, 3), (97, 170, 8, 1), (20, 30, 16, 2)])
 def test_crop_takes_each_pixel_from_the_one_tile_that_keeps_it(backend, desc, device, h, w, margin, batch):
     image, valid = _image(h, w, seed=3), np.ones((h, w), bool)
-    grid = make_grid(w, h, 64, mode="crop", margin=margin)
+    grid = make_grid(w, h, TilingPlan.crop(64, margin))
     preds = _predict(backend, image, valid, grid)
     active = np.asarray(desc.active_mask)
     ref_cls, ref_conf, writes = reference_crop(preds, h, w, active)
@@ -348,16 +349,14 @@ def test_inactive_classes_are_never_chosen(desc, mode, device):
     active = np.asarray(desc.active_mask)
     assert not active.all()
     h, w = 90, 100
-    grid = make_grid(w, h, 64, mode=mode, overlap=16, margin=8)
+    grid = make_grid(w, h, _plan(mode, 64, overlap=16, border=2, margin=8))
     rng = np.random.default_rng(0)
     preds = []
     for t in grid:
         logits = rng.uniform(0, 1, (desc.num_classes, 64, 64)).astype(np.float32)
         logits[~active] = 50.0  # inactive logits far above the rest: they must still never win
         preds.append(Pred(t, np.ones((64, 64), bool), logits, logits))
-    st_ = RowBandStitcher(
-        grid, active=desc.active_mask, overlap=16, border=2, probabilities=True, device=_device(device)
-    )
+    st_ = RowBandStitcher(grid, active=desc.active_mask, probabilities=True, device=_device(device))
     got = _stitch(st_, preds)
     assert np.isin(got["classes"], np.flatnonzero(active)).all()
     if mode == "blend":
@@ -372,10 +371,8 @@ def test_nodata_pixels_get_no_class_and_zero_confidence(backend, desc, mode, dev
     valid = np.ones((h, w), bool)
     valid[10:30, 5:90] = False  # a hole across tile boundaries
     valid[:, 115:] = False  # a nodata strip on the raster edge
-    grid = make_grid(w, h, 64, mode=mode, overlap=24, margin=16)
-    st_ = RowBandStitcher(
-        grid, active=desc.active_mask, overlap=24, border=3, confidence=True, device=_device(device)
-    )
+    grid = make_grid(w, h, _plan(mode, 64, overlap=24, border=3, margin=16))
+    st_ = RowBandStitcher(grid, active=desc.active_mask, confidence=True, device=_device(device))
     got = _stitch(st_, _predict(backend, image, valid, grid))
     assert (got["classes"][~valid] == NO_CLASS).all()
     assert (got["classes"][valid] != NO_CLASS).all()
@@ -383,8 +380,8 @@ def test_nodata_pixels_get_no_class_and_zero_confidence(backend, desc, mode, dev
 
 
 def test_tiles_must_come_in_row_major_order(backend, desc):
-    grid = make_grid(150, 150, 64, mode="blend", overlap=16)
-    st_ = RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=2)
+    grid = make_grid(150, 150, TilingPlan.blend(64, 16, 2))
+    st_ = RowBandStitcher(grid, active=desc.active_mask)
     tiles = list(grid)
     st_.advance(tiles[len(grid.cols)])  # first tile of the second row
     with pytest.raises(ValueError, match="row-major"):
@@ -392,10 +389,10 @@ def test_tiles_must_come_in_row_major_order(backend, desc):
 
 
 def test_blend_needs_a_ramp_and_one_logit_plane_per_tile(desc):
-    grid = make_grid(100, 100, 64, mode="blend", overlap=16)
     with pytest.raises(ConfigError, match="border"):
-        RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=8)
-    st_ = RowBandStitcher(grid, active=desc.active_mask, overlap=16, border=2)
+        TilingPlan.blend(64, 16, 8)
+    grid = make_grid(100, 100, TilingPlan.blend(64, 16, 2))
+    st_ = RowBandStitcher(grid, active=desc.active_mask)
     logits = np.zeros((2, desc.num_classes, 64, 64), np.float32)
     with pytest.raises(ValueError, match="1 tiles, 2 logits"):
         st_.add([grid.tile(0)], logits, [None])
@@ -407,15 +404,13 @@ def test_torch_tensors_and_numpy_give_the_same_map(backend, desc, mode):
     h, w = 140, 150
     image, valid = _image(h, w, seed=5), np.ones((h, w), bool)
     valid[50:60, 20:120] = False
-    grid = make_grid(w, h, 64, mode=mode, overlap=24, margin=16)
+    grid = make_grid(w, h, _plan(mode, 64, overlap=24, border=3, margin=16))
     preds = _predict(backend, image, valid, grid)
     maps = []
     for device in DEVICES:
         st_ = RowBandStitcher(
             grid,
             active=desc.active_mask,
-            overlap=24,
-            border=3,
             confidence=True,
             probabilities=True,
             device=_device(device),
@@ -430,12 +425,10 @@ def test_torch_tensors_and_numpy_give_the_same_map(backend, desc, mode):
 def test_batching_does_not_change_the_map(backend, desc):
     h, w = 130, 170
     image, valid = _image(h, w, seed=7), np.ones((h, w), bool)
-    grid = make_grid(w, h, 64, mode="blend", overlap=24)
+    grid = make_grid(w, h, TilingPlan.blend(64, 24, 3))
     preds = _predict(backend, image, valid, grid)
     maps = [
-        _stitch(
-            RowBandStitcher(grid, active=desc.active_mask, overlap=24, border=3, probabilities=True), preds, b
-        )
+        _stitch(RowBandStitcher(grid, active=desc.active_mask, probabilities=True), preds, b)
         for b in (1, 4, len(preds))
     ]
     for other in maps[1:]:
