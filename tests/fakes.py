@@ -44,7 +44,7 @@ from flair_deploy.inference.backends.base import (
     StageTimes,
 )
 
-__all__ = ["ContextBackend", "EchoBackend", "context_logits"]
+__all__ = ["BackendFactory", "ContextBackend", "CrashOnceBackend", "EchoBackend", "context_logits"]
 
 
 class EchoBackend(Backend):
@@ -170,3 +170,35 @@ class ContextBackend(Backend):
             time.sleep(self.delay)
         self.last_times = StageTimes(compute=0.0)
         return context_logits(images, self.description.num_classes)
+
+
+class CrashOnceBackend(ContextBackend):
+    """A :class:`ContextBackend` whose process dies (``os._exit``) on its first call, once per marker file.
+
+    Stands in for a worker killed mid-chunk (OOM killer, lost node): the first process to run a batch
+    creates *marker* and exits at once; every later one (a restarted or another worker) runs normally.
+    """
+
+    def __init__(self, description: ModelDescription, marker: str) -> None:
+        super().__init__(description)
+        self.marker = marker
+
+    def _infer(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
+        import os
+
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return super()._infer(images, metadata)
+        os.close(fd)
+        os._exit(1)
+
+
+class BackendFactory:
+    """A picklable recipe for a fake backend, built inside each (Ray) worker."""
+
+    def __init__(self, cls: type[Backend], description: ModelDescription, **kwargs: object) -> None:
+        self.cls, self.description, self.kwargs = cls, description, kwargs
+
+    def __call__(self) -> Backend:
+        return self.cls(self.description, **self.kwargs)  # type: ignore[call-arg]

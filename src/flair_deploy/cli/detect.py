@@ -45,6 +45,8 @@ FLAGS = {
     "batch_size": "batch_size",
     "readers": "readers",
     "chunk_mb": "chunk_mb",
+    "workers": "workers",
+    "ray_address": "ray_address",
     "indices": "indices",
     "probabilities": "probabilities",
     "confidence": "confidence",
@@ -175,6 +177,19 @@ def command(
             help="Stitching memory budget: wide rasters are mapped in strips this fits.",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Map the chunks on N Ray workers (one per GPU or group of cores); resumable.",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", metavar="ADDR", help="Join this Ray cluster (default: RAY_ADDRESS, else local)."
+        ),
+    ] = None,
     indices: Annotated[
         bool, typer.Option("--indices", help="Write 0-based class indices (as IGN) instead of FLAIR codes.")
     ] = False,
@@ -257,6 +272,8 @@ def command(
         batch_size=batch_size,
         readers=readers,
         chunk_mb=chunk_mb,
+        workers=workers,
+        ray_address=ray_address,
         indices=_on(indices),
         probabilities=_on(probabilities),
         confidence=_on(confidence),
@@ -277,9 +294,87 @@ def command(
     cfg, notes = load_detect_config(config, set_ or (), flags, flag_names=names)
     for note in notes:
         typer.echo(f"note: {config.name if config else 'config'}: {note}", err=True)
+    if cfg.workers is not None:
+        _distributed(cfg, quiet=quiet)
+        return
     with _Progress(enabled=not quiet) as bar:
         summary = detect(cfg, progress=bar.update)
     _report(summary)
+
+
+def _distributed(cfg: Any, *, quiet: bool) -> None:
+    """``--workers``: the job on Ray, one progress bar over chunks, a summary JSON, exit 1 on failures."""
+    import json
+
+    from flair_deploy.distributed.ray_runner import detect_on_ray, failed_lines, summary_path
+
+    with _JobProgress(enabled=not quiet) as bar:
+        summary = detect_on_ray(cfg, progress=bar.update)
+    path = summary_path(cfg)
+    path.write_text(json.dumps(summary.as_dict(), indent=2))
+    for p in summary.outputs:
+        typer.echo(f"wrote {p}")
+    wall = summary.seconds.wall
+    typer.echo(
+        f"{summary.committed} chunk(s) mapped, {summary.resumed} resumed, {len(summary.failed)} failed, "
+        f"{summary.retries} retried; {summary.tiles} tiles in {wall:.1f} s "
+        f"({summary.tiles / wall if wall > 0 else 0:.2f} tiles/s); summary: {path}"
+    )
+    for w in summary.workers:
+        d = w.as_dict(wall)
+        typer.echo(
+            f"  {w.name}: {w.chunks} chunks, {d['tiles_per_s']:.2f} tiles/s, busy {100 * d['busy_share']:.0f}%"
+        )
+    if not summary.ok:
+        for line in failed_lines(summary):
+            typer.echo(f"failed: {line}", err=True)
+        from flair_deploy.errors import InputDataError
+
+        raise InputDataError(
+            f"{len(summary.failed)} chunk(s) failed (listed above); fix the cause and rerun the same command: "
+            "committed chunks are kept"
+        )
+
+
+class _JobProgress:
+    """One progress bar for a distributed job: chunks, tiles, Mpx, km² and ETA (stderr)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> Literal[False]:
+        if self._progress is not None:
+            self._progress.stop()
+        return False
+
+    def update(self, p: Any) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("chunks {task.completed:.0f}/{task.total:.0f}"),
+                BarColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("job", total=p.chunks_total, detail="")
+        self._progress.update(
+            self._task,
+            completed=p.chunks_done + p.failed,
+            detail=f"tiles {p.tiles_done}/{p.tiles_total}, {p.pixels_done / 1e6:.1f} Mpx, {p.km2_done:.2f} km²"
+            + (f", {p.failed} failed" if p.failed else "")
+            + (f", {p.retries} retried" if p.retries else ""),
+        )
 
 
 class _Progress:

@@ -87,6 +87,9 @@ class DetectConfig(FrozenConfig):
         chunk_mb: Stitching memory budget, MiB: the output is cut into strips as wide as this allows
             (accumulators of one tile row over the strip's width), so memory does not grow with the
             raster's width; tiles on strip boundaries are computed for both strips.
+        workers: Map the chunks on this many Ray actors (one backend session each: one per GPU, or
+            per group of CPU cores); None maps in this process. Needs ``flair-deploy[distributed]``.
+        ray_address: Ray cluster to join (``RAY_ADDRESS`` when unset); none starts a local instance.
     """
 
     inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
@@ -126,6 +129,8 @@ class DetectConfig(FrozenConfig):
     expected_classes: Annotated[int, Field(ge=2)] | None = None
     gdal_cache_mb: Annotated[int, Field(ge=16, le=65536)] = 128
     chunk_mb: Annotated[int, Field(ge=1, le=1 << 20)] = 256
+    workers: Annotated[int, Field(ge=1, le=4096)] | None = None
+    ray_address: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -118,6 +118,13 @@ class TilingPlan:
         object.__setattr__(self, "mode", Stitching(self.mode))
         check_tiling(self.mode, tile=self.tile, overlap=self.overlap, margin=self.margin, border=self.border)
 
+    @property
+    def label(self) -> str:
+        """The plan in words, as maps record it (``STITCHING`` tag), e.g. ``blend tile=512 overlap=128 border=16``."""
+        if self.mode is Stitching.CROP:
+            return f"crop tile={self.tile} margin={self.margin}"
+        return f"blend tile={self.tile} overlap={self.overlap} border={self.border}"
+
     @classmethod
     def blend(cls, tile: int, overlap: int = 0, border: int = 0) -> TilingPlan:
         """A blend plan."""

@@ -1,0 +1,518 @@
+"""``detect --workers N``: the chunks of a job mapped on Ray, resumable, exactly once, surviving failures.
+
+The driver (this process) plans every input's chunks exactly as the single-process path does, records
+them in the job's :class:`~flair_deploy.ledger.Ledger`, and hands them to long-lived Ray actors, one per
+GPU (``num_gpus=1``) or per group of CPU cores, each holding one backend session for the whole job.
+At most ``in_flight`` chunks are queued per actor (bounded memory on the driver and in the object
+store). A chunk is committed once: the worker writes its files under temporary names and renames
+them, the driver checks the returned checksum against the file and commits it in the ledger. When all
+chunks of a raster are committed, the raster's outputs are assembled from them by detect's own writer,
+so the maps are those of a single-process run, pixel for pixel.
+
+Faults: a worker process that dies (killed, out of memory, node lost) fails its chunks with a Ray
+actor error: they go back to the queue and run on another actor (Ray restarts the dead one), at most
+``max_attempts`` times each. A chunk whose input cannot be read fails with the reason and is not
+retried; the others go on, and the job ends with exit status 1 and a summary naming the failed chunks
+(rerunning the same command resumes: only uncommitted chunks are computed).
+
+``ray_address`` (or ``RAY_ADDRESS``) joins a running cluster; otherwise a local Ray instance is started
+for the job (no set-up needed). See docs/distributed.md for clusters and SLURM.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flair_deploy._optional import require
+from flair_deploy.description import ModelDescription
+from flair_deploy.distributed.chunks import ChunkResult, assemble, chunk_paths, file_sha256, map_chunk
+from flair_deploy.errors import ConfigError, FlairDeployError
+from flair_deploy.inference.chunks import Chunk
+from flair_deploy.inference.config import DetectConfig, default_batch_size
+from flair_deploy.inference.pipeline import StageSeconds, default_chunk_plan
+from flair_deploy.inference.raster import OutputPaths, RasterInfo, inspect_raster
+from flair_deploy.inference.tiling import TilingPlan, make_grid
+
+__all__ = [
+    "JobProgress",
+    "JobSummary",
+    "WorkerStats",
+    "detect_on_ray",
+    "failed_lines",
+    "run_distributed",
+    "summary_path",
+]
+
+#: Builds a backend inside a worker (tests pass fakes; the default creates it from the config).
+BackendFactory = Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """Where a distributed job stands (for the progress bar).
+
+    Attributes:
+        chunks_done: Chunks committed (including those committed by an earlier run).
+        chunks_total: Chunks of the job.
+        tiles_done: Tiles computed so far in this run.
+        tiles_total: Tiles of the chunks this run computes.
+        pixels_done: Output pixels committed in this run.
+        km2_done: Ground area committed in this run.
+        failed: Chunks failed for good.
+        retries: Chunk attempts lost to dead workers so far.
+    """
+
+    chunks_done: int
+    chunks_total: int
+    tiles_done: int
+    tiles_total: int
+    pixels_done: int
+    km2_done: float
+    failed: int
+    retries: int
+
+
+@dataclass
+class WorkerStats:
+    """One worker's share of the job.
+
+    Attributes:
+        name: Worker name (``worker-0``...).
+        chunks: Chunks it committed.
+        tiles: Tiles it computed.
+        busy_s: Seconds it spent mapping chunks.
+        lost: Chunk attempts lost when it died.
+    """
+
+    name: str
+    chunks: int = 0
+    tiles: int = 0
+    busy_s: float = 0.0
+    lost: int = 0
+
+    def as_dict(self, wall: float) -> dict[str, Any]:
+        """JSON form with tiles/s and busy share over *wall* seconds."""
+        return {
+            "name": self.name,
+            "chunks": self.chunks,
+            "tiles": self.tiles,
+            "tiles_per_s": self.tiles / self.busy_s if self.busy_s > 0 else 0.0,
+            "busy_share": self.busy_s / wall if wall > 0 else 0.0,
+            "lost_attempts": self.lost,
+        }
+
+
+@dataclass
+class JobSummary:
+    """What a distributed job did.
+
+    Attributes:
+        outputs: Files written (assembled maps).
+        chunks: Chunks of the job.
+        committed: Chunks committed in this run.
+        resumed: Chunks already committed by an earlier run.
+        failed: ``(chunk id, raster, reason)`` of chunks that failed for good.
+        retries: Attempts lost to dead workers (re-run elsewhere).
+        tiles: Tiles computed in this run.
+        pixels: Output pixels committed in this run.
+        seconds: Stage seconds summed over workers; ``wall`` is the job's.
+        workers: Per-worker statistics.
+    """
+
+    outputs: list[Path] = field(default_factory=list)
+    chunks: int = 0
+    committed: int = 0
+    resumed: int = 0
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    retries: int = 0
+    tiles: int = 0
+    pixels: int = 0
+    seconds: StageSeconds = field(default_factory=StageSeconds)
+    workers: list[WorkerStats] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every chunk is committed."""
+        return not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (the job's summary file)."""
+        wall = self.seconds.wall
+        return {
+            "ok": self.ok,
+            "outputs": [str(p) for p in self.outputs],
+            "chunks": self.chunks,
+            "committed": self.committed,
+            "resumed": self.resumed,
+            "failed": [{"chunk": c, "raster": r, "reason": why} for c, r, why in self.failed],
+            "retries": self.retries,
+            "tiles": self.tiles,
+            "tiles_per_s": self.tiles / wall if wall > 0 else 0.0,
+            "pixels": self.pixels,
+            "seconds": dataclasses.asdict(self.seconds),
+            "workers": [w.as_dict(wall) for w in self.workers],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class _Raster:
+    info: RasterInfo
+    final: OutputPaths
+    folder: Path  # the chunk files' folder
+    chunks: tuple[Chunk, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Task:
+    raster: int  # index into the job's rasters
+    chunk: Chunk
+
+
+class _Worker:
+    """A Ray actor's state: one backend session for the whole job (see :func:`run_distributed`)."""
+
+    def __init__(
+        self, name: str, cfg_json: str, factory: BackendFactory | None, batch_size: int, threads: int | None
+    ) -> None:
+        self.name = name
+        self.cfg = DetectConfig.model_validate_json(cfg_json)
+        self.batch_size = batch_size
+        if factory is not None:
+            self.backend = factory()
+        else:
+            from flair_deploy.inference.backends import create_backend
+
+            cfg = self.cfg
+            assert cfg.model is not None
+            options = dict(cfg.backend_options)
+            if threads is not None and cfg.backend in (None, "onnxruntime", "torch"):
+                # The actor's share of the cores: runtimes default to every core, and N of them would
+                # fight over the same cores.
+                options.setdefault("threads", threads)
+            self.backend = create_backend(
+                cfg.backend,
+                cfg.model,
+                device=cfg.device,
+                precision=cfg.precision,
+                options=options or None,
+                preset=cfg.preset,
+            )
+        self.backend.__enter__()
+
+    def map(
+        self,
+        info: RasterInfo,
+        plan: TilingPlan,
+        chunk: dict[str, Any],
+        paths: OutputPaths,
+        tags: dict[str, str],
+    ) -> tuple[str, ChunkResult, float]:
+        start = time.perf_counter()
+        result = map_chunk(
+            self.backend,
+            info,
+            plan,
+            Chunk.from_dict(chunk),
+            paths,
+            self.cfg,
+            batch_size=self.batch_size,
+            tags=tags,
+        )
+        return self.name, result, time.perf_counter() - start
+
+
+def _ray() -> Any:
+    return require("ray", purpose="detect --workers (chunks on Ray)", extra="distributed")
+
+
+def _start_ray(ray: Any, address: str | None, workers: int, cuda: bool) -> bool:
+    """Connect to a cluster or start a local instance; True when this call started it."""
+    if ray.is_initialized():
+        return False
+    # Workers import flair_deploy (and tests' fakes) from the driver's path.
+    env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "runtime_env": {"env_vars": env},
+        "logging_level": "ERROR",
+    }
+    if address is None:
+        kwargs["num_cpus"] = max(workers, os.cpu_count() or 1)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise ConfigError(
+            f"cannot start or join {where}: {str(exc).splitlines()[0]}; check --ray-address / RAY_ADDRESS "
+            "(`ray status` on the head node) or drop it to run locally"
+        ) from None
+    return True
+
+
+def run_distributed(
+    cfg: DetectConfig,
+    *,
+    workers: int,
+    ray_address: str | None = None,
+    in_flight: int = 2,
+    max_attempts: int = 3,
+    backend_factory: BackendFactory | None = None,
+    description: ModelDescription | None = None,
+    progress: Callable[[JobProgress], None] | None = None,
+    tags: dict[str, str] | None = None,
+) -> JobSummary:
+    """Map every input of *cfg* with *workers* Ray actors (see the module docstring).
+
+    Args:
+        cfg: The run configuration (as for ``detect``).
+        workers: Number of actors: one backend session each.
+        ray_address: A running cluster (``ray://host:10001`` or ``host:6379``); None = ``RAY_ADDRESS`` or a
+            local instance.
+        in_flight: Chunks queued per actor at most.
+        max_attempts: Attempts per chunk before it fails for good (lost workers only).
+        backend_factory: Builds each worker's backend (default: from ``cfg.model``).
+        description: The model's description (default: read from ``cfg.model``).
+        progress: Called after every committed or failed chunk.
+        tags: Extra output tags (model hash, backend...).
+
+    Returns:
+        The job summary (check :attr:`JobSummary.ok`).
+
+    Raises:
+        FlairDeployError: For bad input found before any chunk runs (one line).
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be at least 1")
+    ray = _ray()
+    start = time.perf_counter()
+    if description is None:
+        if cfg.model is None:
+            raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
+        from flair_deploy.artifacts import read_description
+
+        description = read_description(cfg.model, preset=cfg.preset)
+    if description.metadata is not None:
+        raise ConfigError(
+            f"model {description.name!r} takes a metadata input, which --workers does not feed yet; "
+            "run detect without --workers"
+        )
+    from flair_deploy.inference.detect import expand_inputs
+    from flair_deploy.inference.raster import plan_outputs
+
+    plan = cfg.resolve_tiling(description)
+    cuda = cfg.device.startswith("cuda")
+    batch = cfg.batch_size or default_batch_size(cfg.device)
+    rasters: list[_Raster] = []
+    finals = plan_outputs(
+        expand_inputs(cfg.inputs), cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence
+    )
+    for final in finals:
+        info = inspect_raster(
+            final.source,
+            description,
+            bands=cfg.bands,
+            allow_gsd_mismatch=cfg.allow_gsd_mismatch,
+            assume_crs=cfg.assume_crs,
+        )
+        grid = make_grid(info.width, info.height, plan)
+        chunks = default_chunk_plan(
+            grid,
+            block=cfg.block_size,
+            active_classes=sum(description.active_mask),
+            num_classes=description.num_classes,
+            budget_mb=cfg.chunk_mb,
+            confidence=cfg.confidence,
+            probabilities=cfg.probabilities,
+        ).chunks
+        folder = final.classes.parent / f".{final.classes.stem}.chunks"
+        rasters.append(_Raster(info, final, folder, chunks))
+
+    done: dict[tuple[int, str], str] = {}  # committed (raster, chunk id) -> checksum
+    queue: deque[_Task] = deque(_Task(i, c) for i, r in enumerate(rasters) for c in r.chunks)
+    summary = JobSummary(chunks=len(queue))
+    for r in rasters:
+        r.folder.mkdir(parents=True, exist_ok=True)
+
+    started = _start_ray(ray, ray_address, workers, cuda)
+    try:
+        actor_cls = ray.remote(_Worker)
+        cores = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // workers)
+        resources = {"num_gpus": 1} if cuda else {"num_cpus": cores}
+        cfg_json = cfg.model_dump_json()
+        actors = [
+            actor_cls.options(max_restarts=max_attempts, max_task_retries=0, **resources).remote(
+                f"worker-{i}", cfg_json, backend_factory, batch, None if cuda else cores
+            )
+            for i in range(workers)
+        ]
+        stats = [WorkerStats(f"worker-{i}") for i in range(workers)]
+        attempts: dict[tuple[int, str], int] = {}
+        running: dict[Any, tuple[_Task, int]] = {}
+        load = [0] * workers
+        tiles_total = sum(c.tiles for r in rasters for c in r.chunks)
+        extra_tags = dict(tags or {})
+
+        def submit() -> None:
+            while queue:
+                a = min(range(workers), key=lambda i: load[i])
+                if load[a] >= in_flight:
+                    return
+                task = queue.popleft()
+                r = rasters[task.raster]
+                ref = actors[a].map.remote(
+                    r.info, plan, task.chunk.to_dict(), chunk_paths(r.folder, task.chunk, r.final), extra_tags
+                )
+                running[ref] = (task, a)
+                load[a] += 1
+
+        def report() -> None:
+            if progress is not None:
+                progress(
+                    JobProgress(
+                        len(done),
+                        summary.chunks,
+                        summary.tiles,
+                        tiles_total,
+                        summary.pixels,
+                        summary.pixels * _km2_per_pixel(rasters[0].info),
+                        len(summary.failed),
+                        summary.retries,
+                    )
+                )
+
+        submit()
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            ref = ready[0]
+            task, a = running.pop(ref)
+            load[a] -= 1
+            key = (task.raster, task.chunk.id)
+            r = rasters[task.raster]
+            try:
+                name, result, busy = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                # The worker died with the chunk (killed, out of memory, node lost): run it elsewhere.
+                attempts[key] = attempts.get(key, 0) + 1
+                stats[a].lost += 1
+                summary.retries += 1
+                if attempts[key] >= max_attempts:
+                    summary.failed.append(
+                        (task.chunk.id, str(r.info.path), f"its worker died {attempts[key]} times")
+                    )
+                else:
+                    queue.appendleft(task)
+            except ray.exceptions.RayTaskError as exc:
+                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+                reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                if not isinstance(cause, FlairDeployError):
+                    reason = f"{type(cause).__name__}: {reason}"
+                summary.failed.append((task.chunk.id, str(r.info.path), reason))
+            else:
+                files = chunk_paths(r.folder, task.chunk, r.final)
+                if file_sha256(files.classes) != result.checksum:
+                    summary.failed.append(
+                        (task.chunk.id, str(r.info.path), "its file does not match the worker's checksum")
+                    )
+                elif key not in done:  # committed once
+                    done[key] = result.checksum
+                    summary.committed += 1
+                    summary.tiles += result.tiles
+                    summary.pixels += task.chunk.output.pixels
+                    summary.seconds = summary.seconds + dataclasses.replace(result.seconds, wall=0.0)
+                    s = stats[a]
+                    s.chunks, s.tiles, s.busy_s = s.chunks + 1, s.tiles + result.tiles, s.busy_s + busy
+                    assert s.name == name
+            report()
+            submit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    for i, r in enumerate(rasters):
+        if all((i, c.id) in done for c in r.chunks):
+            parts = [(c, chunk_paths(r.folder, c, r.final)) for c in r.chunks]
+            assemble(r.info, description, r.final, parts, cfg, tags=extra_tags)
+            summary.outputs.extend(r.final.all())
+            for _, files in parts:
+                for p in files.all():
+                    p.unlink(missing_ok=True)
+            _remove_if_empty(r.folder)
+    summary.workers = stats
+    summary.seconds = dataclasses.replace(summary.seconds, wall=time.perf_counter() - start)
+    return summary
+
+
+def _km2_per_pixel(info: RasterInfo) -> float:
+    if info.gsd_m is None:
+        return 0.0
+    return info.gsd_m[0] * info.gsd_m[1] / 1e6
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        for p in folder.iterdir():
+            if p.name.startswith("."):
+                p.unlink()  # temporaries of workers that died mid-chunk
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] | None = None) -> JobSummary:
+    """``detect --workers N``: the model's description and the output tags, then :func:`run_distributed`.
+
+    Raises:
+        FlairDeployError: For bad input found before any chunk runs (one line).
+    """
+    if cfg.model is None:
+        raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
+    if cfg.workers is None:
+        raise ConfigError("detect_on_ray needs workers; set --workers N")
+    from flair_deploy.artifacts import read_description
+    from flair_deploy.description import file_sha256 as model_sha256
+    from flair_deploy.inference.backends import backend_for_artifact
+
+    description = read_description(cfg.model, preset=cfg.preset)
+    backend = cfg.backend or backend_for_artifact(cfg.model).value
+    precision = (cfg.precision or description.provenance.precision).value
+    plan = cfg.resolve_tiling(description)
+    tags = {
+        "MODEL_NAME": description.name,
+        "MODEL_SHA256": description.provenance.source_sha256 or model_sha256(cfg.model),
+        "BACKEND": f"{backend} {precision} {cfg.device} (Ray, {cfg.workers} workers)",
+        "PRECISION": precision,
+        "STITCHING": plan.label,
+        "CLASS_VALUES": "logit indices" if cfg.indices else "FLAIR class codes",
+    }
+    return run_distributed(
+        cfg,
+        workers=cfg.workers,
+        ray_address=cfg.ray_address,
+        description=description,
+        progress=progress,
+        tags=tags,
+    )
+
+
+def summary_path(cfg: DetectConfig) -> Path:
+    """Where a job's summary JSON goes: ``MAP.job.json`` beside a single map, ``job.json`` in a folder."""
+    out = cfg.output
+    return out.with_name(f"{out.stem}.job.json") if out.suffix else out / "job.json"
+
+
+def failed_lines(summary: JobSummary, limit: int = 10) -> Sequence[str]:
+    """Lines naming the failed chunks (for the closing message)."""
+    lines = [f"chunk {c} of {Path(r).name}: {why}" for c, r, why in summary.failed[:limit]]
+    if len(summary.failed) > limit:
+        lines.append(f"... and {len(summary.failed) - limit} more (see the summary JSON)")
+    return lines

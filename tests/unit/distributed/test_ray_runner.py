@@ -1,0 +1,122 @@
+"""``detect --workers``: chunks on a local Ray instance (``distributed/ray_runner.py``).
+
+One local Ray instance serves the module (it takes seconds to start). The backends are the fakes of
+``tests/fakes.py``, built inside each worker; the context-dependent one makes a chunking or assembly
+error visible as a changed pixel.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from flair_deploy.inference.config import DetectConfig
+from flair_deploy.inference.detect import run_detection
+from tests.fakes import BackendFactory, ContextBackend, CrashOnceBackend
+
+ray = pytest.importorskip("ray", reason="the distributed extra (ray) is not installed")
+
+from flair_deploy.distributed import run_distributed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def _ortho(write_geotiff, h=200, w=330, seed=1):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (5, h // 8 + 1, w // 8 + 1)).astype(np.float32)
+    data = (np.kron(base, np.ones((8, 8), np.float32))[:, :h, :w] + rng.integers(0, 30, (5, h, w))).clip(
+        0, 255
+    )
+    return write_geotiff(data.astype(np.uint8), "ortho.tif")
+
+
+def _cfg(src, out, **kw):
+    base = {
+        "allow_gsd_mismatch": True,
+        "overwrite": True,
+        "chunk_mb": 1,
+        "block_size": 32,
+        "overviews": False,
+    }
+    return DetectConfig(inputs=(src,), output=out, **(base | kw))
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read()
+
+
+@pytest.mark.parametrize(
+    ("stitching", "extra"), [("blend", {"confidence": True, "probabilities": True}), ("crop", {})]
+)
+def test_two_workers_map_exactly_what_one_process_maps(
+    write_geotiff, tmp_path, tiny_description, stitching, extra
+):
+    src = _ortho(write_geotiff)
+    with ContextBackend(tiny_description) as b:
+        run_detection(b, _cfg(src, tmp_path / "one.tif", stitching=stitching, **extra))
+    cfg = _cfg(src, tmp_path / "ray.tif", stitching=stitching, **extra)
+    job = run_distributed(
+        cfg,
+        workers=2,
+        backend_factory=BackendFactory(ContextBackend, tiny_description),
+        description=tiny_description,
+    )
+    assert job.ok and job.committed == job.chunks > 2  # several chunks, shared by both workers
+    assert sum(w.chunks for w in job.workers) == job.chunks and all(w.chunks for w in job.workers)
+    for suffix in ("", "_proba", "_confidence"):
+        one, many = tmp_path / f"one{suffix}.tif", tmp_path / f"ray{suffix}.tif"
+        assert one.exists() == many.exists()
+        if one.exists():
+            np.testing.assert_array_equal(_read(one), _read(many))
+    assert not list(tmp_path.glob(".ray*.chunks"))  # chunk files are gone once assembled
+
+
+def test_a_worker_killed_mid_chunk_is_retried_elsewhere_and_the_map_is_unchanged(
+    write_geotiff, tmp_path, tiny_description
+):
+    src = _ortho(write_geotiff, seed=2)
+    with ContextBackend(tiny_description) as b:
+        run_detection(b, _cfg(src, tmp_path / "one.tif"))
+    factory = BackendFactory(CrashOnceBackend, tiny_description, marker=str(tmp_path / "crashed"))
+    job = run_distributed(
+        _cfg(src, tmp_path / "ray.tif"), workers=2, backend_factory=factory, description=tiny_description
+    )
+    assert (tmp_path / "crashed").exists()  # a worker did die mid-chunk
+    assert job.ok and job.retries >= 1 and sum(w.lost for w in job.workers) == job.retries
+    np.testing.assert_array_equal(_read(tmp_path / "one.tif"), _read(tmp_path / "ray.tif"))
+
+
+def test_a_chunk_that_cannot_be_read_fails_with_its_reason_while_the_others_finish(
+    write_geotiff, tmp_path, tiny_description
+):
+    # A VRT over two halves; one half is missing: its chunks cannot be read, the others can.
+    from xml.sax.saxutils import escape
+
+    from tests.unit.inference.test_raster_input import _vrt_xml
+
+    left = write_geotiff(np.full((5, 160, 160), 90, np.uint8), "left.tif")
+    with rasterio.open(left) as ds:
+        transform, wkt = ds.transform, escape(ds.crs.to_wkt())
+    vrt = tmp_path / "m.vrt"
+    vrt.write_text(
+        _vrt_xml([(left, 0, 160, 160), (tmp_path / "right.tif", 160, 160, 160)], 320, 160, transform, wkt)
+    )
+    job = run_distributed(
+        _cfg(vrt, tmp_path / "map.tif"),
+        workers=2,
+        backend_factory=BackendFactory(ContextBackend, tiny_description),
+        description=tiny_description,
+    )
+    assert not job.ok and 0 < job.committed < job.chunks
+    assert all("cannot read" in why and "m.vrt" in why and "window" in why for _, _, why in job.failed)
+    assert not (tmp_path / "map.tif").exists()  # never a partial map
+    assert json.loads(json.dumps(job.as_dict()))["failed"][0]["chunk"].startswith("r")
