@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from flair_deploy.cli import benchmark, demo, detect, evaluate, export, inspect, train
+from flair_deploy.cli import benchmark, demo, detect, evaluate, export, inspect, plan, train
 from flair_deploy.cli._options import VersionOption, command_class, help_text
 
 try:  # Typer >= 0.24 vendors Click: these are the classes it raises
@@ -48,7 +48,7 @@ def _app(version: VersionOption = False) -> None:
     """Land-cover segmentation of aerial orthophotos, from training to verified deployment."""
 
 
-for _module in (train, evaluate, export, inspect, detect, benchmark, demo):
+for _module in (train, evaluate, export, inspect, detect, plan, benchmark, demo):
     _name = _module.__name__.rsplit(".", 1)[-1]
     app.command(
         _name,

@@ -10,7 +10,7 @@ import yaml
 from flair_deploy import __version__
 from flair_deploy.cli import main
 
-COMMANDS = ("train", "evaluate", "export", "inspect", "detect", "benchmark", "demo")
+COMMANDS = ("train", "evaluate", "export", "inspect", "detect", "plan", "benchmark", "demo")
 
 
 def _run(argv, capsys):
