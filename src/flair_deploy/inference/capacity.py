@@ -207,10 +207,7 @@ class CapacityPlan:
     @property
     def stitching(self) -> str:
         """The tiling in ``detect``'s words, e.g. ``blend tile=512 overlap=128 border=16``."""
-        t = self.tiling
-        if t.mode is Stitching.CROP:
-            return f"crop tile={t.tile} margin={t.margin}"
-        return f"blend tile={t.tile} overlap={t.overlap} border={t.border}"
+        return self.tiling.label
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly dict: totals, per-raster plans and wall times."""
