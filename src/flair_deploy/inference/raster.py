@@ -396,6 +396,10 @@ def estimated_map_bytes(
 #: Compression ratio assumed by :func:`estimated_map_bytes` (deflate/zstd with predictor).
 _COMPRESSION_GUESS = 8
 
+#: GDAL worker threads for building overviews and converting to COG (GDAL's syntax: a count or
+#: ``ALL_CPUS``). The last step of a map is otherwise serial while every other stage is done.
+_GDAL_THREADS = "ALL_CPUS"
+
 
 _Kind = Literal["classes", "probabilities", "confidence"]
 
@@ -573,7 +577,13 @@ class OutputWriter:
                     # Built on the closed-and-reopened file: in create mode GDAL may not see the colour
                     # table yet when it resamples paletted bands.
                     resampling = Resampling.mode if t.kind == "classes" else Resampling.average
-                    with rasterio.open(t.tmp, "r+") as ds:
+                    # GDAL (>= 3.2) resamples overview chunks on GDAL_NUM_THREADS threads and the GTiff
+                    # driver compresses their blocks on NUM_THREADS: the pixels are those of a serial
+                    # build, only the wall time shrinks.
+                    with (
+                        rasterio.Env(GDAL_NUM_THREADS=_GDAL_THREADS),
+                        rasterio.open(t.tmp, "r+", num_threads=_GDAL_THREADS) as ds,
+                    ):
                         ds.build_overviews(factors, resampling)
                         ds.update_tags(ns="rio_overview", resampling=resampling.name)
         if self.cog:
@@ -587,8 +597,9 @@ class OutputWriter:
     def _to_cog(self, t: _Target) -> None:
         from rasterio.shutil import copy as gdal_copy
 
-        with scratch_path(t.final, "cog") as cog_tmp:
+        with scratch_path(t.final, "cog") as cog_tmp, rasterio.Env(GDAL_NUM_THREADS=_GDAL_THREADS):
             resampling = "MODE" if t.kind == "classes" else "AVERAGE"
+            # Overviews resampled and blocks compressed on every core, as in _finalise.
             gdal_copy(
                 t.tmp,
                 cog_tmp,
@@ -599,6 +610,7 @@ class OutputWriter:
                 blocksize=str(self.block),
                 resampling=resampling,
                 overview_resampling=resampling,
+                num_threads=_GDAL_THREADS,
             )
             os.replace(cog_tmp, t.tmp)
             aux = cog_tmp.with_name(cog_tmp.name + ".aux.xml")

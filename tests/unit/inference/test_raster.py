@@ -155,3 +155,54 @@ def test_detect_on_a_disk_that_fills_up_is_one_line_and_leaves_nothing(
         f"cannot write {out}: No space left on device; free some space or choose another output folder"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
+
+
+@pytest.mark.parametrize("cog", [False, True])
+def test_overviews_built_on_all_cores_equal_a_serial_build(
+    write_geotiff, tmp_path, tiny_description, cog, monkeypatch
+):
+    from flair_deploy.inference import raster
+
+    size, k = 512, tiny_description.num_classes
+    src = write_geotiff(np.zeros((5, size, size), np.uint8), "big.tif")
+    info = inspect_raster(src, tiny_description)
+    rng = np.random.default_rng(3)
+    active = [i for i, c in enumerate(tiny_description.classes) if c.active]
+    classes = np.repeat(np.repeat(rng.choice(active, (size // 8, size // 8)), 8, 0), 8, 1).astype(np.uint8)
+    noisy = rng.random(classes.shape) < 0.2
+    classes[noisy] = rng.choice(active, int(noisy.sum()))
+    classes[:40, :300] = 255  # NO_CLASS: nodata in every map
+    chunk = OutputChunk(
+        0,
+        classes,
+        rng.integers(0, 256, (size, size), np.uint8),
+        rng.integers(0, 256, (k, size, size), np.uint8),
+    )
+    threads_seen = []
+    build = DatasetWriter.build_overviews
+
+    def spy(self, *args, **kwargs):
+        threads_seen.append(rasterio.env.getenv().get("GDAL_NUM_THREADS"))
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetWriter, "build_overviews", spy)
+    maps = {}
+    for threads in ("1", "ALL_CPUS"):
+        monkeypatch.setattr(raster, "_GDAL_THREADS", threads)
+        paths = _paths(src, tmp_path / threads)
+        with OutputWriter(info, paths, tiny_description, block=128, cog=cog) as writer:
+            writer.write(chunk)
+        maps[threads] = paths
+    if not cog:
+        assert threads_seen == ["1"] * 3 + ["ALL_CPUS"] * 3
+    for serial, threaded in zip(maps["1"].all(), maps["ALL_CPUS"].all(), strict=True):
+        with rasterio.open(serial) as a, rasterio.open(threaded) as b:
+            levels = a.overviews(1)
+            assert levels == b.overviews(1) and len(levels) >= 2
+        for level in range(len(levels)):
+            with (
+                rasterio.open(serial, overview_level=level) as a,
+                rasterio.open(threaded, overview_level=level) as b,
+            ):
+                np.testing.assert_array_equal(a.read(), b.read(), strict=True)
+                np.testing.assert_array_equal(a.read_masks(), b.read_masks(), strict=True)
