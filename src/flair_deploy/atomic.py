@@ -11,7 +11,11 @@ file, so nothing is left that could be mistaken for a finished output or that bl
   engines and reports);
 * :func:`atomic_folder`: a folder (a training run, a sample dataset) built under a temporary name;
 * :func:`check_destination` / :func:`check_free_space`: the cheap up-front checks (exists without
-  overwrite, folder not writable, not enough space) so that minutes of work are not wasted.
+  overwrite, folder not writable, not enough space) so that minutes of work are not wasted;
+* :class:`OutputLock` / :func:`check_unlocked`: one job at a time per output. Temporary names keep two
+  jobs from writing the same *file*, not from racing for the same *output*: the lock (``.NAME.lock``
+  beside it) refuses the second job up front, and :func:`remove_stale_temporaries` never deletes the
+  temporaries of an output whose lock is held.
 
 Operating-system failures (disk full, read-only file system, permission denied) become one-line
 :class:`~flair_deploy.errors.OutputError` messages naming the path.
@@ -20,10 +24,19 @@ Operating-system failures (disk full, read-only file system, permission denied) 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
+import fcntl
+import json
 import os
+import shlex
 import shutil
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -31,13 +44,19 @@ from typing import Self
 from flair_deploy.errors import OutputError
 
 __all__ = [
+    "LOCK_SUFFIX",
     "PART_SUFFIX",
+    "LockHolder",
+    "OutputLock",
     "OutputSet",
     "atomic_folder",
     "atomic_path",
     "check_destination",
     "check_free_space",
+    "check_unlocked",
     "is_temporary",
+    "lock_holder",
+    "lock_path",
     "nearest_existing",
     "output_error",
     "remove_stale_temporaries",
@@ -48,6 +67,7 @@ __all__ = [
 ]
 
 PART_SUFFIX = ".part"
+LOCK_SUFFIX = ".lock"
 _AUX = ".aux.xml"
 
 
@@ -88,12 +108,15 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     """Delete temporaries of *path* left by processes that no longer run; return what was removed.
 
     Covers :func:`temporary_path` and :func:`scratch_path` names and GDAL's ``.aux.xml`` written
-    beside them. A temporary of a *running* process is kept: another job may be writing it right now.
+    beside them. Nothing is removed while *path*'s :class:`OutputLock` is held (by any process, on
+    any node the lock reaches): its holder is writing those temporaries right now, and its process id
+    means nothing on another machine or in another container. Without a lock, a temporary of a
+    *running* local process is kept as well.
     """
     removed: list[Path] = []
     prefix = f".{path.name}."
     folder = path.parent
-    if not folder.is_dir():
+    if not folder.is_dir() or lock_holder(path) is not None:
         return removed
     for p in sorted(folder.iterdir()):
         name = p.name.removesuffix(_AUX)
@@ -223,6 +246,25 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         aux_final.unlink()
 
 
+def _disk_full_target(exc: BaseException | None, planned: dict[Path, Path]) -> Path | None:
+    """The output to name for a full disk (or exhausted quota) raised while writing *planned*, else None."""
+    if not isinstance(exc, OSError) or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    name = Path(os.fsdecode(exc.filename)) if isinstance(exc.filename, str | bytes) else None
+    if name is None:
+        return next(iter(planned), Path("."))
+    hidden = name.name.removesuffix(_AUX)
+    for final in planned:
+        # Its temporary or one of its scratch files: the user knows the final name, not the hidden one.
+        if (
+            name.parent == final.parent
+            and hidden.startswith(f".{final.name}.")
+            and hidden.endswith(PART_SUFFIX)
+        ):
+            return final
+    return name
+
+
 def _discard(tmp: Path) -> None:
     for p in (tmp, tmp.with_name(tmp.name + _AUX)):
         with contextlib.suppress(OSError):
@@ -350,7 +392,11 @@ class OutputSet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc_type is not None:
+            full = _disk_full_target(exc, self._planned)
             self.abort()
+            if full is not None and exc is not None:
+                # A full disk while writing the set is the user's to fix, whatever library hit it.
+                raise output_error(full, exc) from None
             return
         self.commit()
 
@@ -421,3 +467,273 @@ def atomic_folder(folder: Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# ---------------------------------------------------------------------- one job per output
+def lock_path(path: Path) -> Path:
+    """Return the lock file of output *path*: ``.NAME.lock`` in the same folder (hidden like temporaries)."""
+    return path.with_name(f".{path.name}{LOCK_SUFFIX}")
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    """Who holds an output's lock, as its lock file records it.
+
+    Attributes:
+        pid: Process id of the holder (on *host*), or None when the file does not say (yet).
+        host: Host name of the holder.
+        since: When the holder took the lock (ISO 8601, local time with offset).
+        command: The holder's command line.
+    """
+
+    pid: int | None
+    host: str
+    since: str
+    command: str
+
+    def describe(self) -> str:
+        """``pid N on HOST since TIME``, for messages."""
+        if self.pid is None:
+            return "its lock file does not say which yet"
+        return f"pid {self.pid} on {self.host} since {self.since}"
+
+    def to_json(self) -> str:
+        """The one-line JSON written into the lock file."""
+        return json.dumps({"pid": self.pid, "host": self.host, "since": self.since, "command": self.command})
+
+    @classmethod
+    def from_text(cls, text: str) -> LockHolder:
+        """Parse :meth:`to_json`'s output; an empty or partly written file gives an unknown holder."""
+        try:
+            data = json.loads(text)
+            pid = data.get("pid")
+            return cls(
+                int(pid) if pid is not None else None,
+                str(data.get("host", "?")),
+                str(data.get("since", "?")),
+                str(data.get("command", "")),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls(None, "?", "?", "")
+
+
+def _busy_error(path: Path, holder: LockHolder) -> OutputError:
+    return OutputError(
+        f"{path} is being written by another flair-deploy job ({holder.describe()}); wait for it to "
+        "finish or choose another --out"
+    )
+
+
+# Locks this process holds, by lock file. flock alone would tell two threads of one process apart
+# (each open() is its own lock), but NFS emulates flock with POSIX locks, which belong to the whole
+# process and are dropped when *any* descriptor of the file is closed: the process never opens a lock
+# file it holds a second time.
+_HELD: dict[str, LockHolder] = {}
+_HELD_GUARD = threading.Lock()
+
+#: Tries (and the pause between them) before a held lock is reported: a :func:`lock_holder` probe
+#: holds a shared lock for a few microseconds, which must not turn a free output into a busy one.
+_LOCK_TRIES = 5
+_LOCK_RETRY_S = 0.05
+
+
+def _held_key(lock_file: Path) -> str:
+    return os.path.join(os.path.realpath(lock_file.parent), lock_file.name)
+
+
+def _read_holder(fd: int) -> LockHolder:
+    try:
+        return LockHolder.from_text(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+    except OSError:
+        return LockHolder(None, "?", "?", "")
+
+
+def lock_holder(path: Path) -> LockHolder | None:
+    """Return who holds *path*'s :class:`OutputLock` (this process included), or None when it is free.
+
+    A lock file whose holder died is free: the operating system released its lock with the process.
+    """
+    lock_file = lock_path(path)
+    with _HELD_GUARD:
+        mine = _HELD.get(_held_key(lock_file))
+    if mine is not None:
+        return mine
+    try:
+        fd = os.open(lock_file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None  # no lock file (or none readable): nobody announced a claim
+    try:
+        try:
+            # Shared: probes never exclude each other, only an exclusive holder excludes them.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_holder(fd)
+        except OSError:
+            return None  # the file system does not lock: nothing can be said
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def check_unlocked(path: Path) -> None:
+    """Refuse up front an output that another job is writing (see :class:`OutputLock`).
+
+    Raises:
+        OutputError: If *path*'s lock is held, naming the holder.
+    """
+    holder = lock_holder(path)
+    if holder is not None:
+        raise _busy_error(path, holder)
+
+
+class OutputLock:
+    """Claim an output for one job while it is written: an exclusive, non-blocking ``flock``.
+
+    The lock file ``.NAME.lock`` beside the output records the holder (pid, host, start time, command
+    line) for the message a second job gets. Take the lock before the output's temporaries are created
+    and release it after the rename; :func:`remove_stale_temporaries` leaves the temporaries of a held
+    output alone.
+
+    * A job that dies (killed, out of memory, node lost) never blocks its rerun: the operating system
+      releases ``flock`` locks with the process, and a lock file nobody has locked is simply taken.
+    * A clean release removes the lock file (while still holding the lock; a job that opened the old
+      file meanwhile sees that its name now points elsewhere and tries again).
+    * Jobs on *different nodes* exclude each other only on a file system whose locks reach every node:
+      NFSv4 (Linux maps ``flock`` onto NFS byte-range locks), Lustre mounted with ``-o flock``, GPFS
+      (Spectrum Scale). On NFSv3 without ``lockd``, or Lustre with ``localflock``, each node sees only
+      its own locks; a file system that refuses locks altogether is reported as such.
+
+    Example:
+        >>> with OutputLock(out):  # doctest: +SKIP
+        ...     write_map(out)
+
+    Args:
+        path: The output to claim (a file, or a folder written as one output).
+        command: The command line to record (default: this process's ``sys.argv``).
+    """
+
+    def __init__(self, path: Path, *, command: str | None = None) -> None:
+        self.path = path
+        self.lock_file = lock_path(path)
+        self.command = shlex.join(sys.argv) if command is None else command
+        self._fd: int | None = None
+        self._key = ""
+        self._created: list[Path] = []
+
+    @property
+    def held(self) -> bool:
+        """True while this object holds the lock."""
+        return self._fd is not None
+
+    def __enter__(self) -> Self:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock (creating missing parent folders, removed again on release if left empty).
+
+        Raises:
+            OutputError: If another job holds it (one line naming the holder), or the folder cannot
+                be written, or its file system does not support locks.
+            RuntimeError: If this object already holds the lock.
+        """
+        if self._fd is not None:
+            raise RuntimeError(f"{self.lock_file} is already held by this lock")
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(self.path, exc) from None
+        self._created = missing
+        key = _held_key(self.lock_file)
+        holder = LockHolder(
+            os.getpid(),
+            socket.gethostname(),
+            dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            self.command,
+        )
+        # Reserved in this process before the file is opened: a second thread is refused here and
+        # never opens (and closes) a descriptor of a lock file this process holds.
+        with _HELD_GUARD:
+            mine = _HELD.get(key)
+            if mine is None:
+                _HELD[key] = holder
+        if mine is not None:
+            self._remove_created()
+            raise _busy_error(self.path, mine)
+        try:
+            fd = self._lock_file_descriptor()
+        except BaseException:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            self._remove_created()
+            raise
+        self._fd, self._key = fd, key
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (holder.to_json() + "\n").encode("utf-8"), 0)
+        except OSError as exc:
+            self.release()
+            raise output_error(self.path, exc) from None
+
+    def _lock_file_descriptor(self) -> int:
+        """Open and exclusively lock the lock file; return its descriptor."""
+        busy_tries = 0
+        for _ in range(100):  # each pass that is not a busy lock saw a holder releasing: it ends
+            try:
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise output_error(self.path, exc) from None  # the output's name: the lock is ours
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                busy_tries += 1
+                if busy_tries >= _LOCK_TRIES:
+                    raise _busy_error(self.path, holder) from None
+                time.sleep(_LOCK_RETRY_S)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise OutputError(
+                    f"cannot lock {self.lock_file}: {exc.strerror or exc}; its file system does not "
+                    "support flock (use a local disk, NFSv4, Lustre mounted with -o flock, or GPFS)"
+                ) from None
+            try:
+                st, mine = os.stat(self.lock_file), os.fstat(fd)
+                same = (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            # The previous holder removed this file as it released it: lock the file at the name now.
+            os.close(fd)
+        raise OutputError(f"cannot lock {self.lock_file}: it keeps being replaced; check for a runaway job")
+
+    def release(self) -> None:
+        """Release the lock and remove its file (a no-op when not held)."""
+        fd = self._fd
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_file.unlink()  # while still locked: see the class docstring
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        self._fd = None
+        with _HELD_GUARD:
+            _HELD.pop(self._key, None)
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty: the output, or anything else, keeps it
+        self._created = []

@@ -1,18 +1,28 @@
 """The library entry point of ``flair-deploy detect``: :func:`detect` and :func:`run_detection`.
 
-:func:`detect` checks what it can without the model (files exist, outputs may be written), creates the
-backend, checks every input against the model's description, and only then writes anything.
-:func:`run_detection` does the same with a backend the caller already holds (the benchmark reuses it
-for its end-to-end rows). Both return a :class:`DetectSummary`.
+:func:`detect` checks what it can without the model (files exist, outputs may be written, no other job
+is writing them), creates the backend, checks every input against the model's description, and only
+then writes anything. :func:`run_detection` does the same with a backend the caller already holds (the
+benchmark reuses it for its end-to-end rows). Both return a :class:`DetectSummary`.
+
+Concurrent jobs: each input's outputs are written under an :class:`~flair_deploy.atomic.OutputLock`,
+taken before their temporaries exist and released after the rename, so a second job writing the same
+output is refused with one line and never deletes the first one's temporaries.
+
+Resuming: every output carries its :class:`~flair_deploy.ledger.JobSettings` as tags
+(:func:`job_settings`). With ``resume``, an input whose outputs all exist is skipped only if they were
+made with this run's settings; otherwise the run is refused, naming the first differing setting, or,
+with ``overwrite`` as well, those outputs are recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +30,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import rasterio
+import rasterio.errors
 
-from flair_deploy.atomic import check_destination, check_free_space, remove_stale_temporaries
+from flair_deploy.atomic import (
+    OutputLock,
+    check_destination,
+    check_free_space,
+    check_unlocked,
+    remove_stale_temporaries,
+)
 from flair_deploy.description import ModelDescription, file_sha256
-from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.errors import ConfigError, FlairDeployError, InputDataError, OutputError
 from flair_deploy.flair_format import list_rasters
 from flair_deploy.inference.config import DetectConfig, default_batch_size
 from flair_deploy.inference.pipeline import MetadataFn, StageSeconds, check_backend_fits, run_raster
@@ -36,8 +53,9 @@ from flair_deploy.inference.raster import (
     plan_outputs,
 )
 from flair_deploy.inference.tiling import Tile, TilingPlan
+from flair_deploy.ledger import JobSettings, OutputKind
 
-__all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "run_detection"]
+__all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "job_settings", "run_detection"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +87,8 @@ class DetectSummary:
 
     Attributes:
         outputs: Files written (class maps, then probabilities/confidence when requested).
-        resumed: Inputs skipped because a previous run had finished them (``resume``).
+        resumed: Inputs skipped because a previous run (or a concurrent job) had finished them with the
+            same settings (``resume``).
         rasters: Rasters processed.
         tiles: Tiles in the grids.
         tiles_skipped: Tiles skipped (all nodata).
@@ -172,6 +191,9 @@ def detect(
     Raises:
         FlairDeployError: Any user error (bad input, unwritable output, backend failure), raised
             before an output file is created whenever it can be detected up front.
+        OutputError: If another job is writing an output, or (``resume``) a finished output was made
+            with other settings and ``overwrite`` was not given; one line naming the holder or the
+            setting.
     """
     if cfg.model is None:
         raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
@@ -193,17 +215,60 @@ def detect(
 
 @dataclass(frozen=True, slots=True)
 class _RunOutputs:
-    """The inputs of a run with their outputs: all of them, and those still to make."""
+    """The inputs of a run with their outputs: all of them, those still to make, and those finished.
+
+    *finished* (``resume`` only) are skipped once their tags show this run's settings, which are known
+    only when the backend is.
+    """
 
     plans: tuple[OutputPaths, ...]
     todo: tuple[OutputPaths, ...]
+    finished: tuple[OutputPaths, ...] = ()
 
 
 def _plan_run_outputs(cfg: DetectConfig) -> _RunOutputs:
     plans = plan_outputs(
         expand_inputs(cfg.inputs), cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence
     )
-    return _RunOutputs(tuple(plans), tuple(_check_outputs(plans, cfg)))
+    todo, finished = _check_outputs(plans, cfg)
+    return _RunOutputs(tuple(plans), tuple(todo), tuple(finished))
+
+
+def job_settings(
+    cfg: DetectConfig,
+    description: ModelDescription,
+    plan: TilingPlan,
+    *,
+    precision: str,
+    model_sha256: str | None,
+) -> JobSettings:
+    """The settings the maps of a run depend on (written as their tags, compared by ``resume``).
+
+    Args:
+        cfg: The run configuration.
+        description: The model's description.
+        plan: The run's tiling (``cfg.resolve_tiling(description)``).
+        precision: Precision the backend runs at.
+        model_sha256: SHA-256 of the model's weights, if known.
+    """
+    outputs: tuple[OutputKind, ...] = ("classes",)
+    if cfg.probabilities:
+        outputs += ("probabilities",)
+    if cfg.confidence:
+        outputs += ("confidence",)
+    return JobSettings(
+        model_sha256=model_sha256 or description.provenance.source_sha256 or "unknown",
+        model_name=description.name,
+        precision=precision,
+        stitching=_stitching_label(plan),
+        class_values="logit indices" if cfg.indices else "FLAIR class codes",
+        tile=plan.tile,
+        # inspect_raster takes the first bands when none are mapped: the same for every input.
+        bands=tuple(cfg.bands) if cfg.bands is not None else tuple(range(1, description.in_channels + 1)),
+        pad_mode=cfg.pad_mode,
+        outputs=outputs,
+        block=cfg.block_size,
+    )
 
 
 def run_detection(
@@ -225,7 +290,8 @@ def run_detection(
         The run summary.
 
     Raises:
-        FlairDeployError: Any user error, raised before an output is created where possible.
+        FlairDeployError: Any user error, raised before an output is created where possible (see
+            :func:`detect`).
     """
     return _run(backend, cfg, _plan_run_outputs(cfg), progress=progress, model_sha256=model_sha256)
 
@@ -249,8 +315,10 @@ def _run(
     plan = cfg.resolve_tiling(description)
     batch_size = cfg.batch_size or default_batch_size(str(getattr(backend, "device", "cpu")))
     check_backend_fits(backend, plan.tile, batch_size)
-    plans, todo = planned.plans, planned.todo
-    resumed = tuple(p.source for p in plans if p not in todo)
+    stitching = _stitching_label(plan)
+    precision = str(getattr(backend, "precision", "fp32"))
+    settings = job_settings(cfg, description, plan, precision=precision, model_sha256=model_sha256)
+    todo, resumed = _resumable(planned, settings, cfg)
     # Every input is checked against the model before the first output exists.
     infos = [
         inspect_raster(
@@ -270,22 +338,13 @@ def _run(
                 f"{info.path.name} is {info.dtype} but the model was trained on {description.input_dtype} "
                 "data: values are fed raw, check the result"
             )
-    stitching = _stitching_label(plan)
-    precision = str(getattr(backend, "precision", "fp32"))
     summary_line = backend.summary() if hasattr(backend, "summary") else str(getattr(backend, "name", "?"))
-    tags = {
-        "FLAIR_DEPLOY_VERSION": _version(),
-        "MODEL_NAME": description.name,
-        "MODEL_SHA256": model_sha256 or description.provenance.source_sha256 or "unknown",
-        "BACKEND": summary_line,
-        "PRECISION": precision,
-        "STITCHING": stitching,
-        "CLASS_VALUES": "logit indices" if cfg.indices else "FLAIR class codes",
-    }
+    # MODEL_NAME, MODEL_SHA256, PRECISION, STITCHING, CLASS_VALUES and JOB_SETTINGS: what resume checks.
+    tags = {"FLAIR_DEPLOY_VERSION": _version(), "BACKEND": summary_line, **settings.to_tags()}
     pixels_total = sum(i.width * i.height for i in infos)
     outputs: list[Path] = []
     seconds = StageSeconds()
-    tiles = skipped = inferred = 0
+    tiles = skipped = inferred = rasters = 0
     pixels_before = 0
     km2 = 0.0
     # A bounded GDAL block cache keeps memory flat in the raster size (GDAL's default is 5 % of RAM).
@@ -294,36 +353,42 @@ def _run(
             cb = None
             if progress is not None:
                 cb = _raster_progress(progress, n, len(infos), info.path.name, pixels_before, pixels_total)
-            writer = OutputWriter(
-                info,
-                out_paths,
-                description,
-                indices=cfg.indices,
-                block=cfg.block_size,
-                compress=cfg.compress,
-                overviews=cfg.overviews,
-                cog=cfg.cog,
-                tags=tags,
-            )
-            with writer:
-                run = run_raster(
-                    backend,
+            # Locked from before the temporaries exist until after the rename.
+            with _claimed(out_paths):
+                if _finished_meanwhile(out_paths, cfg, settings):
+                    resumed.append(out_paths.source)
+                    continue
+                writer = OutputWriter(
                     info,
-                    writer,
-                    plan,
-                    chunk_budget_mb=cfg.chunk_mb,
-                    batch_size=batch_size,
-                    readers=cfg.readers,
-                    prefetch=cfg.prefetch,
-                    pad_mode=cfg.pad_mode,
-                    metadata_fn=meta_factory(info) if meta_factory is not None else None,
-                    probabilities=cfg.probabilities,
-                    confidence=cfg.confidence,
-                    progress=cb,
+                    out_paths,
+                    description,
+                    indices=cfg.indices,
+                    block=cfg.block_size,
+                    compress=cfg.compress,
+                    overviews=cfg.overviews,
+                    cog=cfg.cog,
+                    tags=tags,
                 )
-                t_finish0 = time.perf_counter()
-            # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
-            finish_s = time.perf_counter() - t_finish0
+                with writer:
+                    run = run_raster(
+                        backend,
+                        info,
+                        writer,
+                        plan,
+                        chunk_budget_mb=cfg.chunk_mb,
+                        batch_size=batch_size,
+                        readers=cfg.readers,
+                        prefetch=cfg.prefetch,
+                        pad_mode=cfg.pad_mode,
+                        metadata_fn=meta_factory(info) if meta_factory is not None else None,
+                        probabilities=cfg.probabilities,
+                        confidence=cfg.confidence,
+                        progress=cb,
+                    )
+                    t_finish0 = time.perf_counter()
+                # Overviews, COG conversion and renames happen when the writer closes: count them as writing.
+                finish_s = time.perf_counter() - t_finish0
+            rasters += 1
             seconds = seconds + dataclasses.replace(run.seconds, write=run.seconds.write + finish_s, wall=0.0)
             outputs.extend(out_paths.all())
             tiles += run.tiles
@@ -335,8 +400,8 @@ def _run(
     seconds = dataclasses.replace(seconds, wall=wall)
     return DetectSummary(
         outputs=tuple(outputs),
-        resumed=resumed,
-        rasters=len(infos),
+        resumed=tuple(resumed),
+        rasters=rasters,
         tiles=tiles,
         tiles_skipped=skipped,
         tiles_inferred=inferred,
@@ -351,16 +416,25 @@ def _run(
     )
 
 
-def _check_outputs(plans: Sequence[OutputPaths], cfg: DetectConfig) -> list[OutputPaths]:
-    """Return the plans to run; refuse existing outputs without --overwrite, and unwritable folders.
+def _check_outputs(
+    plans: Sequence[OutputPaths], cfg: DetectConfig
+) -> tuple[list[OutputPaths], list[OutputPaths]]:
+    """Return the plans to run and (``resume``) those already finished, to check against the settings.
+
+    Refuses outputs that another job is writing, existing outputs without --overwrite, and unwritable
+    folders.
 
     Raises:
-        OutputError: If an output exists (and neither overwrite nor resume covers it), or its folder
-            cannot be written.
+        OutputError: If an output is locked by another job, exists (and neither overwrite nor resume
+            covers it), or its folder cannot be written.
     """
     todo: list[OutputPaths] = []
+    finished: list[OutputPaths] = []
     for plan in plans:
+        for p in plan.all():
+            check_unlocked(p)
         if cfg.resume and plan.complete():
+            finished.append(plan)
             continue
         existing = [p for p in plan.all() if p.exists()]
         if existing and not cfg.overwrite:
@@ -368,10 +442,93 @@ def _check_outputs(plans: Sequence[OutputPaths], cfg: DetectConfig) -> list[Outp
             raise OutputError(f"{existing[0]} exists; pass --overwrite to replace it{hint}")
         for p in plan.all():
             check_destination(p, overwrite=True)
-            # Leftovers of killed runs never became outputs; a running job's temporaries are kept.
+            # Leftovers of killed runs never became outputs; a locked output's temporaries are kept.
             remove_stale_temporaries(p)
         todo.append(plan)
-    return todo
+    return todo, finished
+
+
+def _resumable(
+    planned: _RunOutputs, settings: JobSettings, cfg: DetectConfig
+) -> tuple[list[OutputPaths], list[Path]]:
+    """Split the finished plans: skipped (made with *settings*) or, with --overwrite, recomputed.
+
+    Returns:
+        The plans to run, in input order, and the inputs skipped.
+
+    Raises:
+        OutputError: If a finished output was made another way and --overwrite was not given.
+    """
+    redo: set[OutputPaths] = set()
+    resumed: list[Path] = []
+    for plan in planned.finished:
+        reason = _made_differently(plan, settings)
+        if reason is None:
+            resumed.append(plan.source)
+        elif cfg.overwrite:
+            redo.add(plan)
+        else:
+            raise OutputError(reason)
+    todo = [p for p in planned.plans if p in redo or p in planned.todo]
+    return todo, resumed
+
+
+#: How to fix an output that resume cannot take as finished.
+_RECOMPUTE = "use --overwrite to recompute it"
+
+
+def _made_differently(plan: OutputPaths, settings: JobSettings) -> str | None:
+    """Why *plan*'s existing outputs are not this run's, as the one-line message, or None."""
+    for path in plan.all():
+        try:
+            with rasterio.open(path) as ds:
+                tags = ds.tags()
+        except rasterio.errors.RasterioError as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return f"{path} exists but is not a raster GDAL can read ({first}); {_RECOMPUTE}"
+        try:
+            recorded = JobSettings.from_tags(tags, source=str(path))
+        except FlairDeployError as exc:
+            return str(exc)  # names the tag and the fix
+        if recorded is None:
+            return (
+                f"{path} has no flair-deploy job tags (MODEL_SHA256, PRECISION, STITCHING, CLASS_VALUES), "
+                f"so --resume cannot tell how it was made; {_RECOMPUTE}"
+            )
+        diff = recorded.difference(settings)
+        if diff is not None:
+            return f"{path} was made with {diff}; {_RECOMPUTE}"
+    return None
+
+
+@contextlib.contextmanager
+def _claimed(paths: OutputPaths) -> Iterator[None]:
+    """Hold the :class:`OutputLock` of every output of one input."""
+    with contextlib.ExitStack() as stack:
+        for p in paths.all():
+            stack.enter_context(OutputLock(p))
+        yield
+
+
+def _finished_meanwhile(paths: OutputPaths, cfg: DetectConfig, settings: JobSettings) -> bool:
+    """Under the lock: True when another job finished these outputs, the same way, since planning.
+
+    They did not exist when the run was planned (or ``overwrite`` replaces them anyway).
+
+    Raises:
+        OutputError: If another job wrote them otherwise, or without ``resume``.
+    """
+    existing = [p for p in paths.all() if p.exists()]
+    if not existing or cfg.overwrite:
+        return False
+    if cfg.resume and paths.complete():
+        reason = _made_differently(paths, settings)
+        if reason is None:
+            return True
+        raise OutputError(reason)
+    raise OutputError(
+        f"{existing[0]} was written by another job while this one ran; pass --overwrite to replace it"
+    )
 
 
 def _check_free_space(

@@ -281,3 +281,243 @@ def test_metadata_model_gets_one_vector_per_tile_from_its_centre(write_geotiff, 
     assert vectors.shape[1] == desc.metadata.dim
     # Different tile centres give different position encodings (x and y are the first two values).
     assert len({tuple(np.round(v[:2], 7)) for v in vectors}) == len(vectors) > 1
+
+
+# ---------------------------------------------------------------------- concurrent jobs, resume, full disks
+_SECOND_JOB = """
+import sys
+from pathlib import Path
+from flair_deploy.description import ArchitectureSpec, ModelDescription, class_preset
+from flair_deploy.inference import DetectConfig, run_detection
+from tests.fakes import EchoBackend
+
+desc = ModelDescription(
+    name="tiny",
+    tile_size=64,
+    overlap=16,
+    architecture=ArchitectureSpec(arch="unet", encoder="resnet18", encoder_depth=5),
+    classes=class_preset("flair15"),
+)
+cfg = DetectConfig(
+    inputs=(Path(sys.argv[1]),), output=Path(sys.argv[2]), overviews=False, block_size=32, batch_size=1
+)
+with EchoBackend(desc, delay=float(sys.argv[3])) as b:
+    run_detection(b, cfg)
+"""
+
+
+def _wait_for_lock(out, pid, proc, timeout=60.0):
+    from flair_deploy.atomic import lock_holder
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = lock_holder(out)
+        if holder is not None and holder.pid == pid:
+            return holder
+        assert proc.poll() is None, "the first job ended before it was seen writing"
+        time.sleep(0.02)
+    raise AssertionError("the first job never locked its output")
+
+
+def test_a_second_job_writing_the_same_output_is_refused_and_the_first_map_is_intact(
+    write_geotiff, tmp_path, desc
+):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, _ = _raster(write_geotiff, 200, 200)
+    out = tmp_path / "maps" / "map.tif"
+    repo = Path(__file__).resolve().parents[3]
+    # About 16 one-tile batches at 0.15 s: the first job is mid-write for seconds.
+    first = subprocess.Popen([sys.executable, "-c", _SECOND_JOB, str(src), str(out), "0.15"], cwd=repo)
+    try:
+        _wait_for_lock(out, first.pid, first)
+        part = temporary_path(out, pid=first.pid)
+        assert part.exists()
+        for kw in ({}, {"overwrite": True}, {"overwrite": True, "resume": True}):
+            with EchoBackend(desc) as b, pytest.raises(OutputError) as exc:
+                run_detection(b, _cfg(src, out, batch_size=1, **kw))
+            msg = str(exc.value)
+            assert "\n" not in msg
+            assert msg.startswith(f"{out} is being written by another flair-deploy job (pid {first.pid} on ")
+            assert msg.endswith("; wait for it to finish or choose another --out")
+            assert part.exists(), "the refused job deleted the first job's temporary"
+    finally:
+        assert first.wait(120) == 0
+    clean = tmp_path / "clean.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, clean, batch_size=1))
+    got, _, tags = _read(out)
+    expect, _, clean_tags = _read(clean)
+    assert (got == expect).all()
+    assert tags["JOB_SETTINGS"] == clean_tags["JOB_SETTINGS"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.tif"]  # no .part, no .lock
+
+
+def test_two_threads_writing_one_output_one_is_refused(write_geotiff, tmp_path, desc):
+    import threading
+
+    src, _ = _raster(write_geotiff, 120, 120)
+    out = tmp_path / "t.tif"
+    errors: list[BaseException] = []
+    writing = threading.Event()
+
+    class Slow(EchoBackend):
+        def _infer(self, images, metadata):
+            writing.set()
+            return super()._infer(images, metadata)
+
+    def first_job():
+        try:
+            with Slow(desc, delay=0.1) as b:
+                run_detection(b, _cfg(src, out, batch_size=1))
+        except BaseException as exc:  # noqa: BLE001  (handed to the test thread)
+            errors.append(exc)
+
+    t = threading.Thread(target=first_job)
+    t.start()
+    assert writing.wait(30)
+    with (
+        EchoBackend(desc) as b,
+        pytest.raises(OutputError, match="is being written by another flair-deploy job"),
+    ):
+        run_detection(b, _cfg(src, out, overwrite=True))
+    t.join()
+    assert not errors
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, tmp_path / "clean.tif"))
+    assert (_read(out)[0] == _read(tmp_path / "clean.tif")[0]).all()
+
+
+def test_resume_refuses_maps_made_with_other_settings(write_geotiff, tmp_path, desc):
+    from flair_deploy.description import Precision
+
+    src, _ = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "o.tif"
+    with EchoBackend(desc) as b:
+        b.precision = Precision.INT8  # as an int8 engine would report
+        run_detection(b, _cfg(src, out))
+    assert _read(out)[2]["PRECISION"] == "int8"
+    made = out.stat().st_mtime_ns
+    # The first differing setting is named, even when later ones differ too.
+    for kw in ({}, {"indices": True}):
+        with EchoBackend(desc) as b, pytest.raises(OutputError) as exc:
+            run_detection(b, _cfg(src, out, resume=True, **kw))
+        assert (
+            str(exc.value)
+            == f"{out} was made with precision int8, this run is fp32; use --overwrite to recompute it"
+        )
+    assert out.stat().st_mtime_ns == made
+    # A matching run skips it; a mismatching one with --overwrite recomputes it.
+    with EchoBackend(desc) as b:
+        b.precision = Precision.INT8
+        assert run_detection(b, _cfg(src, out, resume=True)).resumed == (src,)
+        b.precision = Precision.FP32
+        s = run_detection(b, _cfg(src, out, resume=True, overwrite=True))
+    assert s.resumed == () and s.rasters == 1 and _read(out)[2]["PRECISION"] == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ({"indices": True}, {}, "class values logit indices, this run is FLAIR class codes"),
+        ({}, {"stitching": "crop", "margin": 16}, "stitching blend tile=64 overlap=16 border=2"),
+        ({}, {"tile_size": 32}, "tile size 64, this run is 32"),
+        ({}, {"bands": (3, 1, 2, 4, 5)}, "bands 1,2,3,4,5, this run is 3,1,2,4,5"),
+        ({}, {"block_size": 64}, "block size 32, this run is 64"),
+    ],
+)
+def test_resume_names_the_differing_setting(write_geotiff, tmp_path, desc, first, second, expected):
+    src, _ = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "o.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, **first))
+        with pytest.raises(OutputError) as exc:
+            run_detection(b, _cfg(src, out, resume=True, **second))
+    msg = str(exc.value)
+    assert msg.startswith(f"{out} was made with {expected}") and "\n" not in msg
+    assert msg.endswith("; use --overwrite to recompute it")
+
+
+def test_resume_refuses_another_model_and_a_map_flair_deploy_did_not_make(write_geotiff, tmp_path, desc):
+    src, data = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "o.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out), model_sha256="ab" * 32)
+        with pytest.raises(
+            OutputError, match=r"was made with model SHA-256 abababababab…, this run is cdcdcd"
+        ):
+            run_detection(b, _cfg(src, out, resume=True), model_sha256="cd" * 32)
+    foreign = write_geotiff(data[:1], "foreign.tif")
+    with EchoBackend(desc) as b, pytest.raises(OutputError) as exc:
+        run_detection(b, _cfg(src, foreign, resume=True))
+    assert str(exc.value) == (
+        f"{foreign} has no flair-deploy job tags (MODEL_SHA256, PRECISION, STITCHING, CLASS_VALUES), so "
+        "--resume cannot tell how it was made; use --overwrite to recompute it"
+    )
+
+
+def test_maps_carry_their_job_settings(write_geotiff, tmp_path, desc):
+    from flair_deploy.ledger import JobSettings
+
+    src, _ = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "o.tif"
+    with EchoBackend(desc) as b:
+        run_detection(b, _cfg(src, out, confidence=True, bands=(5, 4, 3, 2, 1)), model_sha256="ab" * 32)
+    for path in (out, tmp_path / "o_confidence.tif"):
+        settings = JobSettings.from_tags(_read(path)[2])
+        assert settings == JobSettings(
+            model_sha256="ab" * 32,
+            model_name="tiny",
+            precision="fp32",
+            stitching="blend tile=64 overlap=16 border=2",
+            class_values="FLAIR class codes",
+            tile=64,
+            bands=(5, 4, 3, 2, 1),
+            pad_mode="reflect",
+            outputs=("classes", "confidence"),
+            block=32,
+        )
+
+
+def test_a_full_disk_while_writing_a_map_is_one_line_and_leaves_nothing(
+    write_geotiff, tmp_path, desc, monkeypatch
+):
+    import errno
+    import os
+
+    from rasterio.io import DatasetWriter
+
+    src, _ = _raster(write_geotiff, 100, 100)
+    out = tmp_path / "maps" / "full.tif"
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(DatasetWriter, "write", full)
+    with EchoBackend(desc) as b, pytest.raises(OutputError) as exc:
+        run_detection(b, _cfg(src, out, confidence=True))
+    assert str(exc.value) == (
+        f"cannot write {out}: No space left on device; free some space or choose another output folder"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]  # no map, .part, .lock or folder
+
+
+def test_a_full_disk_when_renaming_the_maps_is_one_line(write_geotiff, tmp_path, desc, monkeypatch):
+    import errno
+    import os
+
+    from flair_deploy import atomic
+
+    src, _ = _raster(write_geotiff, 40, 40)
+    out = tmp_path / "full.tif"
+
+    def full(a, b):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(a))
+
+    monkeypatch.setattr(atomic.os, "replace", full)
+    with EchoBackend(desc) as b, pytest.raises(OutputError, match=r"^cannot write .*full.tif: No space left"):
+        run_detection(b, _cfg(src, out))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ortho.tif"]
