@@ -63,7 +63,8 @@ class DetectConfig(FrozenConfig):
         batch_size: Tiles per inference call; None = 1 on a CPU (onnxruntime and PyTorch already use
             every core on one 512-px tile, so larger batches only add memory) and 16 on a GPU (the batch TensorRT profiles are tuned for).
         readers: Reader threads (each opens its own dataset handle).
-        prefetch: Tiles read ahead of inference (bounds memory: back-pressure).
+        prefetch: Input strips (block-aligned rows of a chunk, at least 256) read ahead of inference
+            (bounds memory: back-pressure).
         indices: Write 0-based logit indices instead of FLAIR codes.
         probabilities: Also write per-class uint8 probabilities.
         confidence: Also write the uint8 confidence of the chosen class.
@@ -109,7 +110,7 @@ class DetectConfig(FrozenConfig):
     pad_mode: Literal["reflect", "constant"] = "reflect"
     batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
     readers: Annotated[int, Field(ge=1, le=64)] = 2
-    prefetch: Annotated[int, Field(ge=1, le=4096)] = 16
+    prefetch: Annotated[int, Field(ge=1, le=64)] = 2
     indices: bool = False
     probabilities: bool = False
     confidence: bool = False

@@ -12,7 +12,9 @@ width, not the raster's, and the map does not depend on the chunking.
         those rows, assembles output blocks, compresses (GDAL threads)
 
 * Readers run in a thread pool; each thread opens its own rasterio handle (GDAL releases the GIL
-  while reading). At most ``prefetch`` tiles are in flight, and they are consumed in row-major order.
+  while reading). Each chunk's input is decoded once, in strips aligned with its blocks
+  (:mod:`~flair_deploy.inference.reading`), at most ``prefetch`` strips ahead; tiles are cut from them
+  and consumed in row-major order.
   Tiles stay in the raster's dtype (uint8 for 8-bit orthophotos) until the device casts them.
 * The main thread only fills staging buffers (pinned on CUDA) and queues work: on a GPU nothing on the
   host waits for the device except the writer, for finished rows, and the staging ring's back-pressure.
@@ -30,9 +32,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,7 +48,8 @@ from flair_deploy.inference.chunks import (
     plan_chunks,
 )
 from flair_deploy.inference.device import ArrayDevice
-from flair_deploy.inference.raster import OutputWriter, PadMode, RasterInfo, TileReader
+from flair_deploy.inference.raster import OutputWriter, PadMode, RasterInfo
+from flair_deploy.inference.reading import read_chunk_tiles
 from flair_deploy.inference.stitching import FinishedRows, OutputBand, RowBandStitcher
 from flair_deploy.inference.tiling import Tile, TileGrid, TilingPlan, make_grid
 
@@ -311,7 +312,7 @@ def run_raster(
     chunk_budget_mb: int = DEFAULT_CHUNK_BUDGET_MB,
     batch_size: int = 4,
     readers: int = 2,
-    prefetch: int = 16,
+    prefetch: int = 2,
     pad_mode: PadMode = "reflect",
     metadata_fn: MetadataFn | None = None,
     probabilities: bool = False,
@@ -330,7 +331,7 @@ def run_raster(
         chunk_budget_mb: Stitching memory budget per chunk, MiB, when *chunks* is None.
         batch_size: Tiles per backend call.
         readers: Reader threads.
-        prefetch: Maximum tiles read ahead of inference.
+        prefetch: Input strips read ahead of inference.
         pad_mode: Fill of pixels outside the raster.
         metadata_fn: Per-tile metadata vector for metadata models.
         probabilities: Produce per-class probabilities.
@@ -470,8 +471,7 @@ def run_raster(
                 progress(done, total, int(done * pixels_per_tile))
             pending, n_images = [], 0
 
-        work = ((c, t) for c in chunks for t in c.tile_grid_tiles(grid))
-        reads = _ordered_reads(work, info, readers, prefetch, pad_mode, metadata_fn, abort)
+        reads = _chunk_reads(chunks, grid, info, readers, prefetch, pad_mode, metadata_fn, abort)
         with contextlib.closing(reads):
             for r in reads:
                 read_s += r.read_s
@@ -486,6 +486,8 @@ def run_raster(
                     flush()
                 if stitch_t.error or writer_t.error:
                     raise _Aborted
+        if abort.is_set():
+            raise _Aborted
         if pending:
             flush()
         _put(stitch_q, _STOP, abort)
@@ -535,8 +537,9 @@ class _Finished:
     rows: FinishedRows
 
 
-def _ordered_reads(
-    work: Iterator[tuple[Chunk, Tile]],
+def _chunk_reads(
+    chunks: Sequence[Chunk],
+    grid: TileGrid,
     info: RasterInfo,
     readers: int,
     prefetch: int,
@@ -544,57 +547,12 @@ def _ordered_reads(
     metadata_fn: MetadataFn | None,
     abort: threading.Event,
 ) -> Generator[_Read, None, None]:
-    """Read tiles on a thread pool, at most *prefetch* ahead, yielding them in *work*'s order."""
-    local = threading.local()
-    opened: list[TileReader] = []
-    lock = threading.Lock()
-
-    def task(chunk: Chunk, tile: Tile) -> _Read:
-        if abort.is_set():
-            raise _Aborted
-        cpu0 = time.thread_time()
-        reader: TileReader | None = getattr(local, "reader", None)
-        if reader is None:
-            reader = TileReader(info, pad_mode=pad_mode)
-            local.reader = reader
-            with lock:
-                opened.append(reader)
-        t0 = time.perf_counter()
-        out = reader.read(tile)
-        t1 = time.perf_counter()
-        if out is None:
-            return _Read(chunk, tile, None, None, None, t1 - t0, 0.0, time.thread_time() - cpu0)
-        meta = metadata_fn(tile) if metadata_fn is not None else None
-        image, valid = out
-        # The common case, every pixel valid, needs no mask downstream.
-        mask = None if valid.all() else valid
-        return _Read(
-            chunk,
-            tile,
-            image,
-            mask,
-            meta,
-            reader.last_read_s,
-            (t1 - t0) - reader.last_read_s,
-            time.thread_time() - cpu0,
+    """Every chunk's tiles in order, each chunk's input decoded once in block-aligned strips."""
+    for chunk in chunks:
+        tiles = read_chunk_tiles(
+            info, grid, chunk, pad_mode=pad_mode, threads=readers, prefetch_rows=prefetch, abort=abort
         )
-
-    futures: deque[Future[_Read]] = deque()
-    pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="detect-reader")
-    try:
-        for chunk, tile in work:
-            futures.append(pool.submit(task, chunk, tile))
-            if len(futures) >= prefetch:
-                break
-        while futures:
-            fut = futures.popleft()
-            nxt = next(work, None)
-            if nxt is not None:
-                futures.append(pool.submit(task, *nxt))
-            yield fut.result()
-    finally:
-        for f in futures:
-            f.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for r in opened:
-            r.close()
+        with contextlib.closing(tiles):
+            for t in tiles:
+                meta = metadata_fn(t.tile) if metadata_fn is not None and t.data is not None else None
+                yield _Read(chunk, t.tile, t.data, t.valid, meta, t.read_s, t.prep_s, t.cpu_s)

@@ -83,6 +83,7 @@ class TileRead:
             decoding time of the chunk.
         prep_s: Seconds this tile cost the consumer outside GDAL (its share of assembling the band,
             slicing, padding, mask checks).
+        cpu_s: CPU seconds of the reader threads attributed to this tile, shared as *read_s* is.
     """
 
     tile: Tile
@@ -90,6 +91,7 @@ class TileRead:
     valid: npt.NDArray[np.bool_] | None
     read_s: float
     prep_s: float
+    cpu_s: float = 0.0
 
     @property
     def skipped(self) -> bool:
@@ -104,6 +106,7 @@ class _Strip:
     data: npt.NDArray[Any]
     valid: npt.NDArray[np.bool_] | None  # None: every pixel valid
     seconds: float
+    cpu: float = 0.0  # CPU seconds of the reading thread
 
 
 def read_dtype(info: RasterInfo) -> str:
@@ -283,7 +286,7 @@ def _generate(
             a, b = max(axis.start, 0), min(axis.start + grid.size, info.height)
             while held and held[0].row1 <= a:
                 held.popleft()
-            fresh = 0.0
+            fresh = fresh_cpu = 0.0
             while not held or held[-1].row1 < b:
                 strip = futures.popleft().result()
                 submit()
@@ -291,18 +294,19 @@ def _generate(
                     return
                 held.append(strip)
                 fresh += strip.seconds
+                fresh_cpu += strip.cpu
             t0 = time.perf_counter()
             band, band_valid = _band(held, a, b)
-            share_read = fresh / len(tiles)
+            share_read, share_cpu = fresh / len(tiles), fresh_cpu / len(tiles)
             share_prep = (time.perf_counter() - t0) / len(tiles)
             for tile in tiles:
                 t1 = time.perf_counter()
                 out = _cut(tile, info, box, band, band_valid, pad_mode)
                 prep = share_prep + time.perf_counter() - t1
                 if out is None:
-                    yield TileRead(tile, None, None, share_read, prep)
+                    yield TileRead(tile, None, None, share_read, prep, share_cpu)
                 else:
-                    yield TileRead(tile, out[0], out[1], share_read, prep)
+                    yield TileRead(tile, out[0], out[1], share_read, prep, share_cpu)
                 if abort.is_set():
                     return
             # Drop this row's band before the next one is assembled: only the caller's tiles (views)
@@ -318,7 +322,7 @@ def _generate(
 
 def _read_strip(src: Any, info: RasterInfo, box: Box, r0: int, r1: int, dtype: str) -> _Strip:
     """Decode rows ``[r0, r1)`` of *box*'s columns: values, validity, and the seconds it took."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     window = Window(box.col0, r0, box.width, r1 - r0)
     try:
         if dtype == info.dtype:
@@ -345,7 +349,7 @@ def _read_strip(src: Any, info: RasterInfo, box: Box, r0: int, r1: int, dtype: s
     data.flags.writeable = False
     if valid is not None:
         valid.flags.writeable = False
-    return _Strip(r0, r1, data, valid, time.perf_counter() - start)
+    return _Strip(r0, r1, data, valid, time.perf_counter() - start, time.thread_time() - cpu)
 
 
 def _band(held: deque[_Strip], a: int, b: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]:

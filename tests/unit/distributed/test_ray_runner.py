@@ -29,7 +29,7 @@ def local_ray():
     ray.shutdown()
 
 
-def _ortho(write_geotiff, h=200, w=330, seed=1):
+def _ortho(write_geotiff, h=200, w=600, seed=1):
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (5, h // 8 + 1, w // 8 + 1)).astype(np.float32)
     data = (np.kron(base, np.ones((8, 8), np.float32))[:, :h, :w] + rng.integers(0, 30, (5, h, w))).clip(
@@ -49,6 +49,15 @@ def _cfg(src, out, **kw):
     return DetectConfig(inputs=(src,), output=out, **(base | kw))
 
 
+def _strips(grid, *, block, **_):
+    """160-px strips: several chunks whatever the mode's memory budget."""
+    from flair_deploy.inference.chunks import plan_chunks
+
+    return plan_chunks(
+        grid, chunk_width=5 * block, chunk_height=-(-grid.height // block) * block, block=block
+    )
+
+
 def _read(path):
     with rasterio.open(path) as ds:
         return ds.read()
@@ -58,8 +67,17 @@ def _read(path):
     ("stitching", "extra"), [("blend", {"confidence": True, "probabilities": True}), ("crop", {})]
 )
 def test_two_workers_map_exactly_what_one_process_maps(
-    write_geotiff, tmp_path, tiny_description, stitching, extra
+    write_geotiff, tmp_path, tiny_description, stitching, extra, monkeypatch
 ):
+    from flair_deploy.distributed import ray_runner
+    from flair_deploy.inference.chunks import plan_chunks
+
+    def strips(grid, *, block, **_):  # 160-px strips: several chunks whatever the mode's budget
+        return plan_chunks(
+            grid, chunk_width=5 * block, chunk_height=-(-grid.height // block) * block, block=block
+        )
+
+    monkeypatch.setattr(ray_runner, "default_chunk_plan", strips)
     src = _ortho(write_geotiff)
     with ContextBackend(tiny_description) as b:
         run_detection(b, _cfg(src, tmp_path / "one.tif", stitching=stitching, **extra))
@@ -96,19 +114,22 @@ def test_a_worker_killed_mid_chunk_is_retried_elsewhere_and_the_map_is_unchanged
 
 
 def test_a_chunk_that_cannot_be_read_fails_with_its_reason_while_the_others_finish(
-    write_geotiff, tmp_path, tiny_description
+    write_geotiff, tmp_path, tiny_description, monkeypatch
 ):
+    from flair_deploy.distributed import ray_runner
+
+    monkeypatch.setattr(ray_runner, "default_chunk_plan", _strips)
     # A VRT over two halves; one half is missing: its chunks cannot be read, the others can.
     from xml.sax.saxutils import escape
 
     from tests.unit.inference.test_raster_input import _vrt_xml
 
-    left = write_geotiff(np.full((5, 160, 160), 90, np.uint8), "left.tif")
+    left = write_geotiff(np.full((5, 160, 320), 90, np.uint8), "left.tif")
     with rasterio.open(left) as ds:
         transform, wkt = ds.transform, escape(ds.crs.to_wkt())
     vrt = tmp_path / "m.vrt"
     vrt.write_text(
-        _vrt_xml([(left, 0, 160, 160), (tmp_path / "right.tif", 160, 160, 160)], 320, 160, transform, wkt)
+        _vrt_xml([(left, 0, 320, 160), (tmp_path / "right.tif", 320, 160, 160)], 480, 160, transform, wkt)
     )
     job = run_distributed(
         _cfg(vrt, tmp_path / "map.tif"),
