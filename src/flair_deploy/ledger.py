@@ -480,6 +480,20 @@ class Ledger:
             )
             return self._changed(db, cur, input, chunk_id)
 
+    def reopen(self, input: Path, chunk_id: str, reason: str) -> bool:
+        """Make a committed chunk pending again (its file was lost): True when it was done.
+
+        Raises:
+            KeyError: If the ledger has no such chunk.
+        """
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE chunks SET state = 'pending', checksum = NULL, reason = ?, finished = ? "
+                "WHERE input = ? AND chunk_id = ? AND state = 'done'",
+                (reason, time.time(), _input_key(input), chunk_id),
+            )
+            return self._changed(db, cur, input, chunk_id)
+
     @staticmethod
     def _changed(db: sqlite3.Connection, cur: sqlite3.Cursor, input: Path, chunk_id: str) -> bool:
         if cur.rowcount:

@@ -296,3 +296,28 @@ def test_a_driver_killed_at_any_point_leaves_a_ledger_that_redoes_only_uncommitt
             assert [p.id for p in ledger.pending()] == [c.id for c in chunks[len(done) :]]
             assert ledger.summary().counts[ChunkState.DONE] == len(done) < len(chunks)
         assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_committed_chunk_whose_file_was_lost_can_be_reopened(tmp_path):
+    from flair_deploy.inference.chunks import plan_chunks
+    from flair_deploy.inference.tiling import TilingPlan, make_grid
+    from flair_deploy.ledger import ChunkState, JobSettings, Ledger
+
+    settings = JobSettings(
+        model_sha256="a" * 64,
+        model_name="m",
+        precision="fp32",
+        stitching="blend",
+        class_values="FLAIR class codes",
+    )
+    grid = make_grid(300, 200, TilingPlan.blend(64, 16))
+    chunks = plan_chunks(grid, chunk_width=128, chunk_height=256, block=64).chunks
+    src = tmp_path / "in.tif"
+    with Ledger.open(tmp_path / "job.sqlite", settings, overwrite=False) as led:
+        led.add_chunks(src, chunks)
+        c = chunks[0].id
+        assert led.commit(src, c, "f" * 64, "w0")
+        assert not led.fail(src, c, "late failure", "w1")  # a done chunk stays done...
+        assert led.reopen(src, c, "its file was deleted")  # ...unless its file is gone
+        assert led.chunk(src, c).state is ChunkState.PENDING and not led.reopen(src, c, "again")
+        assert led.commit(src, c, "e" * 64, "w1") and led.chunk(src, c).checksum == "e" * 64

@@ -21,6 +21,7 @@ for the job (no set-up needed). See docs/distributed.md for clusters and SLURM.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -270,6 +271,8 @@ def run_distributed(
     description: ModelDescription | None = None,
     progress: Callable[[JobProgress], None] | None = None,
     tags: dict[str, str] | None = None,
+    precision: str | None = None,
+    model_sha256: str | None = None,
 ) -> JobSummary:
     """Map every input of *cfg* with *workers* Ray actors (see the module docstring).
 
@@ -283,7 +286,9 @@ def run_distributed(
         backend_factory: Builds each worker's backend (default: from ``cfg.model``).
         description: The model's description (default: read from ``cfg.model``).
         progress: Called after every committed or failed chunk.
-        tags: Extra output tags (model hash, backend...).
+        tags: Extra output tags (backend...); the job's settings are tagged too.
+        precision: Precision the workers run at (default: the model's).
+        model_sha256: SHA-256 of the model file (default: the description's, else unknown).
 
     Returns:
         The job summary (check :attr:`JobSummary.ok`).
@@ -306,16 +311,20 @@ def run_distributed(
             f"model {description.name!r} takes a metadata input, which --workers does not feed yet; "
             "run detect without --workers"
         )
-    from flair_deploy.inference.detect import expand_inputs
-    from flair_deploy.inference.raster import plan_outputs
+    from flair_deploy.inference.detect import job_settings, outputs_to_make
+    from flair_deploy.ledger import Ledger, ledger_path
 
     plan = cfg.resolve_tiling(description)
-    cuda = cfg.device.startswith("cuda")
-    batch = cfg.batch_size or default_batch_size(cfg.device)
-    rasters: list[_Raster] = []
-    finals = plan_outputs(
-        expand_inputs(cfg.inputs), cfg.output, probabilities=cfg.probabilities, confidence=cfg.confidence
+    settings = job_settings(
+        cfg,
+        description,
+        plan,
+        precision=precision or description.provenance.precision.value,
+        model_sha256=model_sha256,
     )
+    # detect's own up-front checks: outputs locked by another job, existing, or (resume) made otherwise.
+    finals, _resumed = outputs_to_make(cfg, settings)
+    rasters: list[_Raster] = []
     for final in finals:
         info = inspect_raster(
             final.source,
@@ -336,59 +345,129 @@ def run_distributed(
         ).chunks
         folder = final.classes.parent / f".{final.classes.stem}.chunks"
         rasters.append(_Raster(info, final, folder, chunks))
+    job = _Job(cfg, plan, description, rasters, {**(tags or {}), **settings.to_tags()})
+    with _open_ledger(Ledger, ledger_path(cfg.output), settings, overwrite=cfg.overwrite) as ledger:
+        summary = job.schedule(ledger)
+        if summary.chunks - summary.resumed:
+            started = _start_ray(ray, ray_address, workers, cfg.device.startswith("cuda"))
+            try:
+                job.run(
+                    ray,
+                    ledger,
+                    summary,
+                    workers=workers,
+                    batch=cfg.batch_size or default_batch_size(cfg.device),
+                    in_flight=in_flight,
+                    max_attempts=max_attempts,
+                    backend_factory=backend_factory,
+                    progress=progress,
+                )
+            finally:
+                if started:
+                    ray.shutdown()
+        job.assemble(summary)
+    summary.seconds = dataclasses.replace(summary.seconds, wall=time.perf_counter() - start)
+    return summary
 
-    done: dict[tuple[int, str], str] = {}  # committed (raster, chunk id) -> checksum
-    queue: deque[_Task] = deque(_Task(i, c) for i, r in enumerate(rasters) for c in r.chunks)
-    summary = JobSummary(chunks=len(queue))
-    for r in rasters:
-        r.folder.mkdir(parents=True, exist_ok=True)
 
-    started = _start_ray(ray, ray_address, workers, cuda)
+def _open_ledger(ledger_cls: Any, path: Path, settings: Any, *, overwrite: bool) -> Any:
+    """The job's ledger, resumed when the settings match.
+
+    Even with ``--overwrite`` (which replaces maps, not the committed chunks of this very job) a ledger
+    of the same settings is resumed; with other settings ``--overwrite`` resets it.
+    """
     try:
+        return ledger_cls.open(path, settings, overwrite=False)
+    except FlairDeployError:
+        if not overwrite:
+            raise
+        return ledger_cls.open(path, settings, overwrite=True)
+
+
+class _Job:
+    """The driver's side of one job: what is left to do, who does it, and the assembly."""
+
+    def __init__(
+        self,
+        cfg: DetectConfig,
+        plan: TilingPlan,
+        description: ModelDescription,
+        rasters: list[_Raster],
+        tags: dict[str, str],
+    ) -> None:
+        self.cfg, self.plan, self.description, self.rasters, self.tags = cfg, plan, description, rasters, tags
+        self.done: dict[tuple[int, str], str] = {}  # committed (raster, chunk id) -> checksum
+        self.queue: deque[_Task] = deque()
+
+    def schedule(self, ledger: Any) -> JobSummary:
+        """Record the chunks; queue those not committed (by an earlier run) with their file intact."""
+        for i, r in enumerate(self.rasters):
+            ledger.add_chunks(r.info.path, r.chunks)
+            r.folder.mkdir(parents=True, exist_ok=True)
+            for c in r.chunks:
+                entry = ledger.chunk(r.info.path, c.id)
+                files = chunk_paths(r.folder, c, r.final)
+                if (
+                    entry.state == "done"
+                    and files.classes.exists()
+                    and file_sha256(files.classes) == entry.checksum
+                ):
+                    self.done[(i, c.id)] = entry.checksum
+                    continue
+                if entry.state == "done":  # committed, but its file is gone or changed: compute it again
+                    ledger.reopen(r.info.path, c.id, "its committed file is missing or changed")
+                self.queue.append(_Task(i, c))
+        return JobSummary(chunks=sum(len(r.chunks) for r in self.rasters), resumed=len(self.done))
+
+    def run(
+        self,
+        ray: Any,
+        ledger: Any,
+        summary: JobSummary,
+        *,
+        workers: int,
+        batch: int,
+        in_flight: int,
+        max_attempts: int,
+        backend_factory: BackendFactory | None,
+        progress: Callable[[JobProgress], None] | None,
+    ) -> None:
+        """Map the queued chunks on Ray actors, committing each once in the ledger."""
+        cuda = self.cfg.device.startswith("cuda")
         actor_cls = ray.remote(_Worker)
         cores = max(1, int(ray.cluster_resources().get("CPU", os.cpu_count() or 1)) // workers)
         resources = {"num_gpus": 1} if cuda else {"num_cpus": cores}
-        cfg_json = cfg.model_dump_json()
+        cfg_json = self.cfg.model_dump_json()
         actors = [
             actor_cls.options(max_restarts=max_attempts, max_task_retries=0, **resources).remote(
                 f"worker-{i}", cfg_json, backend_factory, batch, None if cuda else cores
             )
             for i in range(workers)
         ]
-        stats = [WorkerStats(f"worker-{i}") for i in range(workers)]
+        stats = summary.workers = [WorkerStats(f"worker-{i}") for i in range(workers)]
         attempts: dict[tuple[int, str], int] = {}
         running: dict[Any, tuple[_Task, int]] = {}
         load = [0] * workers
-        tiles_total = sum(c.tiles for r in rasters for c in r.chunks)
-        extra_tags = dict(tags or {})
+        tiles_total = sum(t.chunk.tiles for t in self.queue)
+        km2_per_px = _km2_per_pixel(self.rasters[0].info) if self.rasters else 0.0
 
         def submit() -> None:
-            while queue:
+            while self.queue:
                 a = min(range(workers), key=lambda i: load[i])
                 if load[a] >= in_flight:
                     return
-                task = queue.popleft()
-                r = rasters[task.raster]
-                ref = actors[a].map.remote(
-                    r.info, plan, task.chunk.to_dict(), chunk_paths(r.folder, task.chunk, r.final), extra_tags
-                )
+                task = self.queue.popleft()
+                r = self.rasters[task.raster]
+                ledger.start(r.info.path, task.chunk.id, stats[a].name)
+                files = chunk_paths(r.folder, task.chunk, r.final)
+                ref = actors[a].map.remote(r.info, self.plan, task.chunk.to_dict(), files, self.tags)
                 running[ref] = (task, a)
                 load[a] += 1
 
-        def report() -> None:
-            if progress is not None:
-                progress(
-                    JobProgress(
-                        len(done),
-                        summary.chunks,
-                        summary.tiles,
-                        tiles_total,
-                        summary.pixels,
-                        summary.pixels * _km2_per_pixel(rasters[0].info),
-                        len(summary.failed),
-                        summary.retries,
-                    )
-                )
+        def failed(task: _Task, reason: str, worker: str) -> None:
+            r = self.rasters[task.raster]
+            ledger.fail(r.info.path, task.chunk.id, reason, worker)
+            summary.failed.append((task.chunk.id, str(r.info.path), reason))
 
         submit()
         while running:
@@ -397,59 +476,69 @@ def run_distributed(
             task, a = running.pop(ref)
             load[a] -= 1
             key = (task.raster, task.chunk.id)
-            r = rasters[task.raster]
+            r = self.rasters[task.raster]
+            worker = stats[a].name
             try:
-                name, result, busy = ray.get(ref)
+                _name, result, busy = ray.get(ref)
             except ray.exceptions.RayActorError:
                 # The worker died with the chunk (killed, out of memory, node lost): run it elsewhere.
                 attempts[key] = attempts.get(key, 0) + 1
                 stats[a].lost += 1
                 summary.retries += 1
                 if attempts[key] >= max_attempts:
-                    summary.failed.append(
-                        (task.chunk.id, str(r.info.path), f"its worker died {attempts[key]} times")
-                    )
+                    failed(task, f"its worker died {attempts[key]} times", worker)
                 else:
-                    queue.appendleft(task)
+                    self.queue.appendleft(task)
             except ray.exceptions.RayTaskError as exc:
                 cause = exc.cause if isinstance(exc.cause, BaseException) else exc
                 reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
                 if not isinstance(cause, FlairDeployError):
                     reason = f"{type(cause).__name__}: {reason}"
-                summary.failed.append((task.chunk.id, str(r.info.path), reason))
+                failed(task, reason, worker)  # bad input: no retry, the others go on
             else:
                 files = chunk_paths(r.folder, task.chunk, r.final)
                 if file_sha256(files.classes) != result.checksum:
-                    summary.failed.append(
-                        (task.chunk.id, str(r.info.path), "its file does not match the worker's checksum")
-                    )
-                elif key not in done:  # committed once
-                    done[key] = result.checksum
+                    failed(task, "its file does not match the worker's checksum", worker)
+                elif ledger.commit(r.info.path, task.chunk.id, result.checksum, worker):  # committed once
+                    self.done[key] = result.checksum
                     summary.committed += 1
                     summary.tiles += result.tiles
                     summary.pixels += task.chunk.output.pixels
                     summary.seconds = summary.seconds + dataclasses.replace(result.seconds, wall=0.0)
                     s = stats[a]
                     s.chunks, s.tiles, s.busy_s = s.chunks + 1, s.tiles + result.tiles, s.busy_s + busy
-                    assert s.name == name
-            report()
+            if progress is not None:
+                progress(
+                    JobProgress(
+                        len(self.done),
+                        summary.chunks,
+                        summary.tiles,
+                        tiles_total,
+                        summary.pixels,
+                        summary.pixels * km2_per_px,
+                        len(summary.failed),
+                        summary.retries,
+                    )
+                )
             submit()
-    finally:
-        if started:
-            ray.shutdown()
 
-    for i, r in enumerate(rasters):
-        if all((i, c.id) in done for c in r.chunks):
+    def assemble(self, summary: JobSummary) -> None:
+        """Write the maps of every raster whose chunks are all committed, then drop its chunk files."""
+        from flair_deploy.atomic import OutputLock
+
+        for i, r in enumerate(self.rasters):
+            if not all((i, c.id) in self.done for c in r.chunks):
+                continue
             parts = [(c, chunk_paths(r.folder, c, r.final)) for c in r.chunks]
-            assemble(r.info, description, r.final, parts, cfg, tags=extra_tags)
+            with contextlib.ExitStack() as locks:
+                for p in r.final.all():
+                    locks.enter_context(OutputLock(p))
+                assemble(r.info, self.description, r.final, parts, self.cfg, tags=self.tags)
             summary.outputs.extend(r.final.all())
             for _, files in parts:
                 for p in files.all():
                     p.unlink(missing_ok=True)
             _remove_if_empty(r.folder)
-    summary.workers = stats
-    summary.seconds = dataclasses.replace(summary.seconds, wall=time.perf_counter() - start)
-    return summary
 
 
 def _km2_per_pixel(info: RasterInfo) -> float:
@@ -478,6 +567,7 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
         raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
     if cfg.workers is None:
         raise ConfigError("detect_on_ray needs workers; set --workers N")
+    from flair_deploy import __version__
     from flair_deploy.artifacts import read_description
     from flair_deploy.description import file_sha256 as model_sha256
     from flair_deploy.inference.backends import backend_for_artifact
@@ -485,22 +575,18 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
     description = read_description(cfg.model, preset=cfg.preset)
     backend = cfg.backend or backend_for_artifact(cfg.model).value
     precision = (cfg.precision or description.provenance.precision).value
-    plan = cfg.resolve_tiling(description)
-    tags = {
-        "MODEL_NAME": description.name,
-        "MODEL_SHA256": description.provenance.source_sha256 or model_sha256(cfg.model),
-        "BACKEND": f"{backend} {precision} {cfg.device} (Ray, {cfg.workers} workers)",
-        "PRECISION": precision,
-        "STITCHING": plan.label,
-        "CLASS_VALUES": "logit indices" if cfg.indices else "FLAIR class codes",
-    }
     return run_distributed(
         cfg,
         workers=cfg.workers,
         ray_address=cfg.ray_address,
         description=description,
         progress=progress,
-        tags=tags,
+        tags={
+            "FLAIR_DEPLOY_VERSION": __version__,
+            "BACKEND": f"{backend} {precision} {cfg.device} (Ray, {cfg.workers} workers)",
+        },
+        precision=precision,
+        model_sha256=description.provenance.source_sha256 or model_sha256(cfg.model),
     )
 
 

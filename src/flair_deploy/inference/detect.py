@@ -448,6 +448,19 @@ def _check_outputs(
     return todo, finished
 
 
+def outputs_to_make(cfg: DetectConfig, settings: JobSettings) -> tuple[list[OutputPaths], list[Path]]:
+    """The outputs a run makes and the inputs it skips, after every up-front check of ``detect``.
+
+    The same checks for one process and for a distributed job: outputs locked by another job, existing
+    outputs without ``overwrite``, unwritable folders, and (``resume``) finished outputs made with other
+    settings.
+
+    Raises:
+        OutputError: One line naming the output and the cause.
+    """
+    return _resumable(_plan_run_outputs(cfg), settings, cfg)
+
+
 def _resumable(
     planned: _RunOutputs, settings: JobSettings, cfg: DetectConfig
 ) -> tuple[list[OutputPaths], list[Path]]:

@@ -141,3 +141,65 @@ def test_a_chunk_that_cannot_be_read_fails_with_its_reason_while_the_others_fini
     assert all("cannot read" in why and "m.vrt" in why and "window" in why for _, _, why in job.failed)
     assert not (tmp_path / "map.tif").exists()  # never a partial map
     assert json.loads(json.dumps(job.as_dict()))["failed"][0]["chunk"].startswith("r")
+
+
+def test_a_rerun_computes_only_what_was_not_committed_and_other_settings_are_refused(
+    write_geotiff, tmp_path, tiny_description, monkeypatch
+):
+    from flair_deploy.distributed import ray_runner
+    from flair_deploy.errors import OutputError
+    from flair_deploy.ledger import Ledger, ledger_path
+
+    monkeypatch.setattr(ray_runner, "default_chunk_plan", _strips)
+    src = _ortho(write_geotiff, seed=3)
+    with ContextBackend(tiny_description) as b:
+        run_detection(b, _cfg(src, tmp_path / "one.tif"))
+    factory = BackendFactory(ContextBackend, tiny_description)
+    cfg = _cfg(src, tmp_path / "ray.tif", overwrite=False)
+    first = run_distributed(cfg, workers=2, backend_factory=factory, description=tiny_description)
+    # The driver "died" after committing: the map is gone, one chunk file too; the ledger remembers.
+    (tmp_path / "ray.tif").unlink()
+    folder = tmp_path / ".ray.chunks"
+    assert not folder.exists()  # assembled maps drop their chunk files...
+    with Ledger.open(
+        ledger_path(tmp_path / "ray.tif"), _settings(cfg, tiny_description), overwrite=False
+    ) as led:
+        assert led.summary().complete  # ...but the ledger keeps the record
+    again = run_distributed(cfg, workers=2, backend_factory=factory, description=tiny_description)
+    assert first.committed == first.chunks and again.committed == again.chunks  # files gone: recomputed
+    np.testing.assert_array_equal(_read(tmp_path / "one.tif"), _read(tmp_path / "ray.tif"))
+    # Other settings on the same job are refused with the setting named, unless --overwrite.
+    (tmp_path / "ray.tif").unlink()
+    with pytest.raises(OutputError, match="stitching"):
+        run_distributed(
+            _cfg(src, tmp_path / "ray.tif", overwrite=False, stitching="crop"),
+            workers=1,
+            backend_factory=factory,
+            description=tiny_description,
+        )
+
+
+def test_committed_chunks_are_not_computed_again(write_geotiff, tmp_path, tiny_description, monkeypatch):
+    from flair_deploy.distributed import ray_runner
+
+    monkeypatch.setattr(ray_runner, "default_chunk_plan", _strips)
+    src = _ortho(write_geotiff, seed=4)
+    factory = BackendFactory(ContextBackend, tiny_description)
+    cfg = _cfg(src, tmp_path / "ray.tif", overwrite=False)
+    # A first run whose assembly never happened (the driver died): keep the chunk files.
+    monkeypatch.setattr(ray_runner._Job, "assemble", lambda self, summary: None)
+    first = run_distributed(cfg, workers=2, backend_factory=factory, description=tiny_description)
+    assert first.committed == first.chunks and not (tmp_path / "ray.tif").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(ray_runner, "default_chunk_plan", _strips)
+    again = run_distributed(cfg, workers=2, backend_factory=factory, description=tiny_description)
+    assert again.resumed == again.chunks and again.committed == 0 and again.tiles == 0
+    with ContextBackend(tiny_description) as b:
+        run_detection(b, _cfg(src, tmp_path / "one.tif"))
+    np.testing.assert_array_equal(_read(tmp_path / "one.tif"), _read(tmp_path / "ray.tif"))
+
+
+def _settings(cfg, desc):
+    from flair_deploy.inference.detect import job_settings
+
+    return job_settings(cfg, desc, cfg.resolve_tiling(desc), precision="fp32", model_sha256=None)
