@@ -47,6 +47,7 @@ FLAGS = {
     "chunk_mb": "chunk_mb",
     "workers": "workers",
     "ray_address": "ray_address",
+    "merge": "merge",
     "indices": "indices",
     "probabilities": "probabilities",
     "confidence": "confidence",
@@ -190,6 +191,12 @@ def command(
             "--ray-address", metavar="ADDR", help="Join this Ray cluster (default: RAY_ADDRESS, else local)."
         ),
     ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge", help="With --workers and several inputs: also merge mosaic.vrt into one COG."
+        ),
+    ] = False,
     indices: Annotated[
         bool, typer.Option("--indices", help="Write 0-based class indices (as IGN) instead of FLAIR codes.")
     ] = False,
@@ -274,6 +281,7 @@ def command(
         chunk_mb=chunk_mb,
         workers=workers,
         ray_address=ray_address,
+        merge=_on(merge),
         indices=_on(indices),
         probabilities=_on(probabilities),
         confidence=_on(confidence),

@@ -208,6 +208,10 @@ class _Worker:
             )
         self.backend.__enter__()
 
+    def ping(self) -> str:
+        """Answer once the actor is up (again): the driver's probe after a restart."""
+        return self.name
+
     def map(
         self,
         info: RasterInfo,
@@ -451,9 +455,15 @@ class _Job:
         tiles_total = sum(t.chunk.tiles for t in self.queue)
         km2_per_px = _km2_per_pixel(self.rasters[0].info) if self.rasters else 0.0
 
+        down: set[int] = set()  # actors that died and have not answered a probe since
+        probes: dict[Any, int] = {}
+
         def submit() -> None:
             while self.queue:
-                a = min(range(workers), key=lambda i: load[i])
+                up = [i for i in range(workers) if i not in down]
+                if not up:
+                    return
+                a = min(up, key=lambda i: load[i])
                 if load[a] >= in_flight:
                     return
                 task = self.queue.popleft()
@@ -470,9 +480,19 @@ class _Job:
             summary.failed.append((task.chunk.id, str(r.info.path), reason))
 
         submit()
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+        while running or (self.queue and probes):
+            ready, _ = ray.wait([*running, *probes], num_returns=1)
             ref = ready[0]
+            if ref in probes:
+                a = probes.pop(ref)
+                try:
+                    ray.get(ref)
+                    down.discard(a)  # restarted: it takes chunks again
+                except ray.exceptions.RayActorError:
+                    if stats[a].lost < max_attempts * max(1, summary.chunks):
+                        probes[actors[a].ping.remote()] = a
+                submit()
+                continue
             task, a = running.pop(ref)
             load[a] -= 1
             key = (task.raster, task.chunk.id)
@@ -481,10 +501,14 @@ class _Job:
             try:
                 _name, result, busy = ray.get(ref)
             except ray.exceptions.RayActorError:
-                # The worker died with the chunk (killed, out of memory, node lost): run it elsewhere.
+                # The worker died with the chunk (killed, out of memory, node lost): run it on another
+                # actor; this one takes chunks again once it answers a probe (Ray restarts it).
                 attempts[key] = attempts.get(key, 0) + 1
                 stats[a].lost += 1
                 summary.retries += 1
+                if a not in down:
+                    down.add(a)
+                    probes[actors[a].ping.remote()] = a
                 if attempts[key] >= max_attempts:
                     failed(task, f"its worker died {attempts[key]} times", worker)
                 else:
@@ -539,6 +563,25 @@ class _Job:
                 for p in files.all():
                     p.unlink(missing_ok=True)
             _remove_if_empty(r.folder)
+        self._mosaic(summary)
+
+    def _mosaic(self, summary: JobSummary) -> None:
+        """Several inputs, all mapped: ``mosaic.vrt`` over their class maps, and with ``merge`` one COG."""
+        out = self.cfg.output
+        if out.suffix or summary.failed:
+            return
+        from flair_deploy.distributed.mosaic import merge_to_cog, write_mosaic_vrt
+        from flair_deploy.inference.detect import expand_inputs
+        from flair_deploy.inference.raster import plan_outputs
+
+        finals = plan_outputs(expand_inputs(self.cfg.inputs), out)  # every input's map, resumed ones too
+        maps = [f.classes for f in finals if f.classes.exists()]
+        if len(maps) < 2 or len(maps) < len(finals):
+            return
+        vrt = write_mosaic_vrt(maps, out / "mosaic.vrt")
+        summary.outputs.append(vrt)
+        if self.cfg.merge:
+            summary.outputs.append(merge_to_cog(vrt, out / "mosaic.tif", block=self.cfg.block_size))
 
 
 def _km2_per_pixel(info: RasterInfo) -> float:

@@ -91,6 +91,8 @@ class DetectConfig(FrozenConfig):
         workers: Map the chunks on this many Ray actors (one backend session each: one per GPU, or
             per group of CPU cores); None maps in this process. Needs ``flair-deploy[distributed]``.
         ray_address: Ray cluster to join (``RAY_ADDRESS`` when unset); none starts a local instance.
+        merge: With ``workers`` and several inputs, also merge the mosaic (``mosaic.vrt``, always
+            written then) into one Cloud-Optimised GeoTIFF, ``mosaic.tif``.
     """
 
     inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
@@ -132,6 +134,7 @@ class DetectConfig(FrozenConfig):
     chunk_mb: Annotated[int, Field(ge=1, le=1 << 20)] = 256
     workers: Annotated[int, Field(ge=1, le=4096)] | None = None
     ray_address: str | None = None
+    merge: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -146,6 +149,8 @@ class DetectConfig(FrozenConfig):
             )
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        if self.merge and self.workers is None:
+            raise ValueError("merge applies to --workers jobs; add --workers N (1 is fine) or drop --merge")
         return self
 
     def resolve_tiling(self, description: ModelDescription) -> TilingPlan:

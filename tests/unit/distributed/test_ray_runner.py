@@ -203,3 +203,41 @@ def _settings(cfg, desc):
     from flair_deploy.inference.detect import job_settings
 
     return job_settings(cfg, desc, cfg.resolve_tiling(desc), precision="fp32", model_sha256=None)
+
+
+def test_a_folder_of_tiles_is_one_job_with_a_mosaic_vrt_and_a_merged_cog(
+    write_geotiff, tmp_path, tiny_description
+):
+    rng = np.random.default_rng(5)
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    # Two neighbouring tiles of one product (same CRS and pixel size), as BD ORTHO ships them.
+    for i, name in enumerate(("a.tif", "b.tif")):
+        path = write_geotiff(
+            rng.integers(0, 255, (5, 96, 128)).astype(np.uint8), name, origin=(650000.0 + i * 25.6, 6860000.0)
+        )
+        path.rename(tiles / name)
+    out = tmp_path / "maps"
+    cfg = DetectConfig(
+        inputs=(tiles,),
+        output=out,
+        allow_gsd_mismatch=True,
+        overviews=False,
+        block_size=32,
+        workers=2,
+        merge=True,
+    )
+    job = run_distributed(
+        cfg,
+        workers=2,
+        backend_factory=BackendFactory(ContextBackend, tiny_description),
+        description=tiny_description,
+    )
+    assert job.ok and (out / "mosaic.vrt") in job.outputs and (out / "mosaic.tif") in job.outputs
+    with rasterio.open(out / "mosaic.vrt") as vrt, rasterio.open(out / "mosaic.tif") as cog:
+        assert (vrt.width, vrt.height) == (256, 96) == (cog.width, cog.height)
+        mosaic = vrt.read(1)
+        np.testing.assert_array_equal(cog.read(1), mosaic)
+        assert cog.colormap(1) == vrt.colormap(1) and cog.overviews(1)  # colours and overviews kept
+    np.testing.assert_array_equal(mosaic[:, :128], _read(out / "a_classes.tif")[0])
+    np.testing.assert_array_equal(mosaic[:, 128:], _read(out / "b_classes.tif")[0])
