@@ -81,7 +81,17 @@ def _child(spec: str) -> None:
     """Run one detect in this fresh process and print its summary as JSON."""
     from flair_deploy.inference import DetectConfig, detect
 
-    summary = detect(DetectConfig(**json.loads(spec)))
+    cfg = json.loads(spec)
+    if cfg.pop("null_backend", False):
+        # The pipeline alone: the null backend imitates the model (its description) and computes nothing.
+        from flair_deploy.artifacts import read_description
+        from flair_deploy.inference.backends.null_backend import NullBackend
+        from flair_deploy.inference.detect import run_detection
+
+        with NullBackend(read_description(Path(cfg["model"]))) as backend:
+            summary = run_detection(backend, DetectConfig(**cfg))
+    else:
+        summary = detect(DetectConfig(**cfg))
     print(json.dumps(summary.as_dict()))
 
 
@@ -113,12 +123,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--height", type=int, default=1024, help="height of the wide mosaic")
     ap.add_argument("--strip", type=int, default=16384, help="width of the strip the VRT repeats")
     ap.add_argument("--chunk-mb", type=int, default=None, help="detect's chunk_mb (default: detect's)")
+    ap.add_argument("--null", action="store_true", help="the null backend: the pipeline's own memory")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     extra: dict[str, Any] = {"allow_gsd_mismatch": True}
     if args.chunk_mb:
         extra["chunk_mb"] = args.chunk_mb
+    if args.null:
+        extra["null_backend"] = True
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

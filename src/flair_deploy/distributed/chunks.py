@@ -121,7 +121,8 @@ def map_chunk(
         overviews=False,
         tags=dict(tags),
     )
-    with writer:
+    # A bounded GDAL block cache, as detect's (GDAL's default, 5 % of RAM per worker, grows with the job).
+    with rasterio.Env(GDAL_CACHEMAX=cfg.gdal_cache_mb * 2**20), writer:
         run = run_raster(
             backend,
             info,
@@ -129,8 +130,8 @@ def map_chunk(
             plan,
             chunks=[chunk],
             batch_size=batch_size,
-            readers=cfg.readers,
-            prefetch=cfg.prefetch,
+            readers=cfg.reader_threads()[0],
+            prefetch=cfg.reader_threads()[1],
             pad_mode=cfg.pad_mode,
             metadata_fn=metadata_fn,
             probabilities=cfg.probabilities,

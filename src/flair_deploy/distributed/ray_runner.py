@@ -207,6 +207,8 @@ class _Worker:
                 preset=cfg.preset,
             )
         self.backend.__enter__()
+        if self.cfg.batch_size is None and getattr(self.backend, "preferred_batch", None):
+            self.batch_size = int(self.backend.preferred_batch)  # a TensorRT profile's opt batch
 
     def ping(self) -> str:
         """Answer once the actor is up (again): the driver's probe after a restart."""

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: Default memory budget of one chunk's stitching state (accumulators and pending output rows), MiB.
-DEFAULT_CHUNK_BUDGET_MB = 256
+DEFAULT_CHUNK_BUDGET_MB = 192
 
 
 @dataclass(frozen=True, slots=True)

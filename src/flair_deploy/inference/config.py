@@ -62,9 +62,10 @@ class DetectConfig(FrozenConfig):
         pad_mode: Fill of pixels outside the raster: ``reflect`` or ``constant`` (0, as IGN).
         batch_size: Tiles per inference call; None = 1 on a CPU (onnxruntime and PyTorch already use
             every core on one 512-px tile, so larger batches only add memory) and 16 on a GPU (the batch TensorRT profiles are tuned for).
-        readers: Reader threads (each opens its own dataset handle).
+        readers: Reader threads (each opens its own dataset handle); None = half the physical cores,
+            2 to 8 (:meth:`reader_threads`).
         prefetch: Input strips (block-aligned rows of a chunk, at least 256) read ahead of inference
-            (bounds memory: back-pressure).
+            (bounds memory: back-pressure); None = one per reader thread.
         indices: Write 0-based logit indices instead of FLAIR codes.
         probabilities: Also write per-class uint8 probabilities.
         confidence: Also write the uint8 confidence of the chosen class.
@@ -83,8 +84,9 @@ class DetectConfig(FrozenConfig):
         metadata_json: JSON sidecar with ``date``, ``time``, ``camera``, ``altitude`` (or a FLAIR record).
         expected_classes: Number of logits the model must have (IGN's ``n_classes``).
         gdal_cache_mb: GDAL block-cache size during the run. GDAL's default is 5 % of RAM, which fills
-            with input blocks that are read once, so memory would grow with the raster; tiles are read
-            and written in row order, so a small cache loses nothing.
+            with input blocks that are read once, so memory would grow with the raster; inputs are read
+            in block-aligned strips and outputs written a row of blocks at a time, so a small cache
+            loses nothing.
         chunk_mb: Stitching memory budget, MiB: the output is cut into strips as wide as this allows
             (accumulators of one tile row over the strip's width), so memory does not grow with the
             raster's width; tiles on strip boundaries are computed for both strips.
@@ -111,8 +113,8 @@ class DetectConfig(FrozenConfig):
     blend_border: Annotated[int, Field(ge=0)] | None = None
     pad_mode: Literal["reflect", "constant"] = "reflect"
     batch_size: Annotated[int, Field(ge=1, le=1024)] | None = None
-    readers: Annotated[int, Field(ge=1, le=64)] = 2
-    prefetch: Annotated[int, Field(ge=1, le=64)] = 2
+    readers: Annotated[int, Field(ge=1, le=64)] | None = None
+    prefetch: Annotated[int, Field(ge=1, le=64)] | None = None
     indices: bool = False
     probabilities: bool = False
     confidence: bool = False
@@ -130,8 +132,8 @@ class DetectConfig(FrozenConfig):
     altitude: float | None = None
     metadata_json: Path | None = None
     expected_classes: Annotated[int, Field(ge=2)] | None = None
-    gdal_cache_mb: Annotated[int, Field(ge=16, le=65536)] = 128
-    chunk_mb: Annotated[int, Field(ge=1, le=1 << 20)] = 256
+    gdal_cache_mb: Annotated[int, Field(ge=16, le=65536)] = 64
+    chunk_mb: Annotated[int, Field(ge=1, le=1 << 20)] = 192
     workers: Annotated[int, Field(ge=1, le=4096)] | None = None
     ray_address: str | None = None
     merge: bool = False
@@ -152,6 +154,17 @@ class DetectConfig(FrozenConfig):
         if self.merge and self.workers is None:
             raise ValueError("merge applies to --workers jobs; add --workers N (1 is fine) or drop --merge")
         return self
+
+    def reader_threads(self) -> tuple[int, int]:
+        """Return ``(readers, prefetch)``: the configured values, or the defaults.
+
+        The defaults are half the physical cores (2 to 8), each reading one strip ahead: a GPU host
+        must decode its tiles as fast as the GPU maps them.
+        """
+        from flair_deploy.inference.backends.base import physical_cores
+
+        readers = self.readers or max(2, min(8, physical_cores() // 2))
+        return readers, self.prefetch or readers
 
     def resolve_tiling(self, description: ModelDescription) -> TilingPlan:
         """The run's tiling plan: unset values from the model (:func:`~flair_deploy.inference.tiling.plan_tiling`).

@@ -313,7 +313,12 @@ def _run(
             f"has {description.num_classes} logits; give matching weights or fix n_classes"
         )
     plan = cfg.resolve_tiling(description)
-    batch_size = cfg.batch_size or default_batch_size(str(getattr(backend, "device", "cpu")))
+    # A TensorRT engine says which batch it is tuned for (its profile's opt); otherwise the device's default.
+    batch_size = (
+        cfg.batch_size
+        or getattr(backend, "preferred_batch", None)
+        or default_batch_size(str(getattr(backend, "device", "cpu")))
+    )
     check_backend_fits(backend, plan.tile, batch_size)
     stitching = _stitching_label(plan)
     precision = str(getattr(backend, "precision", "fp32"))
@@ -377,8 +382,8 @@ def _run(
                         plan,
                         chunk_budget_mb=cfg.chunk_mb,
                         batch_size=batch_size,
-                        readers=cfg.readers,
-                        prefetch=cfg.prefetch,
+                        readers=cfg.reader_threads()[0],
+                        prefetch=cfg.reader_threads()[1],
                         pad_mode=cfg.pad_mode,
                         metadata_fn=meta_factory(info) if meta_factory is not None else None,
                         probabilities=cfg.probabilities,

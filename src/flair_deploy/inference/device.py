@@ -9,14 +9,16 @@ finished uint8 rows come back. An :class:`ArrayDevice` is what a backend says ab
 * :class:`TorchDevice`: torch tensors on one torch device, with its own stream. On CUDA the three GPU
   runtimes share this code (it was copied into each of them before):
 
+  - **three streams**: compute (the network and the stitching), uploads and downloads, joined by
+    events, so the upload of batch n+1 and the download of finished rows overlap batch n's compute;
   - **uploads** go through a ring of pinned host buffers per batch shape (:meth:`TorchDevice.staging`
     hands out the next free slot, the caller fills it, :meth:`~TorchDevice.upload` copies it to the
-    device asynchronously on the stream and records an event; a slot is refilled only once its event
-    has completed, so the host never overwrites memory a copy is still reading, and never waits for
-    anything else);
-  - **downloads** copy into a pinned buffer asynchronously and return a :class:`Download` whose
-    :meth:`~Download.result` waits on that copy's event alone: the thread that writes the map waits,
-    not the one that feeds the GPU;
+    device asynchronously on the upload stream and records an event the compute stream waits for; a
+    slot is refilled only once its event has completed, so the host never overwrites memory a copy is
+    still reading, and never waits for anything else);
+  - **downloads** wait (on the device) for the compute queued so far, copy into a pinned buffer on the
+    download stream and return a :class:`Download` whose :meth:`~Download.result` waits on that copy's
+    event alone: the thread that writes the map waits, not the one that feeds the GPU;
   - the tensors are raw band values (uint8 for 8-bit orthophotos): the cast to float happens on the
     device, so a batch crosses the bus at one byte per band and pixel.
 
@@ -178,8 +180,15 @@ class TorchDevice(ArrayDevice):
         self.is_host = not self.is_cuda
         self.slots = max(1, int(slots))
         self._stream = stream
-        if self.is_cuda and self._stream is None:
-            self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+        self._h2d: Any = None
+        self._d2h: Any = None
+        if self.is_cuda:
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+            # Copies run on streams of their own, so that the upload of the next batch and the download
+            # of finished rows overlap the compute stream's work instead of queueing behind it.
+            self._h2d = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
+            self._d2h = torch.cuda.Stream(device=self.device)  # type: ignore[no-untyped-call]
         self._rings: dict[tuple[tuple[int, ...], str], list[_Slot]] = {}
         self._next: dict[tuple[tuple[int, ...], str], int] = {}
         self._by_address: dict[int, _Slot] = {}
@@ -209,9 +218,10 @@ class TorchDevice(ArrayDevice):
         return self._torch.cuda.stream(self._stream)
 
     def synchronize(self) -> None:
-        """Wait for the stream."""
+        """Wait for the device's streams (compute and copies)."""
         if self.is_cuda:
-            self._stream.synchronize()
+            for stream in (self._h2d, self._stream, self._d2h):
+                stream.synchronize()
 
     # ------------------------------------------------------------------ uploads
     def staging(self, shape: tuple[int, ...], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
@@ -251,10 +261,14 @@ class TorchDevice(ArrayDevice):
             staged = self.staging(tuple(host.shape), host.dtype)
             np.copyto(staged, host)
             return self.upload(staged)
-        with torch.cuda.stream(self._stream):
+        with torch.cuda.stream(self._h2d):
             out = slot.tensor.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
-            event.record(self._stream)
+            event.record(self._h2d)
+        # The compute stream waits for this copy only; the tensor, allocated on the copy stream, is
+        # used on the compute stream: the caching allocator must not reuse it before that work is done.
+        self._stream.wait_event(event)
+        out.record_stream(self._stream)
         slot.event = event
         return out
 
@@ -272,13 +286,17 @@ class TorchDevice(ArrayDevice):
         torch = self._torch
         if not self.is_cuda:
             return Ready(array.detach().contiguous().numpy())
-        with torch.cuda.stream(self._stream):
+        produced = torch.cuda.Event()
+        produced.record(self._stream)  # the work that computes *array*, queued so far
+        self._d2h.wait_event(produced)
+        with torch.cuda.stream(self._d2h):
             # torch's pinned allocator caches blocks and reuses one only after the copies recorded on
             # it have completed, so a fresh buffer per download costs no allocation in steady state.
             buf = torch.empty(tuple(array.shape), dtype=array.dtype, pin_memory=True)
             buf.copy_(array, non_blocking=True)
             event = torch.cuda.Event()
-            event.record(self._stream)
+            event.record(self._d2h)
+        array.record_stream(self._d2h)  # read on the copy stream: keep its memory until then
         return _CudaDownload(buf, event)
 
     def close(self) -> None:

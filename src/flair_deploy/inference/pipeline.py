@@ -375,7 +375,7 @@ def run_raster(
 
     abort = threading.Event()
     write_q: queue.Queue[Any] = queue.Queue(maxsize=8)
-    stitch_q: queue.Queue[Any] = queue.Queue(maxsize=3)
+    stitch_q: queue.Queue[Any] = queue.Queue(maxsize=2)
 
     def do_write(item: _Finished | _ChunkEnd) -> None:
         if isinstance(item, _ChunkEnd):

@@ -263,6 +263,10 @@ class OrtBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.intra_op_num_threads = self.threads or physical_cores()
+        if self.provider == "cpu":
+            # The memory pattern pre-plans one arena block per input shape: on the CPU it costs far more
+            # memory than it saves time (docs/benchmarks.md), and detect's peak RSS is what is bounded.
+            so.enable_mem_pattern = False
         # TensorRT profile shapes name the inputs before the session exists: use the export's names
         # ("image", "metadata"); _bind_io then checks them against the graph.
         self._metadata_name = "metadata" if self.description.metadata is not None else None
