@@ -408,6 +408,7 @@ def run_raster(
                 r = reads[i]
                 if r.chunk is not chunk_now:
                     end_chunk()
+                    stitcher = None  # free the last chunk's band before the next one is allocated
                     chunk_now, stitcher = r.chunk, new_stitcher(r.chunk)
                 assert stitcher is not None
                 if r.image is None:
