@@ -31,6 +31,7 @@ EXTRAS: Final[Mapping[str, tuple[str, ...]]] = {
     ),
     "export": ("onnx", "onnxscript", "onnxslim"),
     "tensorrt": ("tensorrt", "torch"),
+    "distributed": ("ray",),
 }
 
 # Where the extra alone is not the best advice: onnxruntime is in the base install (a missing one is a

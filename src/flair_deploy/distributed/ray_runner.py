@@ -612,6 +612,7 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
         raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
     if cfg.workers is None:
         raise ConfigError("detect_on_ray needs workers; set --workers N")
+    _ray()  # the extra first: a missing Ray must not wait for a model to be read
     from flair_deploy import __version__
     from flair_deploy.artifacts import read_description
     from flair_deploy.description import file_sha256 as model_sha256
