@@ -1,0 +1,546 @@
+"""Assemble a model's bands from several rasters, on the fly, as a GDAL VRT.
+
+IGN ships what a FLAIR model reads (R, G, B, NIR, E at 0.2 m) as separate products: the BD ORTHO RVB
+ortho (R, G, B), the BD ORTHO IRC ortho (NIR, R, G: infrared colour), both JPEG 2000 or GeoTIFF in 5 km
+tiles, and an elevation model on another grid. ``detect`` reads one raster holding every band, so
+:func:`assemble_bands` writes a VRT that GDAL composes while reading: nothing full-size is written.
+
+* Each model band is a :class:`BandSource`: a raster, a 1-based band of it, an optional affine scaling
+  ``value * scale + offset`` and a resampling for a source on another grid.
+* A source on the reference grid (same CRS and pixel size, pixel-aligned, covering it) is read directly
+  through a ``ComplexSource`` window. Any other source is first warped onto the reference grid by a
+  ``VRTWarpedDataset`` written next to the VRT (``<name>.band<N>.warp.xml``: not a ``.vrt`` suffix,
+  so folder listings for ``detect`` do not take it as an input; GDAL opens it by content). That warp is
+  the one ``rasterio.warp.reproject`` performs, with the same resampling.
+* The VRT has the data type of the reference band (uint8 for BD ORTHO). Scaled values are rounded to
+  the nearest integer and clipped to that type's range (0..255 for uint8) by GDAL.
+* Nodata: the reference band's nodata value goes on every band and each source's own nodata pixels are
+  left unwritten; as in GDAL's dataset mask (which ``detect`` reads), a pixel is nodata when every band is.
+
+FLAIR's E band is not an altitude: it is the height above ground (a normalised surface model, DSM
+minus DTM) encoded in 8 bits with **1 unit = 0.2 m**, i.e. ``E = height_m * 5`` (FLAIR #1 data
+description; :mod:`flair_deploy.sample` renders it the same way). A height model in metres therefore
+takes ``scale=5.0, offset=0.0`` (:data:`FLAIR_ELEVATION_SCALE`); heights above 51 m clip to 255. A
+terrain model such as RGE ALTI is an altitude above sea level, not a height above ground: subtract it
+from a surface model first, or expect the network to see values it was not trained on.
+
+:func:`match_tiles` pairs folders of BD ORTHO tiles by the ``XXXX-YYYY`` kilometre coordinates IGN puts
+in every tile name (``D075-2021-0650-6865-LA93-0M20-RVB-E080.jp2``; RGE ALTI: ``..._0650_6865_MNT_...``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from flair_deploy.atomic import check_destination, write_text
+from flair_deploy.errors import ConfigError, InputDataError
+from flair_deploy.flair_format import RASTER_SUFFIXES
+
+if TYPE_CHECKING:
+    from flair_deploy.description import ModelDescription
+
+__all__ = [
+    "FLAIR_ELEVATION_SCALE",
+    "FLAIR_ELEVATION_UNIT_M",
+    "RESAMPLINGS",
+    "BandSource",
+    "MatchedTile",
+    "assemble_bands",
+    "bd_ortho_sources",
+    "match_tiles",
+    "tile_key",
+]
+
+#: Height above ground of one unit of FLAIR's E band, in metres.
+FLAIR_ELEVATION_UNIT_M = 0.2
+#: Scale turning a height above ground in metres into FLAIR's E band (``1 / FLAIR_ELEVATION_UNIT_M``).
+FLAIR_ELEVATION_SCALE = 5.0
+#: Resampling names accepted for a source on another grid (GDAL warp kernels).
+RESAMPLINGS: tuple[str, ...] = (
+    "nearest",
+    "bilinear",
+    "cubic",
+    "cubic_spline",
+    "lanczos",
+    "average",
+    "mode",
+    "min",
+    "max",
+    "med",
+)
+# Suffixes taken as tiles by match_tiles: the detect rasters plus RGE ALTI's ASCII grids.
+_TILE_SUFFIXES = (*RASTER_SUFFIXES, ".asc")
+# Lambert-93 kilometre ranges of metropolitan France (with margin): they tell the tile corner apart
+# from the other four-digit pairs of a name (e.g. "2021-0650" in D075-2021-0650-6865-...).
+_L93_X_KM = range(1400)
+_L93_Y_KM = range(6000, 7200)
+_PAIR = re.compile(r"(?=(?<!\d)(\d{4})[-_](\d{4})(?!\d))")
+
+
+@dataclass(frozen=True, slots=True)
+class BandSource:
+    """Where one model band comes from.
+
+    Attributes:
+        path: The raster (GeoTIFF, JPEG 2000, VRT, any GDAL raster).
+        band: 1-based band of that raster.
+        scale: Multiplies the value (``value * scale + offset``); FLAIR's E band from a height in metres
+            takes :data:`FLAIR_ELEVATION_SCALE`.
+        offset: Added after scaling.
+        resampling: Kernel for a source on another grid (one of :data:`RESAMPLINGS`); None picks
+            bilinear for floating-point sources (elevation) and nearest for integer ones (imagery).
+    """
+
+    path: Path
+    band: int = 1
+    scale: float = 1.0
+    offset: float = 0.0
+    resampling: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        if isinstance(self.band, bool) or not isinstance(self.band, int) or self.band < 1:
+            raise ConfigError(
+                f"band source {self.path.name} has band {self.band!r}; expected a 1-based band number (1, 2, ...)"
+            )
+        if not (math.isfinite(self.scale) and math.isfinite(self.offset)):
+            raise ConfigError(
+                f"band source {self.path.name} has scale {self.scale} and offset {self.offset}; "
+                "expected finite numbers"
+            )
+        if self.resampling is not None and self.resampling not in RESAMPLINGS:
+            raise ConfigError(
+                f"band source {self.path.name} has resampling {self.resampling!r}; "
+                f"expected one of {', '.join(RESAMPLINGS)}"
+            )
+
+    @classmethod
+    def elevation(
+        cls,
+        path: Path,
+        band: int = 1,
+        *,
+        scale: float = FLAIR_ELEVATION_SCALE,
+        offset: float = 0.0,
+        resampling: str = "bilinear",
+    ) -> BandSource:
+        """A FLAIR E band from a height-above-ground raster in metres (1 unit = 0.2 m by default).
+
+        Args:
+            path: The height raster.
+            band: Its 1-based band.
+            scale: Units per metre (default: FLAIR's encoding).
+            offset: Added after scaling.
+            resampling: Kernel onto the reference grid.
+        """
+        return cls(Path(path), band, scale, offset, resampling)
+
+    @property
+    def scaled(self) -> bool:
+        """Whether the value is transformed (``scale != 1`` or ``offset != 0``)."""
+        return self.scale != 1.0 or self.offset != 0.0
+
+
+def bd_ortho_sources(
+    rvb: Path,
+    irc: Path,
+    elevation: Path | None = None,
+    *,
+    elevation_scale: float = FLAIR_ELEVATION_SCALE,
+    elevation_offset: float = 0.0,
+) -> tuple[BandSource, ...]:
+    """FLAIR's band order from BD ORTHO products: R, G, B from RVB, NIR from IRC band 1, E if given.
+
+    Args:
+        rvb: The RVB ortho (bands R, G, B).
+        irc: The IRC ortho of the same tile (bands NIR, R, G).
+        elevation: A height-above-ground raster in metres; None gives the four bands R, G, B, NIR.
+        elevation_scale: Units of E per metre of height.
+        elevation_offset: Added after scaling.
+    """
+    bands = [
+        BandSource(Path(rvb), 1),
+        BandSource(Path(rvb), 2),
+        BandSource(Path(rvb), 3),
+        BandSource(Path(irc), 1),
+    ]
+    if elevation is not None:
+        bands.append(BandSource.elevation(Path(elevation), scale=elevation_scale, offset=elevation_offset))
+    return tuple(bands)
+
+
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """A raster's grid, as read once from its header."""
+
+    path: Path
+    crs: Any  # rasterio.crs.CRS or None
+    transform: Any  # affine.Affine
+    width: int
+    height: int
+    bounds: tuple[float, float, float, float]
+    count: int
+    dtypes: tuple[str, ...]
+    nodatavals: tuple[float | None, ...]
+
+
+def _read_grid(path: Path) -> _Grid:
+    import rasterio
+
+    if not path.is_file():
+        raise InputDataError(f"band source {path} does not exist; give an existing raster file")
+    try:
+        with rasterio.open(path) as src:
+            b = src.bounds
+            return _Grid(
+                path=path,
+                crs=src.crs,
+                transform=src.transform,
+                width=src.width,
+                height=src.height,
+                bounds=(b.left, b.bottom, b.right, b.top),
+                count=src.count,
+                dtypes=tuple(src.dtypes),
+                nodatavals=tuple(src.nodatavals),
+            )
+    except rasterio.errors.RasterioIOError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputDataError(
+            f"cannot read band source {path}: {first}; give a raster GDAL can open"
+        ) from None
+
+
+def _crs_name(crs: Any) -> str:
+    if crs is None:
+        return "no CRS"
+    string = getattr(crs, "to_string", None)
+    return str(string()) if callable(string) else str(crs)
+
+
+def _units(crs: Any) -> str:
+    units = getattr(crs, "linear_units", "") if crs is not None else ""
+    return "m" if units in ("metre", "meter", "m") else "CRS units"
+
+
+def _aligned_offset(src: _Grid, ref: _Grid) -> tuple[int, int] | None:
+    """The source's pixel offset of the reference's corner when both grids coincide there, else None."""
+    s, r = src.transform, ref.transform
+    if src.crs != ref.crs or (s.b, s.d, r.b, r.d) != (0.0, 0.0, 0.0, 0.0):
+        return None
+    if not (math.isclose(s.a, r.a, rel_tol=1e-9) and math.isclose(s.e, r.e, rel_tol=1e-9)):
+        return None
+    dx = (r.c - s.c) / s.a
+    dy = (r.f - s.f) / s.e
+    ix, iy = round(dx), round(dy)
+    # A thousandth of a pixel absorbs the decimal noise of georeferencing headers.
+    if abs(dx - ix) > 1e-3 or abs(dy - iy) > 1e-3:
+        return None
+    if ix < 0 or iy < 0 or ix + ref.width > src.width or iy + ref.height > src.height:
+        return None
+    return ix, iy
+
+
+def _check_covers(src: _Grid, ref: _Grid, *, reproject: bool) -> None:
+    if src.crs != ref.crs:
+        if not reproject:
+            raise InputDataError(
+                f"band source {src.path.name} is in {_crs_name(src.crs)} but the reference {ref.path.name} is in "
+                f"{_crs_name(ref.crs)}; pass reproject=True to warp it onto the reference grid, or give a source "
+                f"in {_crs_name(ref.crs)}"
+            )
+        from rasterio.warp import transform_bounds
+
+        bounds = transform_bounds(src.crs, ref.crs, *src.bounds, densify_pts=21)
+    else:
+        bounds = src.bounds
+    left, bottom, right, top = bounds
+    rl, rb, rr, rt = ref.bounds
+    short = {"west": left - rl, "south": bottom - rb, "east": rr - right, "north": rt - top}
+    # A thousandth of a reference pixel: rounding in headers, not a gap.
+    tol = 1e-3 * abs(ref.transform.a)
+    gaps = [f"{v:.6g} {_units(ref.crs)} {side}" for side, v in short.items() if v > tol]
+    if gaps:
+        raise InputDataError(
+            f"band source {src.path.name} does not cover the reference {ref.path.name}: it stops short by "
+            f"{', '.join(gaps)} (source bounds {tuple(round(v, 3) for v in bounds)}, reference bounds "
+            f"{tuple(round(v, 3) for v in ref.bounds)}); give a source that covers the reference, or another reference"
+        )
+
+
+def _warp_xml(source: BandSource, src: _Grid, ref: _Grid, resampling: str) -> str:
+    """The ``VRTWarpedDataset`` of *source*'s band onto the reference grid, as GDAL serialises it."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    with (
+        rasterio.open(src.path) as ds,
+        WarpedVRT(
+            ds,
+            crs=ref.crs,
+            transform=ref.transform,
+            width=ref.width,
+            height=ref.height,
+            resampling=Resampling[resampling],
+        ) as vrt,
+    ):
+        text = vrt.tags(ns="xml:VRT")["xml:VRT"]
+    root = ET.fromstring(text)
+    # GDAL writes the source as opened; an absolute path keeps the file valid wherever it is read from.
+    dataset = root.find("GDALWarpOptions/SourceDataset")
+    if dataset is None:  # pragma: no cover - GDAL always serialises it
+        raise InputDataError(
+            f"cannot warp band source {src.path.name}: GDAL gave no source in its warped VRT"
+        )
+    dataset.text = str(src.path.resolve())
+    dataset.set("relativeToVRT", "0")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _gdal_type(dtype: str) -> str:
+    import rasterio.dtypes
+
+    return str(rasterio.dtypes._gdal_typename(dtype))
+
+
+def _nodata_fits(value: float | None, dtype: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return value is not None and np.issubdtype(np.dtype(dtype), np.floating)
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(np.dtype(dtype))
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def assemble_bands(
+    sources: Sequence[BandSource],
+    out_vrt: Path,
+    *,
+    reference: Path | None = None,
+    reproject: bool = False,
+    model: ModelDescription | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a VRT holding one band per source, on the reference grid, and return its path.
+
+    Sources on the reference grid are read through a window; others are warped onto it (see the module
+    docstring). The VRT has the reference band's data type; scaled values are rounded and clipped to it.
+    When the reference band has a nodata value the VRT's bands take it (so ``detect``'s dataset mask
+    still marks pixels nodata in every source), and each source's own nodata pixels are left unwritten.
+
+    Args:
+        sources: The model's bands, in the model's order.
+        out_vrt: The VRT to write; warped sources go next to it as ``<name>.band<N>.warp.xml``.
+        reference: Raster whose grid (CRS, transform, size) and data type the VRT takes; default: the
+            first source's raster.
+        reproject: Warp sources in another CRS onto the reference's; without it they are refused.
+        model: When given, the number of sources must match its bands.
+        overwrite: Replace an existing *out_vrt*.
+
+    Returns:
+        *out_vrt*.
+
+    Raises:
+        ConfigError: No source, or a source count that does not match *model*.
+        InputDataError: A missing or unreadable raster, a band the raster lacks, another CRS without
+            *reproject*, a source that does not cover the reference.
+        OutputError: *out_vrt* exists without *overwrite*, or cannot be written.
+    """
+    out_vrt = Path(out_vrt)
+    if not sources:
+        raise ConfigError("assemble_bands got no band source; give one BandSource per model band")
+    if model is not None and len(sources) != len(model.bands):
+        raise ConfigError(
+            f"assemble_bands got {len(sources)} band source(s) but model {model.name!r} takes {len(model.bands)} "
+            f"({', '.join(model.bands)}); give one BandSource per model band, in that order"
+        )
+    check_destination(out_vrt, overwrite=overwrite, what="band VRT")
+    ref = _read_grid(Path(reference) if reference is not None else sources[0].path)
+    ref_band = sources[0].band if reference is None else 1
+    if ref_band > ref.count:
+        ref_band = 1  # the band check below reports the bad source; the type comes from band 1
+    dtype = ref.dtypes[ref_band - 1]
+    nodata = ref.nodatavals[ref_band - 1]
+    band_nodata = nodata if _nodata_fits(nodata, dtype) else None
+
+    grids: dict[Path, _Grid] = {ref.path: ref}
+    bands_xml: list[str] = []
+    warps: dict[Path, str] = {}
+    for n, source in enumerate(sources, start=1):
+        src = grids.get(source.path) or _read_grid(source.path)
+        grids[source.path] = src
+        if source.band > src.count:
+            raise InputDataError(
+                f"band source {n} asks for band {source.band} of {src.path.name}, which has bands 1..{src.count}; "
+                "bands are 1-based"
+            )
+        _check_covers(src, ref, reproject=reproject)
+        offset = _aligned_offset(src, ref)
+        if offset is None:
+            kind = src.dtypes[source.band - 1]
+            resampling = source.resampling or (
+                "bilinear" if np.issubdtype(np.dtype(kind), np.floating) else "nearest"
+            )
+            warp_path = out_vrt.with_name(f"{out_vrt.name}.band{n}.warp.xml")
+            warps[warp_path] = _warp_xml(source, src, ref, resampling)
+            filename, relative, src_band, (x_off, y_off) = warp_path.name, "1", source.band, (0, 0)
+        else:
+            filename, relative, src_band, (x_off, y_off) = str(src.path.resolve()), "0", source.band, offset
+        src_nodata = src.nodatavals[source.band - 1]
+        parts = [
+            f'<SourceFilename relativeToVRT="{relative}">{_escape(filename)}</SourceFilename>',
+            f"<SourceBand>{src_band}</SourceBand>",
+            f'<SrcRect xOff="{x_off}" yOff="{y_off}" xSize="{ref.width}" ySize="{ref.height}" />',
+            f'<DstRect xOff="0" yOff="0" xSize="{ref.width}" ySize="{ref.height}" />',
+        ]
+        if src_nodata is not None:
+            parts.append(f"<NODATA>{_num(src_nodata)}</NODATA>")
+        if source.scaled:
+            parts += [
+                f"<ScaleOffset>{_num(source.offset)}</ScaleOffset>",
+                f"<ScaleRatio>{_num(source.scale)}</ScaleRatio>",
+            ]
+        element = "ComplexSource" if source.scaled or src_nodata is not None else "SimpleSource"
+        no_value = f"    <NoDataValue>{_num(band_nodata)}</NoDataValue>\n" if band_nodata is not None else ""
+        description = f"{src.path.name} band {source.band}" + (
+            f" x {source.scale:g} + {source.offset:g}" if source.scaled else ""
+        )
+        bands_xml.append(
+            f'  <VRTRasterBand dataType="{_gdal_type(dtype)}" band="{n}">\n'
+            f"    <Description>{_escape(description)}</Description>\n{no_value}"
+            f"    <{element}>\n      " + "\n      ".join(parts) + f"\n    </{element}>\n  </VRTRasterBand>\n"
+        )
+    srs = f"  <SRS>{_escape(ref.crs.to_wkt())}</SRS>\n" if ref.crs is not None else ""
+    geo = ", ".join(_num(v) for v in ref.transform.to_gdal())
+    text = (
+        f'<VRTDataset rasterXSize="{ref.width}" rasterYSize="{ref.height}">\n{srs}'
+        f"  <GeoTransform>{geo}</GeoTransform>\n" + "".join(bands_xml) + "</VRTDataset>\n"
+    )
+    for path, warp in warps.items():
+        write_text(path, warp)
+    write_text(out_vrt, text)
+    return out_vrt
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+class MatchedTile(NamedTuple):
+    """One tile's products, matched by their kilometre coordinates.
+
+    Attributes:
+        key: ``(x_km, y_km)``: the tile corner IGN puts in the names.
+        rvb: The RVB ortho.
+        irc: The IRC ortho.
+        dem: The elevation tile, or None when no elevation folder was given.
+    """
+
+    key: tuple[int, int]
+    rvb: Path
+    irc: Path
+    dem: Path | None
+
+
+def tile_key(name: str) -> tuple[int, int] | None:
+    """The ``(x_km, y_km)`` Lambert-93 corner an IGN tile name carries, or None.
+
+    ``D075-2021-0650-6865-LA93-0M20-RVB-E080.jp2`` and ``RGEALTI_FXX_0650_6865_MNT_LAMB93_IGN69.asc``
+    both give ``(650, 6865)``. Of the four-digit pairs in a name, the one in metropolitan France's
+    Lambert-93 range is taken (the year-and-x pair is not).
+
+    Args:
+        name: A file name.
+    """
+    found = {
+        (int(x), int(y))
+        for x, y in _PAIR.findall(Path(name).stem)
+        if int(x) in _L93_X_KM and int(y) in _L93_Y_KM
+    }
+    return found.pop() if len(found) == 1 else None
+
+
+def _tiles(folder: Path, what: str) -> dict[tuple[int, int], Path]:
+    if not folder.is_dir():
+        raise InputDataError(f"{what} folder {folder} is not a folder; give the folder of {what} tiles")
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in _TILE_SUFFIXES and not p.name.startswith(".")
+    )
+    if not files:
+        raise InputDataError(
+            f"{what} folder {folder} holds no tile ({', '.join(_TILE_SUFFIXES)}); give the folder of {what} tiles"
+        )
+    tiles: dict[tuple[int, int], Path] = {}
+    unnamed: list[str] = []
+    for path in files:
+        key = tile_key(path.name)
+        if key is None:
+            unnamed.append(path.name)
+        elif key in tiles:
+            raise InputDataError(
+                f"{what} folder {folder} holds two tiles at {key[0]:04d}-{key[1]:04d}: {tiles[key].name} and "
+                f"{path.name}; keep one product per folder"
+            )
+        else:
+            tiles[key] = path
+    if unnamed:
+        raise InputDataError(
+            f"{what} folder {folder} holds {len(unnamed)} file(s) without an IGN tile corner in their name "
+            f"({_few(unnamed)}); expected names such as D075-2021-0650-6865-LA93-0M20-RVB-E080.jp2"
+        )
+    return tiles
+
+
+def _few(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def match_tiles(rvb_dir: Path, irc_dir: Path, dem_dir: Path | None = None) -> list[MatchedTile]:
+    """Pair BD ORTHO RVB and IRC tiles (and elevation tiles) by the kilometre corner in their names.
+
+    Args:
+        rvb_dir: Folder of RVB tiles.
+        irc_dir: Folder of IRC tiles.
+        dem_dir: Folder of elevation tiles on the same tiling (5 km), or None. Elevation tiled otherwise
+            (RGE ALTI 1 m comes in 1 km tiles) is better mosaicked into one VRT and given to every tile.
+
+    Returns:
+        One :class:`MatchedTile` per tile, sorted by corner.
+
+    Raises:
+        InputDataError: A missing or empty folder, a file whose name carries no tile corner, two tiles
+            at one corner, or tiles present in one folder and not in another.
+    """
+    folders = {"RVB": Path(rvb_dir), "IRC": Path(irc_dir)}
+    if dem_dir is not None:
+        folders["elevation"] = Path(dem_dir)
+    found = {what: _tiles(folder, what) for what, folder in folders.items()}
+    every = set().union(*(set(t) for t in found.values()))
+    missing = {what: sorted(every - set(tiles)) for what, tiles in found.items()}
+    if any(missing.values()):
+        lacks = "; ".join(
+            f"{what} lacks {len(keys)} ({_few([f'{x:04d}-{y:04d}' for x, y in keys])})"
+            for what, keys in missing.items()
+            if keys
+        )
+        raise InputDataError(
+            f"tiles do not match across folders: {lacks}; give every product for each tile, "
+            "or remove the unmatched tiles"
+        )
+    dem = found.get("elevation", {})
+    return [MatchedTile(key, found["RVB"][key], found["IRC"][key], dem.get(key)) for key in sorted(every)]
