@@ -8,6 +8,9 @@ is opened:
 
 * :func:`write_class_map_tags` embeds a GDAL colour table (QGIS renders it as a paletted layer and
   ``gdalinfo`` lists it), a band description and tags naming every class;
+* :func:`write_class_map_pam` puts GDAL category names and a raster attribute table (value, code,
+  name, colour) into the map's ``.aux.xml`` sidecar, where GDAL's GeoTIFF driver keeps them (it has
+  no place for them inside the TIFF), so ``gdalinfo`` and QGIS name the classes;
 * :func:`write_qgis_style` writes a ``.qml`` paletted style with class names as labels (QGIS loads
   ``NAME.qml`` automatically for ``NAME.tif``);
 * :func:`render_preview_png` draws a PNG quick-look with a legend.
@@ -33,11 +36,17 @@ from flair_deploy.errors import InputDataError
 
 __all__ = [
     "NODATA_RGBA",
+    "RAT_FIELDS",
     "RGBA",
+    "category_names",
+    "class_map_pam",
     "class_name_tags",
     "colormap",
     "colour_lut",
+    "qgis_style",
+    "qgis_style_path",
     "render_preview_png",
+    "write_class_map_pam",
     "write_class_map_tags",
     "write_qgis_style",
 ]
@@ -220,10 +229,52 @@ def render_preview_png(
     return path
 
 
+def qgis_style_path(class_map: Path) -> Path:
+    """Return the style QGIS loads by default for *class_map*: the same name with ``.qml``."""
+    return class_map.with_suffix(".qml")
+
+
+def qgis_style(description: ModelDescription, *, indices: bool = False) -> str:
+    """Return a QGIS ``.qml`` paletted style naming and colouring every class.
+
+    Nodata is transparent twice over: the renderer gives it no colour, and a transparency entry
+    covers it even when the user turns off the layer's "no data value".
+
+    Args:
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+    """
+    root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {"type": "paletted", "band": "1", "opacity": "1", "alphaBand": "-1", "nodataColor": ""},
+    )
+    transparency = ET.SubElement(renderer, "rasterTransparency")
+    pixels = ET.SubElement(transparency, "singleValuePixelList")
+    nodata = str(description.nodata)
+    ET.SubElement(pixels, "pixelListEntry", {"min": nodata, "max": nodata, "percentTransparent": "100"})
+    palette = ET.SubElement(renderer, "colorPalette")
+    for value, i in _values(description, indices=indices):
+        cls = description.classes[i]
+        ET.SubElement(
+            palette,
+            "paletteEntry",
+            {"value": str(value), "color": cls.color.lower(), "alpha": "255", "label": cls.name},
+        )
+    ET.indent(root)
+    return (
+        "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
+        + ET.tostring(root, encoding="unicode")
+        + "\n"
+    )
+
+
 def write_qgis_style(
     path: Path, description: ModelDescription, *, indices: bool = False, overwrite: bool = False
 ) -> Path:
-    """Write a QGIS ``.qml`` paletted style with class names and colours.
+    """Write a QGIS ``.qml`` paletted style with class names and colours (see :func:`qgis_style`).
 
     Name it like the raster (``map.qml`` beside ``map.tif``) and QGIS applies it on loading; otherwise
     load it from Layer Properties → Symbology → Style → Load Style.
@@ -241,26 +292,123 @@ def write_qgis_style(
         OutputError: If *path* exists without *overwrite*, or cannot be written (disk full,
             folder not writable); missing folders are created.
     """
-    root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
-    pipe = ET.SubElement(root, "pipe")
-    renderer = ET.SubElement(
-        pipe,
-        "rasterrenderer",
-        {"type": "paletted", "band": "1", "opacity": "1", "alphaBand": "-1", "nodataColor": ""},
-    )
-    ET.SubElement(renderer, "rasterTransparency")
-    palette = ET.SubElement(renderer, "colorPalette")
-    for value, i in _values(description, indices=indices):
-        cls = description.classes[i]
-        ET.SubElement(
-            palette,
-            "paletteEntry",
-            {"value": str(value), "color": cls.color.lower(), "alpha": "255", "label": cls.name},
-        )
-    ET.indent(root)
-    text = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n" + ET.tostring(
-        root, encoding="unicode"
-    )
+    text = qgis_style(description, indices=indices)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
     return path
+
+
+# ---------------------------------------------------------------------- GDAL PAM: categories, RAT
+#: Columns of the raster attribute table: ``(name, GDALRATFieldType, GDALRATFieldUsage)`` with
+#: GDAL's enum values (types: 0 integer, 2 string; usages: 0 generic, 2 name, 5 min-max, 6-9 red,
+#: green, blue, alpha).
+RAT_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("value", 0, 5),
+    ("code", 0, 0),
+    ("name", 2, 2),
+    ("red", 0, 6),
+    ("green", 0, 7),
+    ("blue", 0, 8),
+    ("alpha", 0, 9),
+)
+_NODATA_CATEGORY = "nodata"
+
+
+def category_names(description: ModelDescription, *, indices: bool = False) -> list[str]:
+    """Return GDAL category names: entry *v* names map value *v*, for every value up to nodata.
+
+    Class values get the class name, nodata ``"nodata"``, every other value an empty string (GDAL's
+    convention for "no category").
+    """
+    values = _values(description, indices=indices)
+    top = max([description.nodata, *(v for v, _ in values)])
+    names = [""] * (top + 1)
+    for value, i in values:
+        names[value] = description.classes[i].name
+    names[description.nodata] = _NODATA_CATEGORY
+    return names
+
+
+def _rat_rows(
+    description: ModelDescription, *, indices: bool
+) -> list[tuple[int, int, str, int, int, int, int]]:
+    rows = []
+    for value, i in sorted(_values(description, indices=indices)):
+        cls = description.classes[i]
+        rows.append((value, cls.code, cls.name, *cls.rgb(), 255))
+    return rows
+
+
+def class_map_pam(
+    description: ModelDescription, *, indices: bool = False, existing: str | None = None
+) -> str:
+    """Return GDAL PAM XML (an ``.aux.xml``) giving band 1 category names and an attribute table.
+
+    The table has one row per class (nodata has none: it is no class) with columns
+    :data:`RAT_FIELDS`. Whatever else *existing* holds (statistics, metadata GDAL keeps there) is
+    kept; only band 1's category names and attribute table are replaced.
+
+    Args:
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+        existing: The current ``.aux.xml`` text, if any.
+
+    Raises:
+        InputDataError: If *existing* is not PAM XML.
+    """
+    if existing is not None and existing.strip():
+        try:
+            root = ET.fromstring(existing)
+        except ET.ParseError as exc:
+            raise InputDataError(
+                f"the class map's .aux.xml is not XML ({exc}); delete it and rerun"
+            ) from None
+        if root.tag != "PAMDataset":
+            raise InputDataError(f"the class map's .aux.xml holds <{root.tag}>, not <PAMDataset>; delete it")
+    else:
+        root = ET.Element("PAMDataset")
+    band = root.find("PAMRasterBand[@band='1']")
+    if band is None:
+        band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})
+    for old in band.findall("CategoryNames") + band.findall("GDALRasterAttributeTable"):
+        band.remove(old)
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in category_names(description, indices=indices):
+        ET.SubElement(categories, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", {"tableType": "thematic"})
+    for index, (name, kind, usage) in enumerate(RAT_FIELDS):
+        field = ET.SubElement(rat, "FieldDefn", {"index": str(index)})
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for index, row in enumerate(_rat_rows(description, indices=indices)):
+        element = ET.SubElement(rat, "Row", {"index": str(index)})
+        for cell in row:
+            ET.SubElement(element, "F").text = str(cell)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_class_map_pam(raster: Path, description: ModelDescription, *, indices: bool = False) -> Path:
+    """Add category names and a raster attribute table to *raster*'s ``.aux.xml`` sidecar.
+
+    Call it once GDAL is done with the file (closed, overviews built): GDAL rewrites the sidecar of
+    a dataset it holds open when it closes it. Other PAM content is kept (see :func:`class_map_pam`).
+
+    Args:
+        raster: The class map (a final path or the temporary it is written under).
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+
+    Returns:
+        The sidecar path, ``NAME.aux.xml`` beside *raster*.
+
+    Raises:
+        OutputError: If the sidecar cannot be written (disk full, folder not writable).
+    """
+    aux = raster.with_name(raster.name + ".aux.xml")
+    existing = aux.read_text(encoding="utf-8") if aux.exists() else None
+    text = class_map_pam(description, indices=indices, existing=existing)
+    with atomic_path(aux, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return aux

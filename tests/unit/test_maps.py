@@ -105,3 +105,200 @@ def test_full_disk_is_one_line_and_leaves_nothing(tiny_description, tmp_path, mo
 def test_style_goes_into_a_new_folder(tiny_description, tmp_path):
     path = write_qgis_style(tmp_path / "new" / "map.qml", tiny_description)
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["map.qml"]
+
+
+# ---------------------------------------------------------------------- what GDAL and QGIS report
+def gdal_report(path):
+    """What GDAL itself reports for each band of *path*: description, category names, RAT rows.
+
+    rasterio has no API for category names or attribute tables, and there is no ``gdalinfo`` or
+    ``osgeo`` here: the GDAL library rasterio ships is called directly.
+    """
+    import ctypes
+    import glob
+    import os
+
+    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), "..", "rasterio.libs", "libgdal*.so*"))
+    if not libs:
+        pytest.skip("rasterio's bundled libgdal was not found (rasterio built against a system GDAL)")
+    lib = ctypes.CDLL(libs[0])
+    v, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
+    for name, res, args in [
+        ("GDALOpen", v, [s, i]),
+        ("GDALClose", None, [v]),
+        ("GDALGetRasterCount", i, [v]),
+        ("GDALGetRasterBand", v, [v, i]),
+        ("GDALGetDescription", s, [v]),
+        ("GDALGetRasterCategoryNames", ctypes.POINTER(s), [v]),
+        ("GDALGetDefaultRAT", v, [v]),
+        ("GDALRATGetColumnCount", i, [v]),
+        ("GDALRATGetRowCount", i, [v]),
+        ("GDALRATGetNameOfCol", s, [v, i]),
+        ("GDALRATGetTypeOfCol", i, [v, i]),
+        ("GDALRATGetUsageOfCol", i, [v, i]),
+        ("GDALRATGetValueAsString", s, [v, i, i]),
+    ]:
+        f = getattr(lib, name)
+        f.restype, f.argtypes = res, args
+    ds = lib.GDALOpen(str(path).encode(), 0)
+    assert ds, f"GDAL cannot open {path}"
+    bands = []
+    try:
+        for b in range(1, lib.GDALGetRasterCount(ds) + 1):
+            band = lib.GDALGetRasterBand(ds, b)
+            # First, as gdalinfo does: the GTiff driver reads the .aux.xml lazily, on its first call
+            # that needs it, and GetCategoryNames alone does not trigger that read.
+            description = lib.GDALGetDescription(band).decode()
+            names, cats = [], lib.GDALGetRasterCategoryNames(band)
+            while cats and cats[len(names)] is not None:
+                names.append(cats[len(names)].decode())
+            rat = lib.GDALGetDefaultRAT(band)
+            columns, rows = [], []
+            if rat:
+                n = lib.GDALRATGetColumnCount(rat)
+                columns = [
+                    (lib.GDALRATGetNameOfCol(rat, c).decode(), lib.GDALRATGetTypeOfCol(rat, c),
+                     lib.GDALRATGetUsageOfCol(rat, c))
+                    for c in range(n)
+                ]  # fmt: skip
+                rows = [
+                    [lib.GDALRATGetValueAsString(rat, r, c).decode() for c in range(n)]
+                    for r in range(lib.GDALRATGetRowCount(rat))
+                ]
+            bands.append(
+                {"description": description, "categories": names,
+                 "rat_columns": columns, "rat_rows": rows}
+            )  # fmt: skip
+    finally:
+        lib.GDALClose(ds)
+    return bands
+
+
+def test_category_names_cover_every_value_up_to_nodata(tiny_description):
+    from flair_deploy.maps import category_names
+
+    names = category_names(tiny_description)
+    assert len(names) == 256 and names[0] == "" and names[1] == "building" and names[19] == "other"
+    assert names[255] == "nodata" and names[20:255] == [""] * 235
+    by_index = category_names(tiny_description, indices=True)
+    assert by_index[0] == "building" and by_index[18] == "other" and by_index[19] == ""
+
+
+def test_gdal_reads_category_names_and_attribute_table_from_the_sidecar(tiny_description, write_geotiff):
+    from flair_deploy.maps import RAT_FIELDS, write_class_map_pam
+
+    path = write_geotiff(np.full((8, 8), 5, dtype=np.uint8), "map.tif", nodata=255)
+    aux = write_class_map_pam(path, tiny_description, indices=True)
+    assert aux.name == "map.tif.aux.xml"
+    (band,) = gdal_report(path)
+    assert band["categories"][:2] == ["building", "pervious surface"] and band["categories"][255] == "nodata"
+    # GDAL's enums: GFT_Integer 0, GFT_String 2; GFU_Generic 0, Name 2, MinMax 5, Red..Alpha 6..9.
+    assert band["rat_columns"] == list(RAT_FIELDS)
+    assert [c[2] for c in band["rat_columns"]] == [5, 0, 2, 6, 7, 8, 9]
+    assert len(band["rat_rows"]) == tiny_description.num_classes
+    assert band["rat_rows"][0] == ["0", "1", "building", "219", "14", "154", "255"]
+    assert band["rat_rows"][4][:3] == ["4", "5", "water"]
+
+
+def test_sidecar_keeps_what_gdal_put_there_and_replaces_only_ours(tiny_description, write_geotiff):
+    from flair_deploy.maps import write_class_map_pam
+
+    path = write_geotiff(np.full((8, 8), 5, dtype=np.uint8), "map.tif", nodata=255)
+    aux = path.with_name("map.tif.aux.xml")
+    aux.write_text(
+        '<PAMDataset><PAMRasterBand band="1"><Metadata><MDI key="STATISTICS_MAXIMUM">5</MDI></Metadata>'
+        "<CategoryNames><Category>old</Category></CategoryNames></PAMRasterBand></PAMDataset>"
+    )
+    write_class_map_pam(path, tiny_description)
+    write_class_map_pam(path, tiny_description)  # twice: still one table, one list of names
+    root = ET.fromstring(aux.read_text())
+    assert root.find(".//MDI[@key='STATISTICS_MAXIMUM']").text == "5"
+    assert (
+        len(root.findall(".//CategoryNames")) == 1 and len(root.findall(".//GDALRasterAttributeTable")) == 1
+    )
+    assert "old" not in aux.read_text()
+    with rasterio.open(path) as ds:
+        assert ds.tags(1)["STATISTICS_MAXIMUM"] == "5"  # GDAL still reads the sidecar
+
+
+def test_a_sidecar_that_is_not_pam_is_one_line(tiny_description, tmp_path):
+    from flair_deploy.maps import class_map_pam
+
+    with pytest.raises(InputDataError, match=r"^the class map's \.aux\.xml is not XML .*delete it"):
+        class_map_pam(tiny_description, existing="<PAMDataset")
+    with pytest.raises(InputDataError, match="not <PAMDataset>"):
+        class_map_pam(tiny_description, existing="<html/>")
+
+
+def test_qgis_style_makes_nodata_transparent(tiny_description):
+    from flair_deploy.maps import qgis_style
+
+    root = ET.fromstring(qgis_style(tiny_description).split("\n", 1)[1])
+    entry = root.find("./pipe/rasterrenderer/rasterTransparency/singleValuePixelList/pixelListEntry")
+    assert entry.attrib == {"min": "255", "max": "255", "percentTransparent": "100"}
+    assert root.find("./pipe/rasterrenderer").get("nodataColor") == ""
+    values = [e.get("value") for e in root.iter("paletteEntry")]
+    assert "255" not in values
+
+
+_QGIS_PYTHON = "/usr/bin/python3"
+
+_QGIS_CHECK = """
+import json, os, sys
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsRasterLayer(sys.argv[1], "map")
+renderer = layer.renderer()
+provider = layer.dataProvider()
+print(json.dumps({
+    "valid": layer.isValid(),
+    "renderer": renderer.type(),
+    "classes": [[c.value, c.color.name(), c.color.alpha(), c.label] for c in renderer.classes()]
+    if renderer.type() == "paletted" else [],
+    "nodata": provider.sourceNoDataValue(1) if provider.sourceHasNoDataValue(1) else None,
+}), flush=True)
+# QgsApplication.exitQgis() crashes some headless builds on the way out: the answer is printed.
+os._exit(0)
+"""
+
+
+def qgis_report(path):
+    """Load *path* in a headless QGIS (system python's ``qgis.core``) and describe its rendering."""
+    import os
+    import subprocess
+
+    probe = subprocess.run([_QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"QGIS is not installed ({_QGIS_PYTHON} cannot import qgis.core; apt-get install python3-qgis)"
+        )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
+    done = subprocess.run(
+        [_QGIS_PYTHON, "-c", _QGIS_CHECK, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_qgis_opens_a_map_with_our_style_as_named_coloured_classes(tiny_description, write_geotiff):
+    from flair_deploy.maps import qgis_style_path, write_class_map_pam
+
+    data = np.full((8, 8), 255, dtype=np.uint8)
+    data[:4] = 5
+    path = write_geotiff(data, "map.tif", nodata=255)
+    with rasterio.open(path, "r+") as ds:
+        write_class_map_tags(ds, tiny_description)
+    write_class_map_pam(path, tiny_description)
+    write_qgis_style(qgis_style_path(path), tiny_description)
+    got = qgis_report(path)
+    assert got["valid"] and got["renderer"] == "paletted" and got["nodata"] == 255
+    assert len(got["classes"]) == tiny_description.num_classes
+    assert got["classes"][0] == [1, "#db0e9a", 255, "building"]
+    assert [5, "#1553ae", 255, "water"] in got["classes"]

@@ -344,8 +344,8 @@ def _distributed(cfg: Any, *, quiet: bool) -> None:
         )
 
 
-class _JobProgress:
-    """One progress bar for a distributed job: chunks, tiles, Mpx, km² and ETA (stderr)."""
+class _Bar:
+    """A rich progress bar on stderr, started on the first update (off with --quiet)."""
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled
@@ -360,22 +360,33 @@ class _JobProgress:
             self._progress.stop()
         return False
 
+    def _start(self, columns: tuple[str, ...], total: float, **fields: str) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        cols = [
+            TextColumn(columns[0]),
+            BarColumn(),
+            *(TextColumn(c) for c in columns[1:]),
+            TimeRemainingColumn(),
+        ]
+        self._progress = Progress(*cols, console=Console(stderr=True))
+        self._progress.start()
+        self._task = self._progress.add_task("detect", total=total, **fields)
+
+
+class _JobProgress(_Bar):
+    """One bar for a distributed job: chunks, tiles, Mpx, km², failures and ETA."""
+
     def update(self, p: Any) -> None:
         if not self.enabled:
             return
         if self._progress is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("chunks {task.completed:.0f}/{task.total:.0f}"),
-                BarColumn(),
-                TextColumn("{task.fields[detail]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
+            self._start(
+                ("chunks {task.completed:.0f}/{task.total:.0f}", "{task.fields[detail]}"),
+                p.chunks_total,
+                detail="",
             )
-            self._progress.start()
-            self._task = self._progress.add_task("job", total=p.chunks_total, detail="")
         self._progress.update(
             self._task,
             completed=p.chunks_done + p.failed,
@@ -385,22 +396,8 @@ class _JobProgress:
         )
 
 
-class _Progress:
-    """Progress bar over megapixels: tiles, Mpx/s and ETA (on stderr; off with --quiet)."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-        self._start = 0.0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> Literal[False]:
-        if self._progress is not None:
-            self._progress.stop()
-        return False
+class _Progress(_Bar):
+    """Progress bar over megapixels: tiles, Mpx/s and ETA."""
 
     def update(self, p: DetectProgress) -> None:
         if not self.enabled:
@@ -408,21 +405,10 @@ class _Progress:
         import time
 
         if self._progress is None:
-            from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed:.1f}/{task.total:.1f} Mpx"),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("detect", total=p.pixels_total / 1e6, rate="")
-            self._start = time.perf_counter()
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
+            cols = ("{task.description}", "{task.completed:.1f}/{task.total:.1f} Mpx", "{task.fields[rate]}")
+            self._start(cols, p.pixels_total / 1e6, rate="")
+            self._begun = time.perf_counter()
+        elapsed = max(time.perf_counter() - self._begun, 1e-9)
         self._progress.update(
             self._task,
             completed=p.pixels_done / 1e6,

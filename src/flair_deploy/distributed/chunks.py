@@ -155,18 +155,9 @@ def assemble(
         InputDataError: If a chunk file is missing or unreadable (the ledger and the files disagree).
         OutputError: If the outputs cannot be written.
     """
-    writer = OutputWriter(
-        info,
-        final,
-        description,
-        indices=cfg.indices,
-        block=cfg.block_size,
-        compress=cfg.compress,
-        overviews=cfg.overviews,
-        cog=cfg.cog,
-        tags=dict(tags),
-    )
-    with writer:
+    from flair_deploy.inference.detect import map_writer
+
+    with map_writer(cfg, info, final, description, tags) as writer:
         for chunk, files in parts:
             box = chunk.output
             try:

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -363,17 +363,7 @@ def _run(
                 if _finished_meanwhile(out_paths, cfg, settings):
                     resumed.append(out_paths.source)
                     continue
-                writer = OutputWriter(
-                    info,
-                    out_paths,
-                    description,
-                    indices=cfg.indices,
-                    block=cfg.block_size,
-                    compress=cfg.compress,
-                    overviews=cfg.overviews,
-                    cog=cfg.cog,
-                    tags=tags,
-                )
+                writer = map_writer(cfg, info, out_paths, description, tags)
                 with writer:
                     run = run_raster(
                         backend,
@@ -451,6 +441,27 @@ def _check_outputs(
             remove_stale_temporaries(p)
         todo.append(plan)
     return todo, finished
+
+
+def map_writer(
+    cfg: DetectConfig,
+    info: RasterInfo,
+    paths: OutputPaths,
+    description: ModelDescription,
+    tags: Mapping[str, str],
+) -> OutputWriter:
+    """The writer of one input's maps with the run's output options (compression, blocks, overviews...)."""
+    return OutputWriter(
+        info,
+        paths,
+        description,
+        indices=cfg.indices,
+        block=cfg.block_size,
+        compress=cfg.compress,
+        overviews=cfg.overviews,
+        cog=cfg.cog,
+        tags=dict(tags),
+    )
 
 
 def outputs_to_make(cfg: DetectConfig, settings: JobSettings) -> tuple[list[OutputPaths], list[Path]]:

@@ -41,6 +41,7 @@ from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
 from flair_deploy.inference.tiling import Tile
+from flair_deploy.maps import qgis_style, qgis_style_path, write_class_map_pam, write_class_map_tags
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -403,6 +404,10 @@ _GDAL_THREADS = "ALL_CPUS"
 
 _Kind = Literal["classes", "probabilities", "confidence"]
 
+#: External files GDAL reads beside ``NAME.tif`` by name: overviews (``.ovr``) and mask (``.msk``).
+#: The ``.aux.xml`` is handled by the rename (:class:`~flair_deploy.atomic.OutputSet`).
+_STALE_SIDECARS = (".ovr", ".msk")
+
 
 @dataclass
 class _Target:
@@ -428,6 +433,9 @@ class OutputWriter:
         overviews: Build internal overviews (mode resampling for classes, average for the others).
         cog: Convert to Cloud-Optimised GeoTIFFs before renaming.
         tags: Extra GDAL metadata tags (model SHA-256, backend, precision, stitching...).
+        sidecars: Give the class map its GDAL category names and attribute table (``NAME.tif.aux.xml``)
+            and its QGIS style (``NAME.qml``); off for intermediate files nobody opens in QGIS (a
+            distributed job's chunk files).
     """
 
     def __init__(
@@ -442,6 +450,7 @@ class OutputWriter:
         overviews: bool = True,
         cog: bool = False,
         tags: dict[str, str] | None = None,
+        sidecars: bool = True,
     ) -> None:
         if block <= 0 or block % 16:
             raise ConfigError(f"output block size {block} must be a positive multiple of 16 (GeoTIFF tiles)")
@@ -454,6 +463,7 @@ class OutputWriter:
         self.overviews = overviews
         self.cog = cog
         self.tags = dict(tags or {})
+        self.sidecars = sidecars
         lut = np.full(256, description.nodata, dtype=np.uint8)
         for i, c in enumerate(description.classes):
             lut[i] = i if indices else c.code
@@ -463,6 +473,7 @@ class OutputWriter:
         # Existing outputs were refused (or accepted with --overwrite) by the caller up front.
         self._outputs = OutputSet(overwrite=True)
         self._targets: list[_Target] = []
+        self._style: Path | None = None
         self._paths: list[tuple[Path, _Kind]] = [(paths.classes, "classes")]
         if paths.probabilities is not None:
             self._paths.append((paths.probabilities, "probabilities"))
@@ -478,6 +489,10 @@ class OutputWriter:
                 with self._gdal_errors(t):
                     t.dataset = rasterio.open(t.tmp, "w", **self._profile(t.kind))
                     self._describe(t)
+            # The class map's QGIS style is one more output of the set: it appears, and is replaced,
+            # together with its map.
+            if self.sidecars:
+                self._style = self._outputs.path(qgis_style_path(self.paths.classes))
         except BaseException:
             self._abort()
             raise
@@ -532,8 +547,8 @@ class OutputWriter:
         ds, d = t.dataset, self.description
         ds.update_tags(**self.tags)
         if t.kind == "classes":
-            from flair_deploy.maps import write_class_map_tags
-
+            # Colour table, band description and CLASS_* tags live in the TIFF; category names and
+            # the attribute table go into the .aux.xml once GDAL is done with the file (_sidecars).
             write_class_map_tags(ds, d, indices=self.indices)
         elif t.kind == "probabilities":
             for i, c in enumerate(d.classes, start=1):
@@ -590,9 +605,40 @@ class OutputWriter:
             for t in self._targets:
                 with self._gdal_errors(t):
                     self._to_cog(t)
+        self._sidecars()
         # Renames every map (and its .aux.xml, the PAM sidecar where GDAL keeps some metadata) into
         # place; a stale .aux.xml of a map being replaced is removed, it would describe the old one.
         self._outputs.commit()
+
+    def _sidecars(self) -> None:
+        """Write the class map's PAM sidecar and QGIS style; remove stale sidecars of the outputs.
+
+        Runs after the last GDAL handle on the temporaries is closed: GDAL rewrites a dataset's
+        ``.aux.xml`` when it closes it, which would drop what is added here.
+        """
+        for t in self._targets:
+            if t.kind == "classes" and self.sidecars:
+                with self._gdal_errors(t):
+                    write_class_map_pam(t.tmp, self.description, indices=self.indices)
+        if self._style is not None:
+            try:
+                self._style.write_text(qgis_style(self.description, indices=self.indices), encoding="utf-8")
+            except OSError as exc:
+                raise output_error(qgis_style_path(self.paths.classes), exc) from None
+        # GDAL and QGIS pick these up by name: left from the map being replaced, they would show its
+        # overviews, mask or style over the new map. Removed before the renames, so that a failed
+        # rename leaves the old map without them rather than the new map with them.
+        for t in self._targets:
+            stale = [t.final.with_name(t.final.name + s) for s in _STALE_SIDECARS]
+            if t.kind != "classes":
+                stale.append(qgis_style_path(t.final))
+            for p in stale:
+                if p.is_dir():
+                    continue  # not a sidecar GDAL or QGIS would read
+                try:
+                    p.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise output_error(p, exc) from None
 
     def _to_cog(self, t: _Target) -> None:
         from rasterio.shutil import copy as gdal_copy

@@ -41,6 +41,11 @@ def _chunk(k):
     return OutputChunk(0, classes, np.full((H, W), 200, np.uint8), np.zeros((k, H, W), np.uint8))
 
 
+def _finished(paths):
+    """The files a finished write leaves: the maps, the class map's PAM sidecar and QGIS style."""
+    return [p.name for p in paths.all()] + ["map.tif.aux.xml", "map.qml"]
+
+
 def _writer(source, paths, desc):
     return OutputWriter(inspect_raster(source, desc), paths, desc, overviews=False, block=16)
 
@@ -53,7 +58,7 @@ def test_maps_appear_together_only_when_complete(source, tmp_path, tiny_descript
         names = sorted(p.name for p in paths.classes.parent.iterdir())
         assert names == sorted(atomic.temporary_path(p).name for p in paths.all())
         assert all(atomic.is_temporary(paths.classes.parent / n) for n in names)
-    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(p.name for p in paths.all())
+    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(_finished(paths))
     with rasterio.open(paths.classes) as ds:
         codes = [c.code for c in tiny_description.classes]
         assert ds.read(1)[0, :3].tolist() == codes[:3]
@@ -136,7 +141,7 @@ def test_cog_conversion_leaves_only_the_maps(source, tmp_path, tiny_description)
     info = inspect_raster(source, tiny_description)
     with OutputWriter(info, paths, tiny_description, block=16, cog=True) as writer:
         writer.write(_chunk(tiny_description.num_classes))
-    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(p.name for p in paths.all())
+    assert sorted(p.name for p in paths.classes.parent.iterdir()) == sorted(_finished(paths))
     with rasterio.open(paths.classes) as ds:
         assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
 
@@ -206,3 +211,95 @@ def test_overviews_built_on_all_cores_equal_a_serial_build(
             ):
                 np.testing.assert_array_equal(a.read(), b.read(), strict=True)
                 np.testing.assert_array_equal(a.read_masks(), b.read_masks(), strict=True)
+
+
+# ---------------------------------------------------------------------- what GDAL and QGIS see
+@pytest.mark.parametrize("cog", [False, True])
+def test_class_map_names_its_classes_to_gdal_with_its_style_beside_it(
+    source, tmp_path, tiny_description, cog
+):
+    from tests.unit.test_maps import gdal_report
+
+    paths = _paths(source, tmp_path / "maps", extras=False)
+    info = inspect_raster(source, tiny_description)
+    with OutputWriter(info, paths, tiny_description, block=16, cog=cog, overviews=True) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    (band,) = gdal_report(paths.classes)
+    assert band["categories"][1] == "building" and band["categories"][255] == "nodata"
+    assert [c[0] for c in band["rat_columns"]] == ["value", "code", "name", "red", "green", "blue", "alpha"]
+    assert band["rat_rows"][0] == ["1", "1", "building", "219", "14", "154", "255"]
+    style = paths.classes.with_name("map.qml")
+    assert 'label="building"' in style.read_text()
+    with rasterio.open(paths.classes) as ds:
+        assert ds.colormap(1)[1] == (219, 14, 154, 255) and ds.nodata == 255
+        assert ds.tags()["CLASS_1"] == "building"
+
+
+def test_qgis_loads_a_written_map_as_paletted_named_classes(source, tmp_path, tiny_description):
+    from tests.unit.test_maps import qgis_report
+
+    paths = _paths(source, tmp_path, extras=False)
+    with _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    got = qgis_report(paths.classes)  # QGIS applies map.qml, the same-named style, by itself
+    assert got["valid"] and got["renderer"] == "paletted" and got["nodata"] == 255
+    assert got["classes"][:2] == [[1, "#db0e9a", 255, "building"], [2, "#938e7b", 255, "pervious surface"]]
+
+
+@pytest.mark.parametrize("cog", [False, True])
+def test_gdal_reports_the_band_descriptions_of_probabilities_and_confidence(
+    source, tmp_path, tiny_description, cog
+):
+    from tests.unit.test_maps import gdal_report
+
+    paths = _paths(source, tmp_path)
+    info = inspect_raster(source, tiny_description)
+    with OutputWriter(info, paths, tiny_description, block=16, cog=cog, overviews=False) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    proba = [b["description"] for b in gdal_report(paths.probabilities)]
+    assert len(proba) == tiny_description.num_classes
+    assert proba[0] == "P(building) x 255 (code 1, index 0)"
+    assert proba[4] == "P(water) x 255 (code 5, index 4)"
+    assert [b["description"] for b in gdal_report(paths.confidence)] == ["confidence: P(chosen class) x 255"]
+
+
+def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path)
+    stale = [
+        "map.tif.ovr",
+        "map.tif.msk",
+        "map_proba.tif.aux.xml",
+        "map_proba.tif.ovr",
+        "map_proba.qml",
+        "map_confidence.tif.msk",
+        "map_confidence.qml",
+    ]
+    for p in paths.all():
+        p.write_bytes(b"old map")
+    for name in [*stale, "map.qml", "map.tif.aux.xml"]:
+        (tmp_path / name).write_text("of the old map")
+    with _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([*_finished(paths), "ortho.tif"])
+    assert "old map" not in (tmp_path / "map.qml").read_text()
+    assert "old map" not in (tmp_path / "map.tif.aux.xml").read_text()
+
+
+def test_an_aborted_overwrite_leaves_the_old_map_and_its_sidecars(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path, extras=False)
+    old = {"map.tif": "old map", "map.qml": "old style", "map.tif.aux.xml": "old pam"}
+    for name, text in old.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(RuntimeError, match="interrupted"), _writer(source, paths, tiny_description) as w:
+        w.write(_chunk(tiny_description.num_classes))
+        raise RuntimeError("interrupted")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.name != "ortho.tif"} == old
+
+
+def test_intermediate_maps_can_go_without_sidecars(source, tmp_path, tiny_description):
+    paths = _paths(source, tmp_path / "chunks", extras=False)
+    info = inspect_raster(source, tiny_description)
+    with OutputWriter(info, paths, tiny_description, overviews=False, block=16, sidecars=False) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    assert [p.name for p in paths.classes.parent.iterdir()] == ["map.tif"]
