@@ -116,6 +116,7 @@ def map_chunk(
         paths,
         raw,
         indices=True,
+        sidecars=False,  # intermediate files: the assembled map gets the QGIS style and categories
         block=cfg.block_size,
         compress=cfg.compress,
         overviews=False,

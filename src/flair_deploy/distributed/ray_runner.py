@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -561,10 +562,8 @@ class _Job:
                     locks.enter_context(OutputLock(p))
                 assemble(r.info, self.description, r.final, parts, self.cfg, tags=self.tags)
             summary.outputs.extend(r.final.all())
-            for _, files in parts:
-                for p in files.all():
-                    p.unlink(missing_ok=True)
-            _remove_if_empty(r.folder)
+            # The chunk folder is the job's own (chunk maps, their sidecars, dead workers' temporaries).
+            shutil.rmtree(r.folder, ignore_errors=True)
         self._mosaic(summary)
 
     def _mosaic(self, summary: JobSummary) -> None:
@@ -590,16 +589,6 @@ def _km2_per_pixel(info: RasterInfo) -> float:
     if info.gsd_m is None:
         return 0.0
     return info.gsd_m[0] * info.gsd_m[1] / 1e6
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        for p in folder.iterdir():
-            if p.name.startswith("."):
-                p.unlink()  # temporaries of workers that died mid-chunk
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] | None = None) -> JobSummary:

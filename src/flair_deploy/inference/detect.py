@@ -54,8 +54,18 @@ from flair_deploy.inference.raster import (
 )
 from flair_deploy.inference.tiling import Tile, TilingPlan
 from flair_deploy.ledger import JobSettings, OutputKind
+from flair_deploy.maps import qgis_style_path
 
-__all__ = ["DetectProgress", "DetectSummary", "detect", "expand_inputs", "job_settings", "run_detection"]
+__all__ = [
+    "DetectProgress",
+    "DetectSummary",
+    "detect",
+    "expand_inputs",
+    "job_settings",
+    "map_writer",
+    "outputs_to_make",
+    "run_detection",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +449,7 @@ def _check_outputs(
             check_destination(p, overwrite=True)
             # Leftovers of killed runs never became outputs; a locked output's temporaries are kept.
             remove_stale_temporaries(p)
+        remove_stale_temporaries(qgis_style_path(plan.classes))  # the style file of the class map
         todo.append(plan)
     return todo, finished
 

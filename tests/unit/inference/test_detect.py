@@ -329,8 +329,8 @@ def test_a_second_job_writing_the_same_output_is_refused_and_the_first_map_is_in
     src, _ = _raster(write_geotiff, 200, 200)
     out = tmp_path / "maps" / "map.tif"
     repo = Path(__file__).resolve().parents[3]
-    # About 16 one-tile batches at 0.15 s: the first job is mid-write for seconds.
-    first = subprocess.Popen([sys.executable, "-c", _SECOND_JOB, str(src), str(out), "0.15"], cwd=repo)
+    # About 16 one-tile batches at 0.4 s: the first job is mid-write for seconds, even on a busy machine.
+    first = subprocess.Popen([sys.executable, "-c", _SECOND_JOB, str(src), str(out), "0.4"], cwd=repo)
     try:
         _wait_for_lock(out, first.pid, first)
         part = temporary_path(out, pid=first.pid)
@@ -352,7 +352,8 @@ def test_a_second_job_writing_the_same_output_is_refused_and_the_first_map_is_in
     expect, _, clean_tags = _read(clean)
     assert (got == expect).all()
     assert tags["JOB_SETTINGS"] == clean_tags["JOB_SETTINGS"]
-    assert sorted(p.name for p in out.parent.iterdir()) == ["map.tif"]  # no .part, no .lock
+    # The map and its sidecars (QGIS style, GDAL categories): no .part, no .lock.
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.qml", "map.tif", "map.tif.aux.xml"]
 
 
 def test_two_threads_writing_one_output_one_is_refused(write_geotiff, tmp_path, desc):
