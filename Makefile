@@ -19,8 +19,10 @@ setup: $(VENV)/.installed
 
 # pytest exits 5 when a selection collects nothing (e.g. `make test ARGS="-m gpu"` on a CPU box):
 # that is said plainly and not treated as a failure.
+# Tests run on every core (pytest-xdist): each test is independent (own tmp folders, own Ray instance
+# per worker process).
 test: setup
-	@$(PY) -m pytest $(ARGS); rc=$$?; \
+	@$(PY) -m pytest -n auto $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected for this selection"; rc=0; fi; exit $$rc
 
 # `pip install .` alone (no extras) into a fresh venv must bring no torch and must map a raster with an

@@ -404,11 +404,11 @@ def write_class_map_pam(raster: Path, description: ModelDescription, *, indices:
         The sidecar path, ``NAME.aux.xml`` beside *raster*.
 
     Raises:
-        OutputError: If the sidecar cannot be written (disk full, folder not writable).
+        OSError: If the sidecar cannot be written (disk full, folder not writable); the caller names
+            the map it belongs to. *raster* is the caller's temporary, renamed with its sidecar once
+            complete (:class:`~flair_deploy.atomic.OutputSet`), so the sidecar needs no temporary of its own.
     """
     aux = raster.with_name(raster.name + ".aux.xml")
     existing = aux.read_text(encoding="utf-8") if aux.exists() else None
-    text = class_map_pam(description, indices=indices, existing=existing)
-    with atomic_path(aux, overwrite=True) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    aux.write_text(class_map_pam(description, indices=indices, existing=existing), encoding="utf-8")
     return aux

@@ -50,7 +50,7 @@ def test_help_shows_the_config_models_defaults(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["detect", "-h"])
     out = " ".join(capsys.readouterr().out.split())
-    assert f"[default: {DetectConfig.model_fields['readers'].default}]" in out
+    assert f"[default: {DetectConfig.model_fields['chunk_mb'].default}]" in out
     assert f"[default: {Stitching.BLEND.value}]" in out
 
 

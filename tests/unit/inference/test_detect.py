@@ -329,8 +329,8 @@ def test_a_second_job_writing_the_same_output_is_refused_and_the_first_map_is_in
     src, _ = _raster(write_geotiff, 200, 200)
     out = tmp_path / "maps" / "map.tif"
     repo = Path(__file__).resolve().parents[3]
-    # About 16 one-tile batches at 0.4 s: the first job is mid-write for seconds, even on a busy machine.
-    first = subprocess.Popen([sys.executable, "-c", _SECOND_JOB, str(src), str(out), "0.4"], cwd=repo)
+    # About 16 one-tile batches at 0.3 s: the first job is mid-write for seconds, even on a busy machine.
+    first = subprocess.Popen([sys.executable, "-c", _SECOND_JOB, str(src), str(out), "0.3"], cwd=repo)
     try:
         _wait_for_lock(out, first.pid, first)
         part = temporary_path(out, pid=first.pid)
