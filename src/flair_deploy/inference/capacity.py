@@ -31,7 +31,6 @@ from typing import Any
 import rasterio
 from pydantic import ValidationError
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
 
 from flair_deploy.choices import Stitching
 from flair_deploy.description import ModelDescription
@@ -39,7 +38,13 @@ from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.config import DetectConfig
 from flair_deploy.inference.detect import expand_inputs
 from flair_deploy.inference.pipeline import default_chunk_plan
-from flair_deploy.inference.raster import OutputPaths, RasterInfo, estimated_map_bytes, gsd_metres
+from flair_deploy.inference.raster import (
+    OutputPaths,
+    RasterInfo,
+    estimated_map_bytes,
+    gsd_metres,
+    open_raster,
+)
 from flair_deploy.inference.tiling import TilingPlan, make_grid, plan_tiling
 
 __all__ = [
@@ -276,16 +281,7 @@ def _read_header(path: Path, bands: int) -> _Header:
     Raises:
         InputDataError: If GDAL cannot open the file.
     """
-    if path.is_dir():
-        raise InputDataError(f"input {path} is a folder; give raster files (or a VRT mosaic)")
-    try:
-        src = rasterio.open(path)
-    except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputDataError(
-            f"{path} is not a raster GDAL can read ({first}); give a GeoTIFF or a VRT"
-        ) from None
-    with src:
+    with open_raster(path) as src:
         crs = src.crs if src.crs is not None and src.crs.to_wkt() else None
         chosen = tuple(range(1, min(bands, src.count) + 1))
         flags = src.mask_flag_enums  # computed for every band at each access: read once

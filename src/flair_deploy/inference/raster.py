@@ -119,6 +119,23 @@ def gsd_metres(crs: CRS | None, transform: Any, width: int, height: int) -> tupl
     return rx * factor, ry * factor
 
 
+def open_raster(path: Path) -> Any:
+    """Open an input raster for reading (headers only until read), or say in one line why not.
+
+    Raises:
+        InputDataError: If *path* is a folder or not a raster GDAL can read.
+    """
+    if path.is_dir():
+        raise InputDataError(f"input {path} is a folder; give raster files (or a VRT mosaic)")
+    try:
+        return rasterio.open(path)
+    except RasterioError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputDataError(
+            f"{path} is not a raster GDAL can read ({first}); give a GeoTIFF or a VRT"
+        ) from None
+
+
 def inspect_raster(
     path: Path,
     description: ModelDescription,
@@ -147,16 +164,7 @@ def inspect_raster(
     """
     if not path.exists():
         raise InputDataError(f"input raster {path} does not exist; check the path")
-    if path.is_dir():
-        raise InputDataError(f"input {path} is a folder; give raster files (or a VRT mosaic)")
-    try:
-        src = rasterio.open(path)
-    except RasterioError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputDataError(
-            f"{path} is not a raster GDAL can read ({first}); give a GeoTIFF or a VRT"
-        ) from None
-    with src:
+    with open_raster(path) as src:
         n = description.in_channels
         names = ", ".join(description.bands)
         if bands is None:
