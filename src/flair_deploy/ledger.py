@@ -442,13 +442,12 @@ class Ledger:
         Raises:
             KeyError: If the ledger has no such chunk.
         """
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE chunks SET state = 'running', attempts = attempts + 1, worker = ?, started = ?, "
-                "reason = NULL WHERE input = ? AND chunk_id = ? AND state != 'done'",
-                (worker, time.time(), _input_key(input), chunk_id),
-            )
-            return self._changed(db, cur, input, chunk_id)
+        return self._update(
+            input,
+            chunk_id,
+            "state = 'running', attempts = attempts + 1, worker = ?, started = ?, reason = NULL",
+            (worker, time.time()),
+        )
 
     def commit(self, input: Path, chunk_id: str, checksum: str, worker: str) -> bool:
         """Record a chunk as done, once: True the first time, False (first commit kept) after.
@@ -458,13 +457,12 @@ class Ledger:
         Raises:
             KeyError: If the ledger has no such chunk.
         """
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE chunks SET state = 'done', checksum = ?, worker = ?, finished = ?, reason = NULL "
-                "WHERE input = ? AND chunk_id = ? AND state != 'done'",
-                (checksum, worker, time.time(), _input_key(input), chunk_id),
-            )
-            return self._changed(db, cur, input, chunk_id)
+        return self._update(
+            input,
+            chunk_id,
+            "state = 'done', checksum = ?, worker = ?, finished = ?, reason = NULL",
+            (checksum, worker, time.time()),
+        )
 
     def fail(self, input: Path, chunk_id: str, reason: str, worker: str) -> bool:
         """Record that a chunk failed (it stays to do); False (and no change) when it is already done.
@@ -472,13 +470,12 @@ class Ledger:
         Raises:
             KeyError: If the ledger has no such chunk.
         """
-        with self._write() as db:
-            cur = db.execute(
-                "UPDATE chunks SET state = 'failed', reason = ?, worker = ?, finished = ? "
-                "WHERE input = ? AND chunk_id = ? AND state != 'done'",
-                (reason, worker, time.time(), _input_key(input), chunk_id),
-            )
-            return self._changed(db, cur, input, chunk_id)
+        return self._update(
+            input,
+            chunk_id,
+            "state = 'failed', reason = ?, worker = ?, finished = ?",
+            (reason, worker, time.time()),
+        )
 
     def reopen(self, input: Path, chunk_id: str, reason: str) -> bool:
         """Make a committed chunk pending again (its file was lost): True when it was done.
@@ -486,11 +483,31 @@ class Ledger:
         Raises:
             KeyError: If the ledger has no such chunk.
         """
+        return self._update(
+            input,
+            chunk_id,
+            "state = 'pending', checksum = NULL, reason = ?, finished = ?",
+            (reason, time.time()),
+            done=True,
+        )
+
+    def _update(
+        self, input: Path, chunk_id: str, assignments: str, values: tuple[Any, ...], *, done: bool = False
+    ) -> bool:
+        """One transaction: set *assignments* on a chunk that is not done (with *done*: that is done).
+
+        Returns:
+            Whether the chunk changed.
+
+        Raises:
+            KeyError: If the ledger has no such chunk.
+        """
+        state = "state = 'done'" if done else "state != 'done'"
         with self._write() as db:
+            # The SQL text is this class's own literals; every value goes through a parameter.
             cur = db.execute(
-                "UPDATE chunks SET state = 'pending', checksum = NULL, reason = ?, finished = ? "
-                "WHERE input = ? AND chunk_id = ? AND state = 'done'",
-                (reason, time.time(), _input_key(input), chunk_id),
+                f"UPDATE chunks SET {assignments} WHERE input = ? AND chunk_id = ? AND {state}",
+                (*values, _input_key(input), chunk_id),
             )
             return self._changed(db, cur, input, chunk_id)
 

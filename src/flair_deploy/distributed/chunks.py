@@ -13,7 +13,6 @@ value does not depend on the chunking).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import rasterio
 from affine import Affine
 
-from flair_deploy.description import ModelDescription
+from flair_deploy.description import ModelDescription, file_sha256
 from flair_deploy.errors import InputDataError
 from flair_deploy.inference.chunks import Box, Chunk
 from flair_deploy.inference.config import DetectConfig
@@ -80,15 +79,6 @@ class _Shifted:
         self._writer.write(
             dataclasses.replace(rows, row=rows.row - self._box.row0, col=rows.col - self._box.col0)
         )
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def map_chunk(

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from flair_deploy._optional import require
-from flair_deploy.description import ModelDescription
-from flair_deploy.distributed.chunks import ChunkResult, assemble, chunk_paths, file_sha256, map_chunk
+from flair_deploy.description import ModelDescription, file_sha256
+from flair_deploy.distributed.chunks import ChunkResult, assemble, chunk_paths, map_chunk
 from flair_deploy.errors import ConfigError, FlairDeployError
 from flair_deploy.inference.chunks import Chunk
 from flair_deploy.inference.config import DetectConfig, default_batch_size
@@ -456,7 +456,7 @@ class _Job:
         running: dict[Any, tuple[_Task, int]] = {}
         load = [0] * workers
         tiles_total = sum(t.chunk.tiles for t in self.queue)
-        km2_per_px = _km2_per_pixel(self.rasters[0].info) if self.rasters else 0.0
+        km2 = 0.0  # ground area committed, each chunk at its own raster's pixel size
 
         down: set[int] = set()  # actors that died and have not answered a probe since
         probes: dict[Any, int] = {}
@@ -531,6 +531,7 @@ class _Job:
                     summary.committed += 1
                     summary.tiles += result.tiles
                     summary.pixels += task.chunk.output.pixels
+                    km2 += r.info.area_km2 * task.chunk.output.pixels / (r.info.width * r.info.height)
                     summary.seconds = summary.seconds + dataclasses.replace(result.seconds, wall=0.0)
                     s = stats[a]
                     s.chunks, s.tiles, s.busy_s = s.chunks + 1, s.tiles + result.tiles, s.busy_s + busy
@@ -542,7 +543,7 @@ class _Job:
                         summary.tiles,
                         tiles_total,
                         summary.pixels,
-                        summary.pixels * km2_per_px,
+                        km2,
                         len(summary.failed),
                         summary.retries,
                     )
@@ -585,12 +586,6 @@ class _Job:
             summary.outputs.append(merge_to_cog(vrt, out / "mosaic.tif", block=self.cfg.block_size))
 
 
-def _km2_per_pixel(info: RasterInfo) -> float:
-    if info.gsd_m is None:
-        return 0.0
-    return info.gsd_m[0] * info.gsd_m[1] / 1e6
-
-
 def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] | None = None) -> JobSummary:
     """``detect --workers N``: the model's description and the output tags, then :func:`run_distributed`.
 
@@ -604,7 +599,6 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
     _ray()  # the extra first: a missing Ray must not wait for a model to be read
     from flair_deploy import __version__
     from flair_deploy.artifacts import read_description
-    from flair_deploy.description import file_sha256 as model_sha256
     from flair_deploy.inference.backends import backend_for_artifact
 
     description = read_description(cfg.model, preset=cfg.preset)
@@ -621,7 +615,7 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
             "BACKEND": f"{backend} {precision} {cfg.device} (Ray, {cfg.workers} workers)",
         },
         precision=precision,
-        model_sha256=description.provenance.source_sha256 or model_sha256(cfg.model),
+        model_sha256=description.provenance.source_sha256 or file_sha256(cfg.model),
     )
 
 

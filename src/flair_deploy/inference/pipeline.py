@@ -29,7 +29,6 @@ process's, GDAL's and the runtimes' own threads included: the null backend's hos
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import threading
 import time
@@ -426,7 +425,7 @@ def run_raster(
                 k += len(run)
                 i = j
 
-    inline_stitch = device.is_host and os.environ.get("FLAIR_DEPLOY_STITCH_THREAD") != "1"
+    inline_stitch = device.is_host
     inline = [0.0, 0.0]  # wall and CPU seconds of stitching done in the main thread
     writer_t = _Stage("detect-writer", do_write, write_q, abort)
     stitch_t = _Stage("detect-stitch", do_stitch, stitch_q, abort)

@@ -241,7 +241,7 @@ class Backend(abc.ABC):
         images, metadata = self._validate(images, metadata, raw=True)
         dev = self.arrays
         with dev.stream():
-            return self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            return self._upload_and_run(images, metadata)
 
     def infer(self, images: Batch, metadata: MetadataBatch | None = None) -> Logits:
         """Return the logits for a batch.
@@ -318,11 +318,16 @@ class Backend(abc.ABC):
         x = images if images.dtype == np.float32 else images.astype(np.float32)
         return self._infer(x, metadata)
 
+    def _upload_and_run(self, images: Any, metadata: Any) -> Any:
+        """Upload a validated batch and queue the network on the device (inside ``arrays.stream()``)."""
+        dev = self.arrays
+        return self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+
     def _host_logits(self, images: Batch, metadata: MetadataBatch | None) -> Logits:
         """:meth:`_run_device`'s logits copied back as float32 (``_infer`` of device runtimes)."""
         dev = self.arrays
         with dev.stream():
-            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            logits = self._upload_and_run(images, metadata)
             xp = dev.xp
             out: Logits = np.asarray(dev.download(xp.astype(logits, xp.float32)).result(), dtype=np.float32)
         return out
@@ -331,7 +336,7 @@ class Backend(abc.ABC):
         """Softmax over the active classes on the device; only the probabilities come back."""
         dev = self.arrays
         with dev.stream():
-            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            logits = self._upload_and_run(images, metadata)
             probs: Probabilities = np.asarray(
                 dev.download(masked_softmax(logits, self._active_mask)).result()
             )
@@ -341,7 +346,7 @@ class Backend(abc.ABC):
         """Masked argmax and confidence on the device; only a uint8 map and a float32 plane come back."""
         dev = self.arrays
         with dev.stream():
-            logits = self._run_device(dev.upload(images), None if metadata is None else dev.upload(metadata))
+            logits = self._upload_and_run(images, metadata)
             classes, confidence = masked_classes(logits, self._active_mask)
             c, p = dev.download(classes), dev.download(confidence)
             return np.asarray(c.result()), np.asarray(p.result())
