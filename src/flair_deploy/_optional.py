@@ -32,6 +32,7 @@ EXTRAS: Final[Mapping[str, tuple[str, ...]]] = {
     "export": ("onnx", "onnxscript", "onnxslim"),
     "tensorrt": ("tensorrt", "torch"),
     "distributed": ("ray",),
+    "hf": ("transformers",),
 }
 
 # Where the extra alone is not the best advice: onnxruntime is in the base install (a missing one is a
