@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -36,6 +37,7 @@ from flair_deploy.description import (
     ArchitectureSpec,
     ModelDescription,
     Normalization,
+    NormalizationKind,
     class_preset,
 )
 from flair_deploy.errors import CheckpointError, FlairDeployError, ModelDescriptionError
@@ -49,7 +51,10 @@ __all__ = [
     "PRESETS",
     "SUFFIXES",
     "ArtifactKind",
+    "Describer",
+    "GivenDescription",
     "artifact_kind",
+    "given_description",
     "kind_suffixes",
     "load_sidecar",
     "preset_description",
@@ -160,44 +165,133 @@ def preset_description(name: str) -> ModelDescription:
         raise CheckpointError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class GivenDescription:
+    """A description the user gives for weights that carry none: a preset, or IGN's config file.
+
+    Attributes:
+        description: The description it makes.
+        source: What gave it, for messages (``--preset NAME``, or the config file's path).
+        keys: Description field (``bands``, ``classes``, ``normalization``, ``architecture``) → the key
+            in *source* that sets it. Only these fields are compared with a self-describing artifact's.
+        check: Whether a self-describing artifact that disagrees on those fields is an error (one
+            model per call), or simply keeps its own description (``benchmark`` of several models,
+            where the given description is meant for the weights that carry none).
+    """
+
+    description: ModelDescription
+    source: str
+    keys: Mapping[str, str]
+    check: bool = True
+
+    @classmethod
+    def from_preset(cls, name: str) -> GivenDescription:
+        """Return the description of the preset *name* (every field it sets is compared).
+
+        Raises:
+            CheckpointError: For an unknown preset, listing the known ones.
+        """
+        keys = {f: f"--preset {name}" for f in _COMPARED}
+        return cls(preset_description(name), f"--preset {name}", keys)
+
+    def conflict(self, stored: ModelDescription) -> str | None:
+        """Return how *stored* disagrees with this description (one clause naming the key), or None.
+
+        Classes are compared by their mask codes, or by their number when the key that sets them
+        gives only a number (IGN's detect config: ``n_classes``).
+        """
+        for name in _COMPARED:
+            key = self.keys.get(name)
+            if key is None:
+                continue
+            count_only = name == "classes" and key.endswith("n_classes")
+            ours, theirs = (
+                (len(stored.classes), len(self.description.classes))
+                if count_only
+                else (_compared(stored, name), _compared(self.description, name))
+            )
+            if ours != theirs:
+                return f"{key} gives {name} {theirs}, the model has {ours}"
+        return None
+
+
+#: The fields of a description a preset or IGN config is compared on (not names or provenance).
+_COMPARED: Final[tuple[str, ...]] = ("bands", "classes", "normalization", "architecture")
+
+
+def _compared(d: ModelDescription, name: str) -> Any:
+    if name == "bands":
+        return list(d.bands)
+    if name == "classes":
+        return [c.code for c in d.classes]
+    if name == "normalization":
+        n = d.normalization
+        if n.kind is NormalizationKind.MEANSTD:
+            return f"meanstd mean={[round(m, 3) for m in n.mean]} std={[round(s, 3) for s in n.std]}"
+        return f"scale max_value={n.max_value:g}" if n.kind is NormalizationKind.SCALE else n.kind.value
+    a = d.architecture
+    return f"{a.arch}/{a.encoder}"
+
+
+#: What ``preset=`` accepts everywhere: a :data:`PRESETS` name or a :class:`GivenDescription`.
+Describer = str | GivenDescription
+
+
+def given_description(preset: Describer | None) -> GivenDescription | None:
+    """Return *preset* as a :class:`GivenDescription` (a name is looked up in :data:`PRESETS`).
+
+    Raises:
+        CheckpointError: For an unknown preset name.
+    """
+    if preset is None or isinstance(preset, GivenDescription):
+        return preset
+    return GivenDescription.from_preset(preset)
+
+
 def resolve_description(
     stored: ModelDescription | None,
     *,
     source: str,
-    preset: str | None = None,
+    preset: Describer | None = None,
     description: ModelDescription | None = None,
     error: type[FlairDeployError] = ModelDescriptionError,
 ) -> ModelDescription:
     """Apply the one preset rule and return the description to use.
 
-    A self-describing artifact keeps its description; a preset (or a description given by the
-    caller) is only for weights that carry none.
+    A self-describing artifact keeps its description; a preset, an IGN config or a description given
+    by the caller is only for weights that carry none. Given to a self-describing artifact, it must
+    agree with the artifact on what it sets (bands, classes, normalisation, architecture); a
+    disagreement is one line naming the key, unless the given description says not to check (a
+    ``benchmark`` of several models).
 
     Args:
         stored: The description the artifact carries, or None.
         source: What the artifact is, for messages (its path, optionally with its layout).
-        preset: A :data:`PRESETS` name given by the user.
-        description: A description given by the caller (e.g. from an IGN config); one equal to
-            *stored* is accepted.
+        preset: A :data:`PRESETS` name or a :class:`GivenDescription` (e.g. from an IGN config).
+        description: A description built by the caller from flags (``export --bands ...``).
         error: Error class to raise (checkpoint readers raise :class:`CheckpointError`).
 
     Returns:
         The description to use.
 
     Raises:
-        FlairDeployError: (*error*) if both a preset and a description are given, if a self-describing
-            artifact is given a preset or a different description, or if nothing describes it.
+        FlairDeployError: (*error*) if both a preset and a description are given, if a given
+            description disagrees with the artifact's own, or if nothing describes it.
     """
     if preset is not None and description is not None:
         raise error("give either a preset or a description, not both")
+    given = given_description(preset)
+    if given is None and description is not None:
+        given = GivenDescription(description, "the description flags", {f: "flags" for f in _COMPARED})
     if stored is not None:
-        if preset is not None or (description is not None and description != stored):
-            raise error(f"{source} describes itself; do not pass --preset or a description for it")
+        if given is not None and given.check and (clash := given.conflict(stored)) is not None:
+            raise error(
+                f"{source} describes itself and disagrees: {clash}; drop {given.source} (it describes "
+                "weights that carry no description) or correct it"
+            )
         return stored
-    if preset is not None:
-        return preset_description(preset)
-    if description is not None:
-        return description
+    if given is not None:
+        return given.description
     raise error(
         f"{source} carries no model description; give --preset ({', '.join(PRESETS)}) or an IGN "
         "config with --config, or use a file written by `flair-deploy train`/`flair-deploy export`"
@@ -261,7 +355,7 @@ def _onnx_stored(path: Path) -> ModelDescription | None:
     return ModelDescription.from_metadata_props(props, source=str(path))
 
 
-def read_onnx_description(path: Path, *, preset: str | None = None) -> ModelDescription:
+def read_onnx_description(path: Path, *, preset: Describer | None = None) -> ModelDescription:
     """Return the description of an ONNX file (any name: also a temporary file being written).
 
     Raises:
@@ -307,7 +401,7 @@ def load_sidecar(engine: Path) -> ModelDescription:
     return ModelDescription.load_sidecar(path)
 
 
-def read_engine_description(engine: Path, *, preset: str | None = None) -> ModelDescription:
+def read_engine_description(engine: Path, *, preset: Describer | None = None) -> ModelDescription:
     """Return the description of a TensorRT engine (from its sidecar; engines always describe themselves).
 
     Raises:
@@ -317,12 +411,13 @@ def read_engine_description(engine: Path, *, preset: str | None = None) -> Model
 
 
 # --------------------------------------------------------------------------------------- any kind
-def read_description(path: Path, *, preset: str | None = None) -> ModelDescription:
+def read_description(path: Path, *, preset: Describer | None = None) -> ModelDescription:
     """Return the description of any artifact: ONNX model, TensorRT engine (its sidecar) or checkpoint.
 
     Args:
         path: A model file with a :data:`SUFFIXES` suffix.
-        preset: A :data:`PRESETS` name, for weights that carry no description (IGN's).
+        preset: A :data:`PRESETS` name or a :class:`GivenDescription` (an IGN config), for weights
+            that carry no description (IGN's).
 
     Returns:
         The validated description. For checkpoints it is the one :func:`~flair_deploy.checkpoints.

@@ -38,6 +38,9 @@ from flair_deploy.artifacts import (
     PRESETS,
     SUFFIXES,
     ArtifactKind,
+    Describer,
+    GivenDescription,
+    given_description,
     kind_suffixes,
     preset_description,
     resolve_description,
@@ -219,6 +222,37 @@ def _logits_in_weights(sd: Mapping[str, Tensor]) -> int | None:
     return None
 
 
+def _check_weights_shape(
+    sd: Mapping[str, Tensor],
+    model: FlairSegmenter,
+    description: ModelDescription,
+    path: Path,
+    given: GivenDescription | None,
+) -> None:
+    """Check the logit and band counts of undescribed weights against what describes them.
+
+    The message names the key that set the count (``n_classes``, ``channels``, a preset) so that the
+    user knows what to correct.
+    """
+    keys = given.keys if given is not None else {}
+    n_logits = _logits_in_weights(sd)
+    if n_logits is not None and n_logits != description.num_classes:
+        key = keys.get("classes", "the description")
+        raise CheckpointError(
+            f"class-count mismatch: {path} has {n_logits} logits but {key} gives "
+            f"{description.num_classes} classes; describe the weights with {n_logits} classes"
+        )
+    # The network's first convolution (its first 4-D weight) takes one input channel per band.
+    first = next((k for k, v in model.state_dict().items() if v.ndim == 4), "")
+    n_bands = int(sd[first].shape[1]) if first in sd and sd[first].ndim == 4 else None
+    if n_bands is not None and n_bands != description.in_channels:
+        key = keys.get("bands", "the description")
+        raise CheckpointError(
+            f"band-count mismatch: {path} takes {n_bands} bands but {key} gives "
+            f"{description.in_channels} {list(description.bands)}; describe the weights with {n_bands} bands"
+        )
+
+
 def _strict_load(model: FlairSegmenter, sd: Mapping[str, Tensor], *, source: str) -> None:
     expected = model.state_dict()
     # Normalisation buffers are rebuilt from the description; a checkpoint that also has them must agree.
@@ -253,14 +287,15 @@ def load_checkpoint(
     path: Path,
     *,
     description: ModelDescription | None = None,
-    preset: str | None = None,
+    preset: Describer | None = None,
 ) -> LoadedModel:
     """Load a network and its description from *path*.
 
     Args:
         path: ``.ckpt`` (ours or IGN's), ``.pth``/``.pt`` state dict, or ``.safetensors``.
         description: Description for files that carry none (IGN weights, bare state dicts).
-        preset: Name of a preset description (see :data:`PRESETS`), alternative to *description*.
+        preset: A preset name (see :data:`PRESETS`) or a description given by the user (an IGN
+            config, :func:`flair_deploy.ign.describe_weights`), alternative to *description*.
 
     Returns:
         The loaded model in eval mode with its description.
@@ -287,12 +322,6 @@ def load_checkpoint(
         description=description,
         error=CheckpointError,
     )
-    n_logits = _logits_in_weights(sd)
-    if n_logits is not None and n_logits != description.num_classes:
-        raise CheckpointError(
-            f"class-count mismatch: {path} has {n_logits} logits but the description has "
-            f"{description.num_classes} classes; choose a preset or class table with {n_logits} classes"
-        )
     if criterion is not None and criterion.numel() == description.num_classes:
         # IGN disables classes with loss weight 0: they are untrained and must never be predicted.
         active = [bool(w > 0) for w in criterion.tolist()]
@@ -301,6 +330,8 @@ def load_checkpoint(
         )
         description = description.model_copy(update={"classes": classes})
     model = build_model(description)
+    if stored is None:
+        _check_weights_shape(sd, model, description, path, given_description(preset))
     _strict_load(model, sd, source=str(path))
     model.eval()
     sha = file_sha256(path)

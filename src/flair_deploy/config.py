@@ -19,15 +19,19 @@ import difflib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from flair_deploy.errors import ConfigError
 
+if TYPE_CHECKING:
+    from flair_deploy.artifacts import Describer
+
 __all__ = [
     "KEYS_DOC",
+    "DescribesWeights",
     "FrozenConfig",
     "Loaded",
     "apply_overrides",
@@ -56,6 +60,30 @@ class FrozenConfig(BaseModel):
     """Base of every run config: unknown keys are errors and values never change after validation."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DescribesWeights(FrozenConfig):
+    """The keys of every command that reads a model: what describes weights that carry no description.
+
+    Attributes:
+        preset: A description preset (``flair_deploy.artifacts.PRESETS``) for IGN's released weights.
+        ign_config: IGN's ``flair-1-config.yaml`` or ``flair-1-config-detect.yaml`` describing IGN-layout
+            weights that match no preset (``--config`` with an IGN file sets it). Given with
+            ``preset``, the two must agree.
+    """
+
+    preset: str | None = None
+    ign_config: Path | None = None
+
+    def describer(self) -> Describer | None:
+        """Return what describes undescribed weights (see :func:`flair_deploy.ign.describer`).
+
+        Raises:
+            ConfigError: If the IGN config is invalid or disagrees with the preset.
+        """
+        from flair_deploy.ign import describer
+
+        return describer(self.preset, self.ign_config)
 
 
 class Loaded(NamedTuple, typing.Generic[C]):

@@ -27,9 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flair_deploy.config import KEYS_DOC, closest
-from flair_deploy.description import FLAIR_CLASSES
+from pydantic import ValidationError
+
+from flair_deploy.artifacts import Describer, GivenDescription
+from flair_deploy.config import KEYS_DOC, closest, validation_message
+from flair_deploy.description import (
+    FLAIR_CLASSES,
+    ArchitectureSpec,
+    ClassInfo,
+    ModelDescription,
+    Normalization,
+    NormalizationKind,
+    Provenance,
+)
 from flair_deploy.errors import ConfigError
+from flair_deploy.flair_format import FLAIR_BANDS
 
 __all__ = [
     "DETECT_KEYS",
@@ -38,8 +50,13 @@ __all__ = [
     "IgnMapping",
     "convert_ign_detect",
     "convert_ign_train",
+    "describe_weights",
+    "describer",
+    "is_ign_config",
     "is_ign_detect_config",
     "is_ign_train_config",
+    "split_encoder_decoder",
+    "weights_config",
 ]
 
 
@@ -203,6 +220,16 @@ TRAIN_KEYS: tuple[IgnKey, ...] = (
     IgnKey("progress_rate", None, int, "ignored; the progress bar refreshes itself"),
 )
 
+_DESCRIBES = (
+    "describes the weights with channels and n_classes (describe_weights): IGN-layout weights that carry "
+    "no description; a self-describing model or a --preset must agree with it"
+)
+
+
+def _never(value: Any) -> bool:
+    return False
+
+
 #: Every key of IGN's ``flair-1-config-detect.yaml`` (flair-1 ``main``, ``configs/``).
 DETECT_KEYS: tuple[IgnKey, ...] = (
     IgnKey("output_path", "output", str, "output = output_path/output_name(.tif)", rule=True),
@@ -221,9 +248,9 @@ DETECT_KEYS: tuple[IgnKey, ...] = (
     ),
     IgnKey("n_classes", "expected_classes", int),
     IgnKey("model_weights", "model", str, convert=str),
-    IgnKey("model_framework", None, dict, "ignored: the architecture comes from the model or --preset"),
-    IgnKey("model_name", None, str, "ignored: the architecture comes from the model or --preset"),
-    IgnKey("encoder_name", None, str, "ignored: the architecture comes from the model or --preset"),
+    IgnKey("model_framework", None, dict, _DESCRIBES, report=_never),
+    IgnKey("model_name", None, str, _DESCRIBES, report=_never),
+    IgnKey("encoder_name", None, str, _DESCRIBES, report=_never),
     IgnKey("batch_size", "batch_size", int),
     IgnKey("num_worker", "readers", int, convert=lambda v: max(1, v)),
     IgnKey(
@@ -234,12 +261,7 @@ DETECT_KEYS: tuple[IgnKey, ...] = (
         rule=True,
     ),
     IgnKey("write_dataframe", None, bool, "ignored: no slicing GeoPackage is written"),
-    IgnKey(
-        "norma_task",
-        None,
-        list,
-        "ignored: normalisation comes from the model description (inside the network)",
-    ),
+    IgnKey("norma_task", None, list, _DESCRIBES, report=_never),
 )
 
 _TRAIN = {k.ign: k for k in TRAIN_KEYS}
@@ -368,6 +390,20 @@ def _path(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def split_encoder_decoder(value: Any, *, source: str) -> tuple[str, str]:
+    """Split IGN's ``encoder_decoder`` (``resnet34_unet``) on its last ``_`` into (encoder, arch).
+
+    Raises:
+        ConfigError: For a value that is not ``<encoder>_<architecture>``.
+    """
+    encoder, sep, arch = str(value).rpartition("_")
+    if not sep or not encoder or not arch:
+        raise ConfigError(
+            f"{source}: encoder_decoder {value!r} is not `<encoder>_<architecture>`, e.g. resnet34_unet"
+        )
+    return encoder, arch.lower()
+
+
 def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> IgnMapping:
     """Map an IGN ``flair-1-config.yaml`` mapping onto :class:`~flair_deploy.training.config.TrainConfig`.
 
@@ -426,14 +462,10 @@ def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> 
             f"SMP model {chosen!r} instead (set model_framework.SegmentationModelsPytorch.encoder_decoder)",
         )
     if enc_dec:
-        encoder, sep, arch = str(enc_dec).rpartition("_")
-        if not sep or not encoder or not arch:
-            raise ConfigError(
-                f"{source}: encoder_decoder {enc_dec!r} is not `<encoder>_<architecture>`, e.g. resnet34_unet"
-            )
+        encoder, arch = split_encoder_decoder(enc_dec, source=source)
         key = "model_framework.SegmentationModelsPytorch.encoder_decoder"
         b.set("model.encoder", encoder, key)
-        b.set("model.arch", arch.lower(), key)
+        b.set("model.arch", arch, key)
 
     # ---- rules: normalisation and classes
     norm_type = flat.get("norm_type")
@@ -505,7 +537,10 @@ def convert_ign_detect(raw: Mapping[str, Any], *, source: str = "IGN detect conf
         b.note("output_type=class_prob", _DETECT["output_type"].note)
     weights = flat.get("model_weights")
     if weights is not None and not str(weights).endswith((".onnx", ".engine", ".plan")):
-        b.notes.append("model_weights are IGN weights without a description: give --preset")
+        b.notes.append(
+            "model_weights are IGN weights without a description: this config describes them (channels, "
+            "norma_task, n_classes, model_framework), or give --preset"
+        )
     if flat.get("use_gpu"):
         device = "cuda" if _cuda_available() else "cpu"
         b.set("device", device, "use_gpu")
@@ -522,3 +557,242 @@ def _cuda_available() -> bool:
     except ImportError:  # the torch-free runtime install
         return False
     return bool(torch.cuda.is_available())
+
+
+# ------------------------------------------------------------------------------ describing weights
+#: Description field → the IGN train-config key that sets it (compared with a self-describing model).
+_TRAIN_DESCRIBES = {
+    "bands": "channels",
+    "classes": "classes",
+    "normalization": "norm_type",
+    "architecture": "model_framework",
+}
+
+
+def is_ign_config(raw: Mapping[str, Any]) -> bool:
+    """Whether a YAML mapping is one of IGN's configs (train or detect layout)."""
+    return is_ign_train_config(raw) or is_ign_detect_config(raw)
+
+
+def describe_weights(path: Path) -> GivenDescription:
+    """Describe weights that carry no description (IGN's) with IGN's train or detect config.
+
+    * ``flair-1-config.yaml``: ``channels``, ``norm_type``/``norm_means``/``norm_stds``, the ``classes``
+      table (weight 0: an inactive logit), ``model_framework`` and ``use_metadata``, read as
+      ``flair-deploy train`` reads them. Its data paths are not read.
+    * ``flair-1-config-detect.yaml``: ``channels``, ``norma_task``, ``n_classes`` (logit *i* is FLAIR
+      code *i* + 1, named after FLAIR's nomenclature; the train config's ``classes`` table names a
+      custom nomenclature), ``model_framework`` (or the older ``model_name``/``encoder_name``) and
+      ``img_pixels_detection``.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        The description, with the IGN key behind each described field (for messages that name it).
+
+    Raises:
+        ConfigError: If the file is no IGN config, or a key that describes the weights is missing or
+            invalid (one line naming the key and its value).
+    """
+    from flair_deploy.config import read_yaml
+
+    raw = read_yaml(path)
+    source = str(path)
+    # Detect first: IGN's detect config shares train-layout keys (channels, model_framework).
+    if is_ign_detect_config(raw):
+        return _describe_detect(raw, source)
+    if is_ign_train_config(raw):
+        return _describe_train(raw, source)
+    raise ConfigError(
+        f"{source} is not an IGN config: it has none of IGN's keys "
+        f"{sorted(_IGN_TRAIN_MARKERS | _IGN_DETECT_MARKERS)}; give IGN's flair-1-config.yaml or "
+        "flair-1-config-detect.yaml, or describe the weights with --preset"
+    )
+
+
+def weights_config(path: Path | None, *, command: str) -> IgnMapping | None:
+    """Return the values that make IGN's config *path* describe a command's weights, or None.
+
+    ``export``, ``evaluate`` and ``benchmark`` take IGN's train or detect config with ``--config``
+    to describe IGN-layout weights (``ign_config``); the config's other keys are for IGN's training
+    or detection and are reported, not applied. None when *path* is not an IGN config.
+
+    Raises:
+        ConfigError: If the file cannot be read as YAML.
+    """
+    from flair_deploy.config import read_yaml
+
+    if path is None or not is_ign_config(read_yaml(path)):
+        return None
+    note = (
+        "IGN config: it describes the weights (channels, normalisation, classes, model_framework); "
+        f"its other keys are not used by {command}"
+    )
+    return IgnMapping({"ign_config": str(path)}, (note,), {"ign_config": str(path)})
+
+
+def describer(preset: str | None, ign_config: Path | None) -> Describer | None:
+    """Return what describes weights that carry no description: a preset, an IGN config, or None.
+
+    Given both, the config must agree with the preset on what it sets (bands, classes,
+    normalisation, architecture); the preset then describes the weights.
+
+    Raises:
+        ConfigError: If the config disagrees with the preset (one line naming the key and value).
+        CheckpointError: For an unknown preset.
+    """
+    if ign_config is None:
+        return preset
+    given = describe_weights(ign_config)
+    if preset is None:
+        return given
+    clash = given.conflict(GivenDescription.from_preset(preset).description)
+    if clash is not None:
+        clash = clash.replace("the model has", f"--preset {preset} has")
+        raise ConfigError(f"{clash}; give only one of them, or correct the config")
+    return preset
+
+
+def _describe_train(raw: Mapping[str, Any], source: str) -> GivenDescription:
+    from flair_deploy.config import build_config
+    from flair_deploy.training.config import TrainConfig
+
+    mapping = convert_ign_train(raw, source=source)
+    data = dict(mapping.values.get("data", {}))
+    model = dict(mapping.values.get("model", {}))
+    # Only what describes the network is used: the data files need not exist, nor be given.
+    data["train_csv"] = data.get("train_csv") or "unused"
+    data["val_csv"] = data.get("val_csv") or "unused"
+    if model.get("use_metadata") and not data.get("aerial_json"):
+        data["aerial_json"] = "unused"
+    weights = mapping.values.get("loss", {}).get("class_weights")
+    values = {"data": data, "model": model, "loss": {"class_weights": weights}}
+    cfg = build_config(TrainConfig, values, (), None, source=source, origins=mapping.origins)
+    flat = _flatten(raw, _TRAIN)
+    present = {
+        "bands": "channels" in flat,
+        "classes": "classes" in flat,
+        "normalization": "norm_type" in flat,
+        "architecture": any(k.startswith(("model_framework.", "model_arch")) for k in flat),
+    }
+    keys = {f: f"{source}: {k}" for f, k in _TRAIN_DESCRIBES.items() if present[f]}
+    return GivenDescription(cfg.description(), source, keys)
+
+
+def _describe_detect(raw: Mapping[str, Any], source: str) -> GivenDescription:
+    convert_ign_detect(raw, source=source)  # validates every key and type once
+    flat = _flatten(raw, _DETECT)
+    channel_key = "channels" if "channels" in flat else "bands"
+    channels = flat.get(channel_key)
+    if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
+        raise ConfigError(
+            f"{source}: channels={channels!r}; IGN's detect config lists the 1-based bands the weights "
+            "take, e.g. channels: [1, 2, 3, 4, 5]"
+        )
+    bands = tuple(FLAIR_BANDS[c - 1] if c <= len(FLAIR_BANDS) else f"B{c}" for c in channels)
+    n_classes = flat.get("n_classes")
+    if n_classes is None:
+        raise ConfigError(f"{source}: n_classes is not set; give the number of logits of the weights")
+    tile = flat.get("img_pixels_detection", 512)
+    architecture, arch_key = _detect_architecture(flat, source)
+    try:
+        description = ModelDescription(
+            name=Path(str(flat.get("model_weights") or "ign-weights")).stem,
+            bands=bands,
+            normalization=_detect_normalization(flat.get("norma_task"), len(bands), source),
+            classes=_numbered_classes(n_classes),
+            tile_size=tile,
+            overlap=tile // 4,
+            architecture=architecture,
+            provenance=Provenance(source=source),
+        )
+    except ValidationError as exc:
+        raise ConfigError(validation_message(exc, source=f"{source} (the weights it describes)")) from None
+    keys = {
+        "bands": f"{source}: {channel_key}",
+        "classes": f"{source}: n_classes",
+        "normalization": f"{source}: norma_task",
+        "architecture": f"{source}: {arch_key}",
+    }
+    return GivenDescription(description, source, keys)
+
+
+def _numbered_classes(n: int) -> tuple[ClassInfo, ...]:
+    """Logit *i* is mask code *i* + 1 (IGN's supervision starts at one), named as FLAIR's nomenclature."""
+    if not 2 <= n <= 254:
+        raise ConfigError(f"n_classes={n}; give the number of logits of the weights, 2 to 254")
+    return tuple(
+        ClassInfo(code=c, name=name, color=color) for c, name, color in map(_flair_class, range(1, n + 1))
+    )
+
+
+def _flair_class(code: int) -> tuple[int, str, str]:
+    for c, name, color in FLAIR_CLASSES:
+        if c == code:
+            return c, name, color
+    return code, f"class {code}", "#808080"
+
+
+def _detect_normalization(task: Any, n_bands: int, source: str) -> Normalization:
+    if not isinstance(task, list) or not task or not isinstance(task[0], Mapping):
+        raise ConfigError(
+            f"{source}: norma_task={task!r}; IGN's detect config gives a list with one entry, e.g. "
+            "norma_task: [{norm_type: custom, norm_means: [...], norm_stds: [...]}]"
+        )
+    entry = task[0]
+    kind = entry.get("norm_type")
+    if kind == "custom":
+        stats: dict[str, list[Any]] = {}
+        for key in ("norm_means", "norm_stds"):
+            values = entry.get(key)
+            if not isinstance(values, list) or len(values) != n_bands:
+                count = len(values) if isinstance(values, list) else values
+                raise ConfigError(
+                    f"{source}: norma_task[0].{key} has {count} values for {n_bands} channels; give one "
+                    "per channel"
+                )
+            stats[key] = values
+        try:
+            return Normalization(
+                kind=NormalizationKind.MEANSTD,
+                mean=tuple(float(v) for v in stats["norm_means"]),
+                std=tuple(float(v) for v in stats["norm_stds"]),
+            )
+        except (ValidationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: norma_task[0]: {exc}".splitlines()[0]) from None
+    if kind == "scaling":
+        return Normalization(kind=NormalizationKind.SCALE)
+    if kind == "without":
+        return Normalization(kind=NormalizationKind.NONE)
+    raise ConfigError(
+        f"{source}: norma_task[0].norm_type={kind!r}; IGN's values are custom, scaling or without"
+    )
+
+
+def _detect_architecture(flat: Mapping[str, Any], source: str) -> tuple[ArchitectureSpec, str]:
+    framework = flat.get("model_framework") or {}
+    if not isinstance(framework, Mapping):
+        raise ConfigError(f"{source}: model_framework={framework!r} should be a mapping")
+    provider = framework.get("model_provider")
+    if provider == "HuggingFace":
+        org = (framework.get("HuggingFace") or {}).get("org_model")
+        raise ConfigError(
+            f"{source}: model_framework.model_provider HuggingFace ({org}) cannot describe weights yet"
+        )
+    if provider not in (None, "SegmentationModelsPytorch"):
+        raise ConfigError(
+            f"{source}: model_framework.model_provider {provider!r} is not SegmentationModelsPytorch "
+            "or HuggingFace"
+        )
+    key = "model_framework.SegmentationModelsPytorch.encoder_decoder"
+    enc_dec = (framework.get("SegmentationModelsPytorch") or {}).get("encoder_decoder")
+    if enc_dec:
+        encoder, arch = split_encoder_decoder(enc_dec, source=source)
+        return ArchitectureSpec(arch=arch, encoder=encoder), key
+    if flat.get("model_name") and flat.get("encoder_name"):
+        arch_spec = ArchitectureSpec(arch=str(flat["model_name"]).lower(), encoder=str(flat["encoder_name"]))
+        return arch_spec, "model_name/encoder_name"
+    raise ConfigError(
+        f"{source}: {key} is not set; give the weights' architecture, e.g. encoder_decoder: resnet34_unet"
+    )

@@ -185,11 +185,11 @@ def test_missing_or_corrupt_sidecar_is_one_line(tmp_path, tiny_description):
     _one_line(info)
 
 
-def test_engines_refuse_a_preset(tmp_path, tiny_description):
+def test_engines_refuse_a_preset_that_disagrees(tmp_path, tiny_description):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"")
     save_sidecar(engine, tiny_description)
-    with pytest.raises(ModelDescriptionError, match="describes itself; do not pass --preset"):
+    with pytest.raises(ModelDescriptionError, match=f"describes itself and disagrees: --preset {PRESET}"):
         read_description(engine, preset=PRESET)
 
 
@@ -235,8 +235,11 @@ def test_preset_rule(tiny_description):
     assert resolve_description(tiny_description, source="a", description=tiny_description) == tiny_description
     assert resolve_description(None, source="a", preset=PRESET) == preset
     assert resolve_description(None, source="a", description=tiny_description) == tiny_description
-    with pytest.raises(ModelDescriptionError, match="a describes itself; do not pass --preset"):
+    # A self-describing artifact keeps its own; a preset that disagrees on what it sets names the field.
+    with pytest.raises(ModelDescriptionError, match="a describes itself and disagrees") as info:
         resolve_description(tiny_description, source="a", preset=PRESET)
+    assert "gives architecture unet/resnet34, the model has unet/resnet18" in _one_line(info)
+    assert resolve_description(preset, source="a", preset=PRESET) == preset  # agreeing: kept
     with pytest.raises(CheckpointError, match="describes itself"):
         resolve_description(tiny_description, source="a", description=preset, error=CheckpointError)
     with pytest.raises(ModelDescriptionError, match="either a preset or a description, not both"):

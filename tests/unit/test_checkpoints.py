@@ -75,12 +75,12 @@ def test_corrupt_and_undescribed_files(tmp_path, reference):
         load_checkpoint(path)
 
 
-def test_self_describing_checkpoint_refuses_a_preset(tmp_path, tiny_description, reference):
+def test_self_describing_checkpoint_refuses_a_preset_that_disagrees(tmp_path, tiny_description, reference):
     from flair_deploy.artifacts import save_checkpoint
 
     model, x, y = reference
     path = save_checkpoint(tmp_path / "m.ckpt", model, tiny_description)
-    with pytest.raises(CheckpointError, match="describes itself; do not pass --preset"):
+    with pytest.raises(CheckpointError, match="describes itself and disagrees: --preset flair-inc"):
         load_checkpoint(path, preset="flair-inc-rgbie-15cl-resnet34-unet")
     loaded = load_checkpoint(path, description=tiny_description)  # the same description is accepted
     with torch.no_grad():

@@ -92,7 +92,7 @@ def test_detect_maps_ign_semantics_and_reports_the_rest():
     assert v["output"] == str(Path("out") / "zone.tif") and v["inputs"] == ("a.tif",)
     assert (v["bands"], v["tile_size"], v["margin"], v["readers"]) == ((3, 2, 1), 256, 32, 1)
     text = "\n".join(m.notes)
-    assert "write_dataframe" in text and "model_name" in text
+    assert "write_dataframe" in text and "model_name" not in text  # model_name describes the weights
     assert m.origins["tile_size"].endswith("img_pixels_detection")
 
 
@@ -124,3 +124,95 @@ def test_layout_detection():
     assert not is_ign_detect_config({"inputs": ["a.tif"], "output": "m.tif"})
     with pytest.raises(ConfigError, match="mixes IGN keys"):
         is_ign_train_config({"channels": [1], "optim": {}})
+
+
+# ------------------------------------------------------------------------------ describing weights
+def _yaml(tmp_path, text: str, name: str = "c.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+DETECT = """
+input_img_path: a.tif
+channels: [1, 2, 3, 4]
+img_pixels_detection: 256
+n_classes: 13
+model_weights: w.pth
+model_framework:
+    model_provider: SegmentationModelsPytorch
+    SegmentationModelsPytorch:
+        encoder_decoder: tu-convnext_tiny_unet
+norma_task:
+  - norm_type: custom
+    norm_means: [1.0, 2.0, 3.0, 4.0]
+    norm_stds: [5.0, 6.0, 7.0, 8.0]
+"""
+
+
+def test_a_detect_config_describes_its_weights(tmp_path):
+    from flair_deploy.ign import describe_weights
+
+    given = describe_weights(_yaml(tmp_path, DETECT))
+    d = given.description
+    assert d.bands == ("R", "G", "B", "NIR") and d.tile_size == 256
+    assert (d.architecture.arch, d.architecture.encoder) == ("unet", "tu-convnext_tiny")
+    assert list(d.normalization.mean) == [1.0, 2.0, 3.0, 4.0] and list(d.normalization.std) == [5, 6, 7, 8]
+    # n_classes: logit i is FLAIR code i + 1, with FLAIR's names
+    assert [c.code for c in d.classes] == list(range(1, 14)) and d.classes[0].name == "building"
+    assert given.keys["classes"].endswith("n_classes") and given.keys["bands"].endswith("channels")
+
+
+def test_a_train_config_describes_its_weights_with_its_class_table(tmp_path):
+    from flair_deploy.ign import describe_weights
+
+    classes = "\n".join(f"    {c}: [{0 if c in (3, 9) else 1}, 'c{c}']" for c in (9, 1, 3, 2, 4))
+    path = _yaml(
+        tmp_path,
+        "channels: [1, 2, 3]\nnorm_type: scaling\nuse_weights: true\n"
+        "model_framework:\n  model_provider: SegmentationModelsPytorch\n"
+        f"  SegmentationModelsPytorch:\n    encoder_decoder: resnet18_unet\nclasses:\n{classes}\n",
+    )
+    d = describe_weights(path).description
+    assert [c.code for c in d.classes] == [1, 2, 3, 4, 9]  # by mask code, whatever the file's order
+    assert [c.active for c in d.classes] == [True, True, False, True, False]  # weight 0: inactive
+    assert d.normalization.kind.value == "scale" and d.bands == ("R", "G", "B")
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (("n_classes: 13\n", ""), "n_classes is not set"),
+        (("channels: [1, 2, 3, 4]", "channels: [0, 2]"), "channels=[0, 2]"),
+        (("norm_type: custom", "norm_type: zscore"), "norma_task[0].norm_type='zscore'"),
+        (("encoder_decoder: tu-convnext_tiny_unet", "encoder_decoder: unet"), "encoder_decoder 'unet'"),
+        (("img_pixels_detection: 256", "img_pixels_detection: 100"), "tile_size"),
+    ],
+)
+def test_a_detect_config_that_cannot_describe_weights_is_one_line(tmp_path, edit, needle):
+    from flair_deploy.ign import describe_weights
+
+    with pytest.raises(ConfigError) as info:
+        describe_weights(_yaml(tmp_path, DETECT.replace(*edit)))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_preset_and_a_config_must_agree(tmp_path):
+    from flair_deploy.ign import describer
+
+    preset = "flair-inc-rgbie-15cl-resnet34-unet"
+    agreeing = _yaml(
+        tmp_path, "\n".join(Path("configs/ign/flair-1-config-detect.yaml").read_text().splitlines())
+    )
+    assert describer(preset, agreeing) == preset
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: channels gives bands \['R', 'G', 'B', 'NIR'\], --preset"
+    ):
+        describer(preset, _yaml(tmp_path, DETECT))
+
+
+def test_a_file_that_is_no_ign_config_cannot_describe_weights(tmp_path):
+    from flair_deploy.ign import describe_weights
+
+    with pytest.raises(ConfigError, match="is not an IGN config"):
+        describe_weights(_yaml(tmp_path, "model: m.onnx\n"))

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from flair_deploy.config import FrozenConfig, Loaded, load_config
+from flair_deploy.config import DescribesWeights, Loaded, load_config
 from flair_deploy.description import Precision
 from flair_deploy.inference.backends import SUFFIXES, BackendName
 
@@ -49,7 +49,7 @@ _EXTENSIONS: Mapping[BackendName, tuple[str, ...]] = {
 }
 
 
-class BenchmarkConfig(FrozenConfig):
+class BenchmarkConfig(DescribesWeights):
     """Options of a benchmark run (``flair-deploy benchmark``'s flags).
 
     Attributes:
@@ -69,7 +69,8 @@ class BenchmarkConfig(FrozenConfig):
         measure_peak: Measure the ceiling with a matrix-multiply probe instead of estimating it.
         parity_tiles: Tiles compared against the FP32 reference per tile size.
         threads: CPU threads for the runtimes (None: their default, the physical cores).
-        preset: Description preset for checkpoints that carry none (IGN weights).
+        preset, ign_config: What describes weights that carry none (see
+            :class:`~flair_deploy.config.DescribesWeights`).
     """
 
     models: Annotated[tuple[Path, ...], Field(min_length=1)]
@@ -89,7 +90,6 @@ class BenchmarkConfig(FrozenConfig):
     measure_peak: bool = False
     parity_tiles: Annotated[int, Field(ge=0)] = 4
     threads: Annotated[int, Field(gt=0)] | None = None
-    preset: str | None = None
 
     @field_validator("models")
     @classmethod
@@ -124,6 +124,12 @@ def load_benchmark_config(
     Raises:
         ConfigError: One line naming the option or key, the value and what is allowed.
     """
+    from flair_deploy.ign import weights_config
+
+    ign = weights_config(path, command="benchmark")
+    if ign is not None:
+        cfg = load_config(BenchmarkConfig, None, overrides, flags, base=ign.values, flag_names=flag_names)
+        return Loaded(cfg, ign.notes)
     keys = ("models", "raster")
     return Loaded(load_config(BenchmarkConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys))
 

@@ -9,12 +9,14 @@ through detect's pipeline on the same backend.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import numpy.typing as npt
 
+from flair_deploy.artifacts import Describer, given_description
 from flair_deploy.benchmarking.fingerprint import (
     Ceiling,
     Fingerprint,
@@ -42,6 +44,19 @@ BackendOpener = Callable[[Case, int | None, BenchmarkConfig], Backend]
 RowCallback = Callable[[Row], None]
 
 
+def _describer(cfg: BenchmarkConfig) -> Describer | None:
+    """What describes the undescribed models of the run; with several models, it is meant for those.
+
+    In a run of several models, a self-describing artifact keeps its own description whatever the
+    preset or IGN config says (they describe IGN's weights, e.g. ``-m ign.pth -m ign.fp16.onnx``);
+    with one model, a disagreement is an error as in every other command.
+    """
+    given = given_description(cfg.describer())
+    if given is None or len(cfg.models) == 1:
+        return given
+    return dataclasses.replace(given, check=False)
+
+
 def open_backend(case: Case, tile: int | None, cfg: BenchmarkConfig) -> Backend:
     """Create the (inactive) backend of a runnable *case* at *tile* px (the default :data:`BackendOpener`).
 
@@ -63,7 +78,7 @@ def open_backend(case: Case, tile: int | None, cfg: BenchmarkConfig) -> Backend:
         device=cfg.device,
         precision=case.request_precision,
         options=options,
-        preset=cfg.preset,
+        preset=_describer(cfg),
     )
 
 

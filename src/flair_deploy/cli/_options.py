@@ -41,7 +41,10 @@ ConfigOption = Annotated[
         "--config",
         "-c",
         metavar="FILE",
-        help="YAML file of config keys (see configs/README.md). Options given here override it.",
+        help=(
+            "YAML file of config keys, or IGN's flair-1-config.yaml / flair-1-config-detect.yaml, "
+            "which also describes IGN-layout weights (see configs/README.md). Options override it."
+        ),
     ),
 ]
 SetOption = Annotated[
@@ -52,6 +55,12 @@ SetOption = Annotated[
         help="Override one config key (value parsed as YAML); repeatable. Beats --config, loses to options.",
     ),
 ]
+
+
+def echo_notes(config: Path | None, notes: Sequence[str]) -> None:
+    """Print the loader's notes (IGN keys not applied as such) to stderr, one line each."""
+    for note in notes:
+        typer.echo(f"note: {config.name if config else 'config'}: {note}", err=True)
 
 
 def version_text() -> str:

@@ -9,7 +9,14 @@ import typer
 
 from flair_deploy._optional import require
 from flair_deploy.benchmarking.plan import TORCH_VARIANTS
-from flair_deploy.cli._options import ConfigOption, SetOption, VersionOption, given_flags, split_list
+from flair_deploy.cli._options import (
+    ConfigOption,
+    SetOption,
+    VersionOption,
+    echo_notes,
+    given_flags,
+    split_list,
+)
 from flair_deploy.description import Precision
 from flair_deploy.errors import BackendError, OutputError
 from flair_deploy.inference.backends import BackendName
@@ -188,7 +195,8 @@ def command(
         threads=threads,
         preset=preset,
     )
-    cfg, _ = load_benchmark_config(config, set_ or (), flags, flag_names=names)
+    cfg, notes = load_benchmark_config(config, set_ or (), flags, flag_names=names)
+    echo_notes(config, notes)
     err = Console(stderr=True)
 
     def progress(row: Row) -> None:

@@ -12,6 +12,7 @@ from flair_deploy.cli._options import (
     SetOption,
     VersionOption,
     choices,
+    echo_notes,
     given_flags,
     parse_bands,
     parse_key_values,
@@ -300,8 +301,7 @@ def command(
     )
     names["inputs"] = "RASTER..."
     cfg, notes = load_detect_config(config, set_ or (), flags, flag_names=names)
-    for note in notes:
-        typer.echo(f"note: {config.name if config else 'config'}: {note}", err=True)
+    echo_notes(config, notes)
     if cfg.workers is not None:
         _distributed(cfg, quiet=quiet)
         return

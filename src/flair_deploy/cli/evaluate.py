@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from flair_deploy._optional import require_extra
-from flair_deploy.cli._options import ConfigOption, SetOption, VersionOption, given_flags, parse_bands
+from flair_deploy.cli._options import (
+    ConfigOption,
+    SetOption,
+    VersionOption,
+    echo_notes,
+    given_flags,
+    parse_bands,
+)
 
 if TYPE_CHECKING:
     from flair_deploy.training.evaluate import EvaluationResult
@@ -150,12 +157,13 @@ def command(
         overwrite=overwrite or None,
     )
     names["checkpoint"] = "CHECKPOINT"
-    cfg, _ = load_evaluate_config(config, set_ or (), flags, flag_names=names)
+    cfg, notes = load_evaluate_config(config, set_ or (), flags, flag_names=names)
+    echo_notes(config, notes)
     result = evaluate(
         cfg.checkpoint,
         cfg.csv,
         cfg.out_dir,
-        preset=cfg.preset,
+        preset=cfg.describer(),
         band_indexes=cfg.bands,
         aerial_json=cfg.aerial_json,
         batch_size=cfg.batch_size,

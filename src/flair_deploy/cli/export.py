@@ -14,6 +14,7 @@ from flair_deploy.cli._options import (
     SetOption,
     VersionOption,
     choices,
+    echo_notes,
     given_flags,
     split_list,
 )
@@ -256,7 +257,8 @@ def command(
         overwrite=_on(overwrite),
     )
     names["checkpoint"] = "CHECKPOINT"
-    cfg, _ = load_export_config(config, set_ or (), flags, flag_names=names)
+    cfg, notes = load_export_config(config, set_ or (), flags, flag_names=names)
+    echo_notes(config, notes)
     result = export_model(cfg, progress=not quiet)
     for precision, path in result.onnx.items():
         r = next(x for x in result.parity if x.variant == precision.value)

@@ -205,7 +205,7 @@ class _Worker:
                 device=cfg.device,
                 precision=cfg.precision,
                 options=options or None,
-                preset=cfg.preset,
+                preset=cfg.describer(),
             )
         self.backend.__enter__()
         if self.cfg.batch_size is None and getattr(self.backend, "preferred_batch", None):
@@ -312,7 +312,7 @@ def run_distributed(
             raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
         from flair_deploy.artifacts import read_description
 
-        description = read_description(cfg.model, preset=cfg.preset)
+        description = read_description(cfg.model, preset=cfg.describer())
     if description.metadata is not None:
         raise ConfigError(
             f"model {description.name!r} takes a metadata input, which --workers does not feed yet; "
@@ -601,7 +601,7 @@ def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] 
     from flair_deploy.artifacts import read_description
     from flair_deploy.inference.backends import backend_for_artifact
 
-    description = read_description(cfg.model, preset=cfg.preset)
+    description = read_description(cfg.model, preset=cfg.describer())
     backend = cfg.backend or backend_for_artifact(cfg.model).value
     precision = (cfg.precision or description.provenance.precision).value
     return run_distributed(

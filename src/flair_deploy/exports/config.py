@@ -17,7 +17,7 @@ from typing import Annotated, Any, Self
 from pydantic import Field, model_validator
 
 from flair_deploy.choices import CalibrationMethod, Exporter, Head, Int8Scheme
-from flair_deploy.config import FrozenConfig, Loaded, load_config
+from flair_deploy.config import DescribesWeights, FrozenConfig, Loaded, load_config
 from flair_deploy.description import Precision
 
 __all__ = [
@@ -99,14 +99,15 @@ class TensorRTOptions(FrozenConfig):
         return self
 
 
-class ExportConfig(FrozenConfig):
+class ExportConfig(DescribesWeights):
     """Everything ``flair-deploy export`` does, validated once.
 
     Attributes:
         checkpoint: Our Lightning checkpoint, or IGN weights (``.pth``/``.ckpt``/``.safetensors``).
         out_dir: Folder for the artifacts (created if missing).
         name: Artifact base name; None uses the description's name.
-        preset: Description preset for IGN weights (see ``checkpoints.PRESETS``).
+        preset, ign_config: What describes weights that carry none (see
+            :class:`~flair_deploy.config.DescribesWeights`).
         bands: Band names for IGN weights without a preset (e.g. ``R,G,B,NIR,E``).
         classes_preset: Nomenclature for IGN weights without a preset (``flair19/15/12/13``).
         arch: SMP architecture for IGN weights without a preset.
@@ -142,7 +143,6 @@ class ExportConfig(FrozenConfig):
     checkpoint: Path
     out_dir: Path
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")] | None = None
-    preset: str | None = None
     bands: tuple[str, ...] | None = None
     classes_preset: str | None = None
     arch: str | None = None
@@ -192,8 +192,10 @@ class ExportConfig(FrozenConfig):
             )
         flags = {"bands": self.bands, "classes_preset": self.classes_preset, "arch": self.arch}
         given = [k for k, v in flags.items() if v is not None] + (["encoder"] if self.encoder else [])
-        if self.preset is not None and given:
-            raise ValueError(f"give either a preset or description flags ({', '.join(given)}), not both")
+        if (self.preset is not None or self.ign_config is not None) and given:
+            raise ValueError(
+                f"give either a preset or IGN config, or description flags ({', '.join(given)}), not both"
+            )
         return self
 
     @property
@@ -226,5 +228,11 @@ def load_export_config(
     Raises:
         ConfigError: One line naming the option or key, the value and what is allowed.
     """
+    from flair_deploy.ign import weights_config
+
+    ign = weights_config(path, command="export")
+    if ign is not None:
+        cfg = load_config(ExportConfig, None, overrides, flags, base=ign.values, flag_names=flag_names)
+        return Loaded(cfg, ign.notes)
     keys = ("checkpoint", "out_dir", "calibration", "validation", "trt.cache_dir")
     return Loaded(load_config(ExportConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys))

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from flair_deploy.atomic import (
     OutputSet,
     check_destination,
@@ -168,7 +170,7 @@ def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
 
 def _load(cfg: ExportConfig) -> LoadedModel:
     flags = describe_from_flags(cfg)
-    return load_checkpoint(cfg.checkpoint, description=flags, preset=cfg.preset)
+    return load_checkpoint(cfg.checkpoint, description=flags, preset=cfg.describer())
 
 
 def _artifact_name(cfg: ExportConfig, description: ModelDescription) -> str:
@@ -235,12 +237,14 @@ def _check_outputs(cfg: ExportConfig, name: str, model: FlairSegmenter) -> None:
 def _with_tile(description: ModelDescription, tile: int | None) -> ModelDescription:
     if tile is None or tile == description.tile_size:
         return description
+    # The suggested overlap keeps its share of the tile (an IGN description's 128 of 512 is 16 of 64).
+    overlap = description.overlap * tile // description.tile_size
     try:
-        return ModelDescription.model_validate({**description.model_dump(), "tile_size": tile})
-    except ValueError as exc:
-        raise ConfigError(
-            f"--tile {tile} does not fit the model: {str(exc).splitlines()[-1].strip()}"
-        ) from None
+        return ModelDescription.model_validate(
+            {**description.model_dump(), "tile_size": tile, "overlap": overlap}
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"--tile {tile} does not fit the model: {exc.errors()[0]['msg']}") from None
 
 
 def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:

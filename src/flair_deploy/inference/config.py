@@ -21,10 +21,10 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from flair_deploy.choices import Compression, Stitching
-from flair_deploy.config import FrozenConfig, Loaded, build_config, read_yaml, resolve_paths
+from flair_deploy.config import DescribesWeights, Loaded, build_config, read_yaml, resolve_paths
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import ConfigError
-from flair_deploy.ign import convert_ign_detect, is_ign_detect_config
+from flair_deploy.ign import convert_ign_detect, is_ign_detect_config, weights_config
 from flair_deploy.inference.tiling import TilingPlan, check_tiling, plan_tiling
 
 __all__ = [
@@ -41,7 +41,7 @@ def default_batch_size(device: str) -> int:
     return 1 if device.startswith("cpu") else 16
 
 
-class DetectConfig(FrozenConfig):
+class DetectConfig(DescribesWeights):
     """Everything one ``detect`` run needs.
 
     Attributes:
@@ -51,7 +51,8 @@ class DetectConfig(FrozenConfig):
         backend: ``torch``, ``onnxruntime`` or ``tensorrt``; None chooses from the model file.
         device: ``cpu``, ``cuda`` or ``cuda:<i>``.
         precision: Requested precision; None = the artifact's own.
-        preset: Description preset for weights that carry none (IGN's).
+        preset, ign_config: What describes weights that carry none (see
+            :class:`~flair_deploy.config.DescribesWeights`).
         backend_options: Backend-specific options (e.g. ``threads``).
         bands: 1-based raster bands for the model's bands, in the model's order; None = first N.
         tile_size: Tile edge in pixels; None = the model's.
@@ -103,7 +104,6 @@ class DetectConfig(FrozenConfig):
     backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
     device: str = "cpu"
     precision: Precision | None = None
-    preset: str | None = None
     backend_options: dict[str, Any] = Field(default_factory=dict)
     bands: tuple[Annotated[int, Field(ge=1)], ...] | None = None
     tile_size: Annotated[int, Field(gt=0)] | None = None
@@ -194,11 +194,12 @@ def load_detect_config(
     *,
     flag_names: Mapping[str, str] | None = None,
 ) -> Loaded[DetectConfig]:
-    """Build a :class:`DetectConfig` from our detect YAML or IGN's ``flair-1-config-detect.yaml``.
+    """Build a :class:`DetectConfig` from our detect YAML or IGN's detect or train config.
 
     Precedence: *flags* > *overrides* (``--set key=value``) > the YAML file > defaults. IGN's file is
     recognised by its keys and mapped by :func:`flair_deploy.ign.convert_ign_detect`; relative paths in
-    our YAML are relative to its folder (IGN's, like IGN's tool, to the working directory).
+    our YAML are relative to its folder (IGN's, like IGN's tool, to the working directory). Both IGN
+    files also describe IGN-layout weights (``ign_config``); IGN's train config only does that.
 
     Returns:
         The validated config and notes on IGN keys that were ignored or approximated.
@@ -214,6 +215,10 @@ def load_detect_config(
         if is_ign_detect_config(raw):
             mapping = convert_ign_detect(raw, source=str(path))
             data, notes, origins = mapping.values, mapping.notes, mapping.origins
+            # Its channels, norma_task, n_classes and model_framework describe IGN-layout weights.
+            data = {**data, "ign_config": str(path)}
+        elif (ign := weights_config(path, command="detect")) is not None:  # IGN's train config
+            data, notes = ign.values, ign.notes
         else:
             data = resolve_paths(raw, path.resolve().parent, PATH_KEYS)
     cfg = build_config(

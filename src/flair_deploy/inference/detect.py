@@ -216,7 +216,7 @@ def detect(
         device=cfg.device,
         precision=cfg.precision,
         options=cfg.backend_options or None,
-        preset=cfg.preset,
+        preset=cfg.describer(),
     )
     sha = backend.description.provenance.source_sha256 or file_sha256(cfg.model)
     with backend:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -254,7 +255,11 @@ class TorchDevice(ArrayDevice):
         """Copy a host array to the device on the stream (asynchronously from a staging slot)."""
         torch = self._torch
         if not self.is_cuda:
-            return torch.from_numpy(np.ascontiguousarray(host))
+            with warnings.catch_warnings():
+                # Tiles sliced from a reader's band are read-only views; sharing them is safe because
+                # every consumer (the cast, the in-graph normalisation) makes new tensors, never in place.
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+                return torch.from_numpy(np.ascontiguousarray(host))
         with self._lock:
             slot = self._by_address.get(host.__array_interface__["data"][0])
         if slot is None or slot.view.shape != host.shape or slot.view.dtype != host.dtype:

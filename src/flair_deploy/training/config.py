@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, ValidationError, model_validator
 
 from flair_deploy.config import (
+    DescribesWeights,
     FrozenConfig,
     Loaded,
     build_config,
@@ -51,7 +52,7 @@ from flair_deploy.description import (
 )
 from flair_deploy.errors import ConfigError, ModelDescriptionError
 from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
-from flair_deploy.ign import convert_ign_train, is_ign_train_config
+from flair_deploy.ign import convert_ign_train, is_ign_train_config, weights_config
 
 __all__ = [
     "CheckpointSection",
@@ -577,14 +578,15 @@ def load_train_config(
     return Loaded(cfg, notes)
 
 
-class EvaluateConfig(FrozenConfig):
+class EvaluateConfig(DescribesWeights):
     """Everything ``flair-deploy evaluate`` needs.
 
     Attributes:
         checkpoint: A flair-deploy checkpoint, or IGN weights with ``preset``.
         csv: FLAIR patch list (``image,mask`` rows, no header; paths relative to the CSV).
         out_dir: Output folder for ``metrics.json``, the confusion matrix and predictions.
-        preset: Description preset for checkpoints that carry none (IGN weights).
+        preset, ign_config: What describes weights that carry none (see
+            :class:`~flair_deploy.config.DescribesWeights`).
         bands: 1-based raster bands in the model's band order; None reads bands ``1..C``.
         aerial_json: FLAIR aerial metadata JSON, required for models that fuse metadata.
         batch_size: Patches per forward pass.
@@ -598,7 +600,6 @@ class EvaluateConfig(FrozenConfig):
     checkpoint: Path
     csv: Path
     out_dir: Path
-    preset: str | None = None
     bands: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] | None = None
     aerial_json: Path | None = None
     batch_size: Annotated[int, Field(ge=1)] = 8
@@ -623,6 +624,12 @@ def load_evaluate_config(
     Raises:
         ConfigError: For unreadable YAML, unknown keys or invalid values (one line naming the key).
     """
+    ign = weights_config(path, command="evaluate")
+    if ign is not None:
+        return Loaded(
+            load_config(EvaluateConfig, None, overrides, flags, base=ign.values, flag_names=flag_names),
+            ign.notes,
+        )
     keys = ("checkpoint", "csv", "out_dir", "aerial_json")
     cfg = load_config(EvaluateConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys)
     return Loaded(cfg)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
+from flair_deploy.artifacts import Describer
 from flair_deploy.atomic import OutputSet, atomic_path, check_destination, output_error
 from flair_deploy.checkpoints import load_checkpoint
 from flair_deploy.description import ModelDescription
@@ -115,7 +116,7 @@ def evaluate(
     csv_path: Path,
     out_dir: Path,
     *,
-    preset: str | None = None,
+    preset: Describer | None = None,
     description: ModelDescription | None = None,
     band_indexes: Sequence[int] | None = None,
     aerial_json: Path | None = None,

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from flair_deploy._optional import install_hint, require
 from flair_deploy.artifacts import SUFFIXES as ARTIFACT_SUFFIXES
-from flair_deploy.artifacts import ArtifactKind
+from flair_deploy.artifacts import ArtifactKind, Describer
 from flair_deploy.description import Precision
 from flair_deploy.errors import BackendError
 from flair_deploy.inference.backends.base import (
@@ -103,7 +103,7 @@ def create_backend(
     device: str = "cpu",
     precision: Precision | str | None = None,
     options: Mapping[str, Any] | None = None,
-    preset: str | None = None,
+    preset: Describer | None = None,
 ) -> Backend:
     """Create a backend for a model file; use the result as a context manager.
 

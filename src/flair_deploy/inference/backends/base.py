@@ -36,6 +36,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import numpy.typing as npt
 
+from flair_deploy.artifacts import Describer
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError
 from flair_deploy.inference.device import HOST, ArrayDevice
@@ -174,7 +175,7 @@ class Backend(abc.ABC):
         device: str = "cpu",
         precision: Precision | None = None,
         options: Mapping[str, Any] | None = None,
-        preset: str | None = None,
+        preset: Describer | None = None,
     ) -> Self:
         """Create the backend for a model file (used by :func:`create_backend`).
 

@@ -19,6 +19,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from flair_deploy.artifacts import Describer
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError
 from flair_deploy.inference.backends.base import (
@@ -63,7 +64,7 @@ class NullBackend(Backend):
         device: str = "cpu",
         precision: Precision | None = None,
         options: Mapping[str, Any] | None = None,
-        preset: str | None = None,
+        preset: Describer | None = None,
     ) -> Self:
         """Imitate the model of any artifact kind (its description is read, its weights are not).
 

@@ -33,7 +33,7 @@ from typing import Any, Self
 import numpy as np
 
 from flair_deploy._optional import require
-from flair_deploy.artifacts import read_onnx_description
+from flair_deploy.artifacts import Describer, read_onnx_description
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, ModelDescriptionError
 from flair_deploy.inference.backends.base import (
@@ -200,7 +200,7 @@ class OrtBackend(Backend):
         device: str = "cpu",
         precision: Precision | None = None,
         options: Mapping[str, Any] | None = None,
-        preset: str | None = None,
+        preset: Describer | None = None,
     ) -> Self:
         """Open an ``.onnx`` file; its description comes from its ``metadata_props``.
 

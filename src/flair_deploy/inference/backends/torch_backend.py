@@ -22,6 +22,7 @@ from typing import Any, Self
 import torch
 from torch import Tensor, nn
 
+from flair_deploy.artifacts import Describer
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError
 from flair_deploy.inference.backends.base import (
@@ -195,7 +196,7 @@ class TorchBackend(Backend):
         device: str = "cpu",
         precision: Precision | None = None,
         options: Mapping[str, Any] | None = None,
-        preset: str | None = None,
+        preset: Describer | None = None,
     ) -> Self:
         """Load a checkpoint (``.ckpt``, ``.pth``, ``.pt``, ``.safetensors``) with :func:`load_checkpoint`.
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 
 from flair_deploy._optional import require
-from flair_deploy.artifacts import read_engine_description
+from flair_deploy.artifacts import Describer, read_engine_description
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import BackendError, InputSpecError, ModelDescriptionError
 from flair_deploy.inference.backends.base import (
@@ -207,19 +207,17 @@ class TrtBackend(Backend):
         device: str = "cpu",
         precision: Precision | None = None,
         options: Mapping[str, Any] | None = None,
-        preset: str | None = None,
+        preset: Describer | None = None,
     ) -> Self:
         """Open an engine and its sidecar (the engine itself is deserialised in ``__enter__``).
 
         Raises:
-            BackendError: Unknown options, CPU device, precision mismatch, or a preset (engines are
-                always described by their sidecar).
-            ModelDescriptionError: Missing or invalid sidecar.
+            BackendError: Unknown options, CPU device or precision mismatch.
+            ModelDescriptionError: Missing or invalid sidecar, or a preset that disagrees with it.
         """
         opts = check_options("tensorrt", options, _OPTIONS)
-        if preset is not None:
-            raise BackendError("TensorRT engines are described by their sidecar; do not pass --preset")
-        return cls(artifact, read_engine_description(artifact), device=device, precision=precision, **opts)
+        description = read_engine_description(artifact, preset=preset)  # a preset must agree with it
+        return cls(artifact, description, device=device, precision=precision, **opts)
 
     # ------------------------------------------------------------------ lifecycle
     def _activate(self) -> None:

@@ -262,7 +262,7 @@ def test_onnxruntime_without_description_needs_a_preset(desc, model, tmp_path):
 
 
 def test_onnxruntime_self_described_model_refuses_a_preset(onnx_path):
-    with pytest.raises(ModelDescriptionError, match="describes itself; do not pass --preset"):
+    with pytest.raises(ModelDescriptionError, match="describes itself and disagrees: --preset"):
         create_backend(None, onnx_path, preset="flair-inc-rgbie-15cl-resnet34-unet")
 
 
