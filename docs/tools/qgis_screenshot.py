@@ -4,7 +4,7 @@ Run it with the Python that has QGIS (Debian/Ubuntu: ``apt-get install python3-q
 project's venv::
 
     QT_QPA_PLATFORM=offscreen /usr/bin/python3 docs/tools/qgis_screenshot.py MAP.tif \
-        --ortho ORTHO.tif -o docs/img/qgis-landcover.png
+        --ortho ORTHO.tif -o docs/images/qgis-landcover.png
 
 QGIS opens ``MAP.tif`` as a user would: it applies ``MAP.qml`` (the style ``detect`` writes beside the
 map) by itself, and this script only checks that it did (a paletted renderer) and draws the map at
