@@ -12,8 +12,8 @@ is opened:
   name, colour) into the map's ``.aux.xml`` sidecar, where GDAL's GeoTIFF driver keeps them (it has
   no place for them inside the TIFF), so ``gdalinfo`` and QGIS name the classes;
 * :func:`write_qgis_style` writes a ``.qml`` paletted style with class names as labels (QGIS loads
-  ``NAME.qml`` automatically for ``NAME.tif``); :func:`confidence_style` is the style of a
-  confidence map (a red-to-green ramp);
+  ``NAME.qml`` automatically for ``NAME.tif``); :func:`probability_style` is the style of the
+  confidence and probability maps (a red-to-green ramp over one band);
 * :func:`render_preview_png` draws a PNG quick-look with a legend.
 
 All helpers are pure functions of a :class:`~flair_deploy.description.ModelDescription`.
@@ -36,8 +36,8 @@ from flair_deploy.description import ModelDescription
 from flair_deploy.errors import InputDataError
 
 __all__ = [
-    "CONFIDENCE_RAMP",
     "NODATA_RGBA",
+    "PROBABILITY_RAMP",
     "RAT_FIELDS",
     "RGBA",
     "category_names",
@@ -46,7 +46,6 @@ __all__ = [
     "class_name_tags",
     "colormap",
     "colour_lut",
-    "confidence_style",
     "qgis_style",
     "qgis_style_path",
     "render_preview_png",
@@ -279,9 +278,10 @@ def _qml_text(root: ET.Element) -> str:
     )
 
 
-#: Colour ramp of the confidence style: ``(value, colour, label)``, red (unsure) to green (sure).
-#: Values are ``round(255 x p)``, as ``detect --confidence`` writes them.
-CONFIDENCE_RAMP: tuple[tuple[int, str, str], ...] = (
+#: Colour ramp of the probability style: ``(value, colour, label)``, red (unlikely, unsure) to green
+#: (likely, sure). Values are ``round(255 x p)``, as ``detect --confidence`` and ``--probabilities``
+#: write them.
+PROBABILITY_RAMP: tuple[tuple[int, str, str], ...] = (
     (0, "#d7191c", "0 %"),
     (64, "#fdae61", "25 %"),
     (128, "#ffffbf", "50 %"),
@@ -290,12 +290,17 @@ CONFIDENCE_RAMP: tuple[tuple[int, str, str], ...] = (
 )
 
 
-def confidence_style() -> str:
-    """Return a QGIS ``.qml`` for a confidence map: a single-band pseudocolour ramp over 0-255.
+def probability_style(*, band: int = 1) -> str:
+    """Return a QGIS ``.qml`` for a confidence or probability map: a pseudocolour ramp over 0-255.
 
-    The ramp's limits are fixed (0 and 255, not the map's own min-max), so that two maps' colours
-    mean the same confidence; the items are labelled in percent. Pixels without a prediction are
-    already transparent through the map's mask.
+    One band is drawn (QGIS would otherwise show a many-band probability raster as an RGB composite
+    of its first three classes); pick another class's band in Layer Properties → Symbology. The ramp's
+    limits are fixed (0 and 255, not the map's own min-max), so that two maps' colours mean the same
+    probability; the items are labelled in percent. Pixels without a prediction are already
+    transparent through the map's mask.
+
+    Args:
+        band: The 1-based band to draw (a probability raster's band *i* is logit index *i - 1*).
     """
     root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
     pipe = ET.SubElement(root, "pipe")
@@ -304,7 +309,7 @@ def confidence_style() -> str:
         "rasterrenderer",
         {
             "type": "singlebandpseudocolor",
-            "band": "1",
+            "band": str(band),
             "opacity": "1",
             "alphaBand": "-1",
             "nodataColor": "",
@@ -328,7 +333,7 @@ def confidence_style() -> str:
             "labelPrecision": "0",
         }
     )
-    for value, colour, label in CONFIDENCE_RAMP:
+    for value, colour, label in PROBABILITY_RAMP:
         ET.SubElement(shader, "item", {"value": str(value), "color": colour, "alpha": "255", "label": label})
     return _qml_text(root)
 

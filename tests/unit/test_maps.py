@@ -193,12 +193,12 @@ def test_qgis_opens_a_map_with_our_style_as_named_coloured_classes(tiny_descript
     assert [5, "#1553ae", 255, "water"] in got["classes"]
 
 
-def test_confidence_style_is_a_fixed_0_255_ramp_labelled_in_percent():
-    from flair_deploy.maps import confidence_style
+def test_probability_style_is_a_fixed_0_255_ramp_labelled_in_percent():
+    from flair_deploy.maps import probability_style
 
-    root = ET.fromstring(confidence_style().split("\n", 1)[1])
+    root = ET.fromstring(probability_style(band=3).split("\n", 1)[1])
     renderer = root.find("./pipe/rasterrenderer")
-    assert renderer.get("type") == "singlebandpseudocolor"
+    assert renderer.get("type") == "singlebandpseudocolor" and renderer.get("band") == "3"
     assert root.find(".//minMaxOrigin/limits").text == "None"  # not re-stretched to each map's range
     shader = root.find(".//colorrampshader")
     assert (shader.get("minimumValue"), shader.get("maximumValue")) == ("0", "255")

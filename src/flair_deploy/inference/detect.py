@@ -449,9 +449,8 @@ def _check_outputs(
             check_destination(p, overwrite=True)
             # Leftovers of killed runs never became outputs; a locked output's temporaries are kept.
             remove_stale_temporaries(p)
-        for styled in (plan.classes, plan.confidence):  # the maps written with a QGIS style
-            if styled is not None:
-                remove_stale_temporaries(qgis_style_path(styled))
+        for styled in plan.all():  # each map is written with its QGIS style
+            remove_stale_temporaries(qgis_style_path(styled))
         todo.append(plan)
     return todo, finished
 

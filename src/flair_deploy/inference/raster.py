@@ -42,7 +42,7 @@ from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
 from flair_deploy.inference.tiling import Tile
 from flair_deploy.maps import (
-    confidence_style,
+    probability_style,
     qgis_style,
     qgis_style_path,
     write_class_map_pam,
@@ -448,7 +448,8 @@ class OutputWriter:
         cog: Convert to Cloud-Optimised GeoTIFFs before renaming.
         tags: Extra GDAL metadata tags (model SHA-256, backend, precision, stitching...).
         sidecars: Give the class map its GDAL category names and attribute table (``NAME.tif.aux.xml``)
-            and its QGIS style (``NAME.qml``), and the confidence map its style (a colour ramp);
+            and its QGIS style (``NAME.qml``), and the confidence and probability maps theirs (a
+            colour ramp over one band);
             off for intermediate files nobody opens in QGIS (a distributed job's chunk files).
     """
 
@@ -508,10 +509,8 @@ class OutputWriter:
             # with their maps.
             if self.sidecars:
                 for t in self._targets:
-                    text = self._style_text(t.kind)
-                    if text is not None:
-                        final = qgis_style_path(t.final)
-                        self._styles[self._outputs.path(final)] = (final, text)
+                    final = qgis_style_path(t.final)
+                    self._styles[self._outputs.path(final)] = (final, self._style_text(t.kind))
         except BaseException:
             self._abort()
             raise
@@ -649,7 +648,7 @@ class OutputWriter:
         # rename leaves the old map without them rather than the new map with them.
         for t in self._targets:
             stale = [t.final.with_name(t.final.name + s) for s in _STALE_SIDECARS]
-            if not (self.sidecars and self._style_text(t.kind) is not None):
+            if not self.sidecars:
                 stale.append(qgis_style_path(t.final))
             for p in stale:
                 if p.is_dir():
@@ -659,17 +658,15 @@ class OutputWriter:
                 except OSError as exc:
                     raise output_error(p, exc) from None
 
-    def _style_text(self, kind: _Kind) -> str | None:
-        """The QGIS style of an output: a paletted one for the class map, a ramp for the confidence.
+    def _style_text(self, kind: _Kind) -> str:
+        """The QGIS style of an output: paletted for the class map, a percent ramp for the others.
 
-        The probabilities get none: QGIS's default for a many-band raster (a grey band) is what
-        one wants to look at one class's probability.
+        The probability raster's style draws its first band; QGIS's own default for a many-band
+        raster, an RGB composite of the first three classes' probabilities, would mislead.
         """
         if kind == "classes":
             return qgis_style(self.description, indices=self.indices)
-        if kind == "confidence":
-            return confidence_style()
-        return None
+        return probability_style(band=1)
 
     def _to_cog(self, t: _Target) -> None:
         from rasterio.shutil import copy as gdal_copy

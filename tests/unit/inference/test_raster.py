@@ -43,8 +43,7 @@ def _chunk(k):
 
 def _finished(paths):
     """The files a finished write leaves: the maps, the class map's PAM sidecar, the QGIS styles."""
-    styles = ["map.qml"] + (["map_confidence.qml"] if paths.confidence is not None else [])
-    return [p.name for p in paths.all()] + ["map.tif.aux.xml", *styles]
+    return [p.name for p in paths.all()] + ["map.tif.aux.xml"] + [p.stem + ".qml" for p in paths.all()]
 
 
 def _writer(source, paths, desc):
@@ -284,7 +283,7 @@ def _proba_descriptions(paths):
         return list(ds.descriptions)
 
 
-def test_qgis_shows_probability_bands_by_class_and_confidence_as_a_percent_ramp(
+def test_qgis_shows_probability_bands_by_class_and_both_maps_as_a_percent_ramp(
     source, tmp_path, tiny_description
 ):
     from tests.gis_helpers import qgis_report
@@ -298,7 +297,8 @@ def test_qgis_shows_probability_bands_by_class_and_confidence_as_a_percent_ramp(
     # QGIS names each band by its class (and adds the nodata mask as one more, alpha, band).
     assert proba["bands"][:k] == [f"Band {i + 1:02d}: {d}" for i, d in enumerate(_proba_descriptions(paths))]
     assert proba["bands"][4] == "Band 05: P(water) x 255 (code 5, index 4)"
-    assert not (tmp_path / "map_proba.qml").exists()
+    # Its style draws one class's band (not an RGB composite of three classes' probabilities).
+    assert proba["renderer"] == "singlebandpseudocolor" and proba["classes"][-1][3] == "100 %"
     conf = qgis_report(paths.confidence)  # map_confidence.qml, applied by QGIS by itself
     assert conf["renderer"] == "singlebandpseudocolor"
     assert [c[0] for c in conf["classes"]] == [0, 64, 128, 191, 255]
@@ -314,12 +314,11 @@ def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_p
         "map.tif.msk",
         "map_proba.tif.aux.xml",
         "map_proba.tif.ovr",
-        "map_proba.qml",
         "map_confidence.tif.msk",
     ]
     for p in paths.all():
         p.write_bytes(b"old map")
-    for name in [*stale, "map.qml", "map.tif.aux.xml", "map_confidence.qml"]:
+    for name in [*stale, "map.qml", "map.tif.aux.xml", "map_proba.qml", "map_confidence.qml"]:
         (tmp_path / name).write_text("of the old map")
     with _writer(source, paths, tiny_description) as writer:
         writer.write(_chunk(tiny_description.num_classes))
@@ -327,7 +326,8 @@ def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_p
     assert left == sorted([*_finished(paths), "ortho.tif"])
     assert "old map" not in (tmp_path / "map.qml").read_text()
     assert "old map" not in (tmp_path / "map.tif.aux.xml").read_text()
-    assert "old map" not in (tmp_path / "map_confidence.qml").read_text()
+    for style in ("map_proba.qml", "map_confidence.qml"):
+        assert "old map" not in (tmp_path / style).read_text()
 
 
 def test_an_aborted_overwrite_leaves_the_old_map_and_its_sidecars(source, tmp_path, tiny_description):
