@@ -74,6 +74,8 @@ def test_qgis_shows_the_vrt_and_the_cog_with_their_style(write_geotiff, tmp_path
     for path in (vrt, cog):
         got = qgis_report(path)  # mosaic.qml serves both: QGIS looks for NAME.qml
         assert got["valid"] and got["renderer"] == "paletted" and got["nodata"] == 255
+        # The style's entries, one per class: from the colour table alone QGIS would list all 256.
+        assert len(got["classes"]) == tiny_description.num_classes
         assert got["classes"][0] == [1, "#db0e9a", 255, "building"]
         assert [5, "#1553ae", 255, "water"] in got["classes"]
 

@@ -258,6 +258,7 @@ def test_an_indices_map_names_its_0_based_values_to_gdal_and_qgis(source, tmp_pa
     assert band["rat_rows"][0] == ["0", "1", "building", "219", "14", "154", "255"]  # value 0, code 1
     got = qgis_report(paths.classes)
     assert got["renderer"] == "paletted" and got["classes"][0] == [0, "#db0e9a", 255, "building"]
+    assert len(got["classes"]) == tiny_description.num_classes  # the style's palette, not the 256 entries
     assert [4, "#1553ae", 255, "water"] in got["classes"]
 
 
