@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import rasterio
 
-__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report"]
+__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report", "run_qgis_python"]
 
 
 def gdal_report(path: Path) -> list[dict[str, Any]]:
@@ -110,6 +110,20 @@ os._exit(0)
 """
 
 
+def run_qgis_python(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the system Python that has QGIS, headless; skip the test, saying why, without QGIS."""
+    probe = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"QGIS is not installed ({QGIS_PYTHON} cannot import qgis.core; apt-get install python3-qgis)"
+        )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
+    return subprocess.run(
+        [QGIS_PYTHON, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
 def qgis_report(path: Path) -> dict[str, Any]:
     """Load *path* in a headless QGIS and describe how it renders it.
 
@@ -118,21 +132,7 @@ def qgis_report(path: Path) -> dict[str, Any]:
         ``singlebandpseudocolor``...); ``classes`` (``[value, colour, alpha, label]`` per palette entry
         or colour-ramp item); ``bands`` (QGIS's band names, descriptions included); ``nodata``.
     """
-    probe = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(
-            f"QGIS is not installed ({QGIS_PYTHON} cannot import qgis.core; apt-get install python3-qgis)"
-        )
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
-    done = subprocess.run(
-        [QGIS_PYTHON, "-c", _QGIS_CHECK, str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    done = run_qgis_python(["-c", _QGIS_CHECK, str(path)])
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result

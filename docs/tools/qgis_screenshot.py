@@ -67,6 +67,12 @@ def main(argv: list[str]) -> int:
     app.initQgis()
     project = QgsProject.instance()
 
+    style = args.map.with_suffix(".qml")
+    if not style.is_file():
+        print(
+            f"no {style.name} beside {args.map}: render maps written by flair-deploy detect", file=sys.stderr
+        )
+        return 1
     classes = QgsRasterLayer(str(args.map), "land cover")
     if not classes.isValid():
         print(f"QGIS cannot open {args.map}", file=sys.stderr)
@@ -170,7 +176,11 @@ def main(argv: list[str]) -> int:
             # The legend's colours stay exact: they are put in the palette, beside the colours
             # median-cut picks for the rest (mostly the blended map).
             exact = [(0, 0, 0), (255, 255, 255)]
-            exact += [(c.color.red(), c.color.green(), c.color.blue()) for c in renderer.classes()]
+            exact += [
+                (c.color.red(), c.color.green(), c.color.blue())
+                for c in renderer.classes()
+                if c.value in present
+            ]
             picked = image.quantize(colors=max(2, args.colours - len(exact)), method=Image.Quantize.MEDIANCUT)
             palette = picked.getpalette()[: 3 * (args.colours - len(exact))]
             palette += [v for rgb in exact for v in rgb]
