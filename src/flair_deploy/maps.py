@@ -12,7 +12,8 @@ is opened:
   name, colour) into the map's ``.aux.xml`` sidecar, where GDAL's GeoTIFF driver keeps them (it has
   no place for them inside the TIFF), so ``gdalinfo`` and QGIS name the classes;
 * :func:`write_qgis_style` writes a ``.qml`` paletted style with class names as labels (QGIS loads
-  ``NAME.qml`` automatically for ``NAME.tif``);
+  ``NAME.qml`` automatically for ``NAME.tif``); :func:`probability_style` is the style of the
+  confidence and probability maps (a red-to-green ramp over one band);
 * :func:`render_preview_png` draws a PNG quick-look with a legend.
 
 All helpers are pure functions of a :class:`~flair_deploy.description.ModelDescription`.
@@ -36,9 +37,11 @@ from flair_deploy.errors import InputDataError
 
 __all__ = [
     "NODATA_RGBA",
+    "PROBABILITY_RAMP",
     "RAT_FIELDS",
     "RGBA",
     "category_names",
+    "class_band_elements",
     "class_map_pam",
     "class_name_tags",
     "colormap",
@@ -263,12 +266,76 @@ def qgis_style(description: ModelDescription, *, indices: bool = False) -> str:
             "paletteEntry",
             {"value": str(value), "color": cls.color.lower(), "alpha": "255", "label": cls.name},
         )
+    return _qml_text(root)
+
+
+def _qml_text(root: ET.Element) -> str:
     ET.indent(root)
     return (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         + ET.tostring(root, encoding="unicode")
         + "\n"
     )
+
+
+#: Colour ramp of the probability style: ``(value, colour, label)``, red (unlikely, unsure) to green
+#: (likely, sure). Values are ``round(255 x p)``, as ``detect --confidence`` and ``--probabilities``
+#: write them.
+PROBABILITY_RAMP: tuple[tuple[int, str, str], ...] = (
+    (0, "#d7191c", "0 %"),
+    (64, "#fdae61", "25 %"),
+    (128, "#ffffbf", "50 %"),
+    (191, "#a6d96a", "75 %"),
+    (255, "#1a9641", "100 %"),
+)
+
+
+def probability_style(*, band: int = 1) -> str:
+    """Return a QGIS ``.qml`` for a confidence or probability map: a pseudocolour ramp over 0-255.
+
+    One band is drawn (QGIS would otherwise show a many-band probability raster as an RGB composite
+    of its first three classes); pick another class's band in Layer Properties → Symbology. The ramp's
+    limits are fixed (0 and 255, not the map's own min-max), so that two maps' colours mean the same
+    probability; the items are labelled in percent. Pixels without a prediction are already
+    transparent through the map's mask.
+
+    Args:
+        band: The 1-based band to draw (a probability raster's band *i* is logit index *i - 1*).
+    """
+    root = ET.Element("qgis", {"version": "3.28.0", "styleCategories": "AllStyleCategories"})
+    pipe = ET.SubElement(root, "pipe")
+    renderer = ET.SubElement(
+        pipe,
+        "rasterrenderer",
+        {
+            "type": "singlebandpseudocolor",
+            "band": str(band),
+            "opacity": "1",
+            "alphaBand": "-1",
+            "nodataColor": "",
+            "classificationMin": "0",
+            "classificationMax": "255",
+        },
+    )
+    ET.SubElement(renderer, "rasterTransparency")
+    origin = ET.SubElement(renderer, "minMaxOrigin")
+    # "None": keep the limits given here instead of recomputing them from the map's statistics.
+    for tag, text in [("limits", "None"), ("extent", "WholeRaster"), ("statAccuracy", "Estimated")]:
+        ET.SubElement(origin, tag).text = text
+    shader = ET.SubElement(ET.SubElement(renderer, "rastershader"), "colorrampshader")
+    shader.attrib.update(
+        {
+            "colorRampType": "INTERPOLATED",
+            "classificationMode": "1",
+            "clip": "0",
+            "minimumValue": "0",
+            "maximumValue": "255",
+            "labelPrecision": "0",
+        }
+    )
+    for value, colour, label in PROBABILITY_RAMP:
+        ET.SubElement(shader, "item", {"value": str(value), "color": colour, "alpha": "255", "label": label})
+    return _qml_text(root)
 
 
 def write_qgis_style(
@@ -372,10 +439,25 @@ def class_map_pam(
         band = ET.SubElement(root, "PAMRasterBand", {"band": "1"})
     for old in band.findall("CategoryNames") + band.findall("GDALRasterAttributeTable"):
         band.remove(old)
-    categories = ET.SubElement(band, "CategoryNames")
+    band.extend(class_band_elements(description, indices=indices))
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def class_band_elements(description: ModelDescription, *, indices: bool = False) -> list[ET.Element]:
+    """Return a class band's ``<CategoryNames>`` and ``<GDALRasterAttributeTable>`` XML elements.
+
+    GDAL reads the same two elements in a PAM sidecar's ``<PAMRasterBand>`` and in a VRT's
+    ``<VRTRasterBand>``: :func:`class_map_pam` and the mosaic VRT both use them.
+
+    Args:
+        description: The model description.
+        indices: Whether the map stores logit indices rather than class codes.
+    """
+    categories = ET.Element("CategoryNames")
     for name in category_names(description, indices=indices):
         ET.SubElement(categories, "Category").text = name
-    rat = ET.SubElement(band, "GDALRasterAttributeTable", {"tableType": "thematic"})
+    rat = ET.Element("GDALRasterAttributeTable", {"tableType": "thematic"})
     for index, (name, kind, usage) in enumerate(RAT_FIELDS):
         field = ET.SubElement(rat, "FieldDefn", {"index": str(index)})
         ET.SubElement(field, "Name").text = name
@@ -385,8 +467,7 @@ def class_map_pam(
         element = ET.SubElement(rat, "Row", {"index": str(index)})
         for cell in row:
             ET.SubElement(element, "F").text = str(cell)
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return [categories, rat]
 
 
 def write_class_map_pam(raster: Path, description: ModelDescription, *, indices: bool = False) -> Path:

@@ -19,6 +19,7 @@ from flair_deploy.maps import (
     write_class_map_tags,
     write_qgis_style,
 )
+from tests.gis_helpers import gdal_report, qgis_report
 
 
 def test_colormap_by_code_and_by_index(tiny_description):
@@ -108,72 +109,6 @@ def test_style_goes_into_a_new_folder(tiny_description, tmp_path):
 
 
 # ---------------------------------------------------------------------- what GDAL and QGIS report
-def gdal_report(path):
-    """What GDAL itself reports for each band of *path*: description, category names, RAT rows.
-
-    rasterio has no API for category names or attribute tables, and there is no ``gdalinfo`` or
-    ``osgeo`` here: the GDAL library rasterio ships is called directly.
-    """
-    import ctypes
-    import glob
-    import os
-
-    libs = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), "..", "rasterio.libs", "libgdal*.so*"))
-    if not libs:
-        pytest.skip("rasterio's bundled libgdal was not found (rasterio built against a system GDAL)")
-    lib = ctypes.CDLL(libs[0])
-    v, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p
-    for name, res, args in [
-        ("GDALOpen", v, [s, i]),
-        ("GDALClose", None, [v]),
-        ("GDALGetRasterCount", i, [v]),
-        ("GDALGetRasterBand", v, [v, i]),
-        ("GDALGetDescription", s, [v]),
-        ("GDALGetRasterCategoryNames", ctypes.POINTER(s), [v]),
-        ("GDALGetDefaultRAT", v, [v]),
-        ("GDALRATGetColumnCount", i, [v]),
-        ("GDALRATGetRowCount", i, [v]),
-        ("GDALRATGetNameOfCol", s, [v, i]),
-        ("GDALRATGetTypeOfCol", i, [v, i]),
-        ("GDALRATGetUsageOfCol", i, [v, i]),
-        ("GDALRATGetValueAsString", s, [v, i, i]),
-    ]:
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    ds = lib.GDALOpen(str(path).encode(), 0)
-    assert ds, f"GDAL cannot open {path}"
-    bands = []
-    try:
-        for b in range(1, lib.GDALGetRasterCount(ds) + 1):
-            band = lib.GDALGetRasterBand(ds, b)
-            # First, as gdalinfo does: the GTiff driver reads the .aux.xml lazily, on its first call
-            # that needs it, and GetCategoryNames alone does not trigger that read.
-            description = lib.GDALGetDescription(band).decode()
-            names, cats = [], lib.GDALGetRasterCategoryNames(band)
-            while cats and cats[len(names)] is not None:
-                names.append(cats[len(names)].decode())
-            rat = lib.GDALGetDefaultRAT(band)
-            columns, rows = [], []
-            if rat:
-                n = lib.GDALRATGetColumnCount(rat)
-                columns = [
-                    (lib.GDALRATGetNameOfCol(rat, c).decode(), lib.GDALRATGetTypeOfCol(rat, c),
-                     lib.GDALRATGetUsageOfCol(rat, c))
-                    for c in range(n)
-                ]  # fmt: skip
-                rows = [
-                    [lib.GDALRATGetValueAsString(rat, r, c).decode() for c in range(n)]
-                    for r in range(lib.GDALRATGetRowCount(rat))
-                ]
-            bands.append(
-                {"description": description, "categories": names,
-                 "rat_columns": columns, "rat_rows": rows}
-            )  # fmt: skip
-    finally:
-        lib.GDALClose(ds)
-    return bands
-
-
 def test_category_names_cover_every_value_up_to_nodata(tiny_description):
     from flair_deploy.maps import category_names
 
@@ -241,52 +176,6 @@ def test_qgis_style_makes_nodata_transparent(tiny_description):
     assert "255" not in values
 
 
-_QGIS_PYTHON = "/usr/bin/python3"
-
-_QGIS_CHECK = """
-import json, os, sys
-from qgis.core import QgsApplication, QgsRasterLayer
-app = QgsApplication([], False)
-app.initQgis()
-layer = QgsRasterLayer(sys.argv[1], "map")
-renderer = layer.renderer()
-provider = layer.dataProvider()
-print(json.dumps({
-    "valid": layer.isValid(),
-    "renderer": renderer.type(),
-    "classes": [[c.value, c.color.name(), c.color.alpha(), c.label] for c in renderer.classes()]
-    if renderer.type() == "paletted" else [],
-    "nodata": provider.sourceNoDataValue(1) if provider.sourceHasNoDataValue(1) else None,
-}), flush=True)
-# QgsApplication.exitQgis() crashes some headless builds on the way out: the answer is printed.
-os._exit(0)
-"""
-
-
-def qgis_report(path):
-    """Load *path* in a headless QGIS (system python's ``qgis.core``) and describe its rendering."""
-    import os
-    import subprocess
-
-    probe = subprocess.run([_QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(
-            f"QGIS is not installed ({_QGIS_PYTHON} cannot import qgis.core; apt-get install python3-qgis)"
-        )
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
-    done = subprocess.run(
-        [_QGIS_PYTHON, "-c", _QGIS_CHECK, str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def test_qgis_opens_a_map_with_our_style_as_named_coloured_classes(tiny_description, write_geotiff):
     from flair_deploy.maps import qgis_style_path, write_class_map_pam
 
@@ -302,3 +191,17 @@ def test_qgis_opens_a_map_with_our_style_as_named_coloured_classes(tiny_descript
     assert len(got["classes"]) == tiny_description.num_classes
     assert got["classes"][0] == [1, "#db0e9a", 255, "building"]
     assert [5, "#1553ae", 255, "water"] in got["classes"]
+
+
+def test_probability_style_is_a_fixed_0_255_ramp_labelled_in_percent():
+    from flair_deploy.maps import probability_style
+
+    root = ET.fromstring(probability_style(band=3).split("\n", 1)[1])
+    renderer = root.find("./pipe/rasterrenderer")
+    assert renderer.get("type") == "singlebandpseudocolor" and renderer.get("band") == "3"
+    assert root.find(".//minMaxOrigin/limits").text == "None"  # not re-stretched to each map's range
+    shader = root.find(".//colorrampshader")
+    assert (shader.get("minimumValue"), shader.get("maximumValue")) == ("0", "255")
+    assert [(i.get("value"), i.get("label")) for i in shader.iter("item")] == [
+        ("0", "0 %"), ("64", "25 %"), ("128", "50 %"), ("191", "75 %"), ("255", "100 %")
+    ]  # fmt: skip

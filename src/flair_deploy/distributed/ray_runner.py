@@ -580,10 +580,15 @@ class _Job:
         maps = [f.classes for f in finals if f.classes.exists()]
         if len(maps) < 2 or len(maps) < len(finals):
             return
-        vrt = write_mosaic_vrt(maps, out / "mosaic.vrt")
+        indices = self.cfg.indices
+        vrt = write_mosaic_vrt(maps, out / "mosaic.vrt", self.description, indices=indices)
         summary.outputs.append(vrt)
         if self.cfg.merge:
-            summary.outputs.append(merge_to_cog(vrt, out / "mosaic.tif", block=self.cfg.block_size))
+            summary.outputs.append(
+                merge_to_cog(
+                    vrt, out / "mosaic.tif", self.description, indices=indices, block=self.cfg.block_size
+                )
+            )
 
 
 def detect_on_ray(cfg: DetectConfig, *, progress: Callable[[JobProgress], None] | None = None) -> JobSummary:

@@ -449,7 +449,8 @@ def _check_outputs(
             check_destination(p, overwrite=True)
             # Leftovers of killed runs never became outputs; a locked output's temporaries are kept.
             remove_stale_temporaries(p)
-        remove_stale_temporaries(qgis_style_path(plan.classes))  # the style file of the class map
+        for styled in plan.all():  # each map is written with its QGIS style
+            remove_stale_temporaries(qgis_style_path(styled))
         todo.append(plan)
     return todo, finished
 

@@ -41,7 +41,13 @@ from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError
 from flair_deploy.inference.stitching import NO_CLASS, OutputChunk
 from flair_deploy.inference.tiling import Tile
-from flair_deploy.maps import qgis_style, qgis_style_path, write_class_map_pam, write_class_map_tags
+from flair_deploy.maps import (
+    probability_style,
+    qgis_style,
+    qgis_style_path,
+    write_class_map_pam,
+    write_class_map_tags,
+)
 
 __all__ = [
     "SUPPORTED_DTYPES",
@@ -442,8 +448,9 @@ class OutputWriter:
         cog: Convert to Cloud-Optimised GeoTIFFs before renaming.
         tags: Extra GDAL metadata tags (model SHA-256, backend, precision, stitching...).
         sidecars: Give the class map its GDAL category names and attribute table (``NAME.tif.aux.xml``)
-            and its QGIS style (``NAME.qml``); off for intermediate files nobody opens in QGIS (a
-            distributed job's chunk files).
+            and its QGIS style (``NAME.qml``), and the confidence and probability maps theirs (a
+            colour ramp over one band);
+            off for intermediate files nobody opens in QGIS (a distributed job's chunk files).
     """
 
     def __init__(
@@ -481,7 +488,8 @@ class OutputWriter:
         # Existing outputs were refused (or accepted with --overwrite) by the caller up front.
         self._outputs = OutputSet(overwrite=True)
         self._targets: list[_Target] = []
-        self._style: Path | None = None
+        # QGIS styles written with the maps: temporary path -> (final path, .qml text).
+        self._styles: dict[Path, tuple[Path, str]] = {}
         self._paths: list[tuple[Path, _Kind]] = [(paths.classes, "classes")]
         if paths.probabilities is not None:
             self._paths.append((paths.probabilities, "probabilities"))
@@ -497,10 +505,12 @@ class OutputWriter:
                 with self._gdal_errors(t):
                     t.dataset = rasterio.open(t.tmp, "w", **self._profile(t.kind))
                     self._describe(t)
-            # The class map's QGIS style is one more output of the set: it appears, and is replaced,
-            # together with its map.
+            # The QGIS styles are more outputs of the set: they appear, and are replaced, together
+            # with their maps.
             if self.sidecars:
-                self._style = self._outputs.path(qgis_style_path(self.paths.classes))
+                for t in self._targets:
+                    final = qgis_style_path(t.final)
+                    self._styles[self._outputs.path(final)] = (final, self._style_text(t.kind))
         except BaseException:
             self._abort()
             raise
@@ -628,17 +638,17 @@ class OutputWriter:
             if t.kind == "classes" and self.sidecars:
                 with self._gdal_errors(t):
                     write_class_map_pam(t.tmp, self.description, indices=self.indices)
-        if self._style is not None:
+        for tmp, (final, text) in self._styles.items():
             try:
-                self._style.write_text(qgis_style(self.description, indices=self.indices), encoding="utf-8")
+                tmp.write_text(text, encoding="utf-8")
             except OSError as exc:
-                raise output_error(qgis_style_path(self.paths.classes), exc) from None
+                raise output_error(final, exc) from None
         # GDAL and QGIS pick these up by name: left from the map being replaced, they would show its
         # overviews, mask or style over the new map. Removed before the renames, so that a failed
         # rename leaves the old map without them rather than the new map with them.
         for t in self._targets:
             stale = [t.final.with_name(t.final.name + s) for s in _STALE_SIDECARS]
-            if t.kind != "classes":
+            if not self.sidecars:
                 stale.append(qgis_style_path(t.final))
             for p in stale:
                 if p.is_dir():
@@ -647,6 +657,16 @@ class OutputWriter:
                     p.unlink(missing_ok=True)
                 except OSError as exc:
                     raise output_error(p, exc) from None
+
+    def _style_text(self, kind: _Kind) -> str:
+        """The QGIS style of an output: paletted for the class map, a percent ramp for the others.
+
+        The probability raster's style draws its first band; QGIS's own default for a many-band
+        raster, an RGB composite of the first three classes' probabilities, would mislead.
+        """
+        if kind == "classes":
+            return qgis_style(self.description, indices=self.indices)
+        return probability_style(band=1)
 
     def _to_cog(self, t: _Target) -> None:
         from rasterio.shutil import copy as gdal_copy

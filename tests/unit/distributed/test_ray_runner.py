@@ -16,6 +16,7 @@ import rasterio
 from flair_deploy.inference.config import DetectConfig
 from flair_deploy.inference.detect import run_detection
 from tests.fakes import BackendFactory, ContextBackend, CrashOnceBackend
+from tests.gis_helpers import gdal_report
 
 ray = pytest.importorskip("ray", reason="the distributed extra (ray) is not installed")
 
@@ -239,5 +240,8 @@ def test_a_folder_of_tiles_is_one_job_with_a_mosaic_vrt_and_a_merged_cog(
         mosaic = vrt.read(1)
         np.testing.assert_array_equal(cog.read(1), mosaic)
         assert cog.colormap(1) == vrt.colormap(1) and cog.overviews(1)  # colours and overviews kept
+    for path in (out / "mosaic.vrt", out / "mosaic.tif"):  # names too, and one QGIS style for both
+        assert gdal_report(path)[0]["rat_rows"][4][:3] == ["5", "5", "water"]
+    assert 'label="water"' in (out / "mosaic.qml").read_text()
     np.testing.assert_array_equal(mosaic[:, :128], _read(out / "a_classes.tif")[0])
     np.testing.assert_array_equal(mosaic[:, 128:], _read(out / "b_classes.tif")[0])

@@ -42,8 +42,8 @@ def _chunk(k):
 
 
 def _finished(paths):
-    """The files a finished write leaves: the maps, the class map's PAM sidecar and QGIS style."""
-    return [p.name for p in paths.all()] + ["map.tif.aux.xml", "map.qml"]
+    """The files a finished write leaves: the maps, the class map's PAM sidecar, the QGIS styles."""
+    return [p.name for p in paths.all()] + ["map.tif.aux.xml"] + [p.stem + ".qml" for p in paths.all()]
 
 
 def _writer(source, paths, desc):
@@ -218,7 +218,7 @@ def test_overviews_built_on_all_cores_equal_a_serial_build(
 def test_class_map_names_its_classes_to_gdal_with_its_style_beside_it(
     source, tmp_path, tiny_description, cog
 ):
-    from tests.unit.test_maps import gdal_report
+    from tests.gis_helpers import gdal_report
 
     paths = _paths(source, tmp_path / "maps", extras=False)
     info = inspect_raster(source, tiny_description)
@@ -236,7 +236,7 @@ def test_class_map_names_its_classes_to_gdal_with_its_style_beside_it(
 
 
 def test_qgis_loads_a_written_map_as_paletted_named_classes(source, tmp_path, tiny_description):
-    from tests.unit.test_maps import qgis_report
+    from tests.gis_helpers import qgis_report
 
     paths = _paths(source, tmp_path, extras=False)
     with _writer(source, paths, tiny_description) as writer:
@@ -246,11 +246,27 @@ def test_qgis_loads_a_written_map_as_paletted_named_classes(source, tmp_path, ti
     assert got["classes"][:2] == [[1, "#db0e9a", 255, "building"], [2, "#938e7b", 255, "pervious surface"]]
 
 
+def test_an_indices_map_names_its_0_based_values_to_gdal_and_qgis(source, tmp_path, tiny_description):
+    from tests.gis_helpers import gdal_report, qgis_report
+
+    paths = _paths(source, tmp_path, extras=False)
+    info = inspect_raster(source, tiny_description)
+    with OutputWriter(info, paths, tiny_description, indices=True, overviews=False, block=16) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    (band,) = gdal_report(paths.classes)
+    assert band["categories"][:2] == ["building", "pervious surface"] and band["categories"][255] == "nodata"
+    assert band["rat_rows"][0] == ["0", "1", "building", "219", "14", "154", "255"]  # value 0, code 1
+    got = qgis_report(paths.classes)
+    assert got["renderer"] == "paletted" and got["classes"][0] == [0, "#db0e9a", 255, "building"]
+    assert len(got["classes"]) == tiny_description.num_classes  # the style's palette, not the 256 entries
+    assert [4, "#1553ae", 255, "water"] in got["classes"]
+
+
 @pytest.mark.parametrize("cog", [False, True])
 def test_gdal_reports_the_band_descriptions_of_probabilities_and_confidence(
     source, tmp_path, tiny_description, cog
 ):
-    from tests.unit.test_maps import gdal_report
+    from tests.gis_helpers import gdal_report
 
     paths = _paths(source, tmp_path)
     info = inspect_raster(source, tiny_description)
@@ -263,6 +279,35 @@ def test_gdal_reports_the_band_descriptions_of_probabilities_and_confidence(
     assert [b["description"] for b in gdal_report(paths.confidence)] == ["confidence: P(chosen class) x 255"]
 
 
+def _proba_descriptions(paths):
+    with rasterio.open(paths.probabilities) as ds:
+        return list(ds.descriptions)
+
+
+def test_qgis_shows_probability_bands_by_class_and_both_maps_as_a_percent_ramp(
+    source, tmp_path, tiny_description
+):
+    from tests.gis_helpers import qgis_report
+
+    paths = _paths(source, tmp_path)
+    with _writer(source, paths, tiny_description) as writer:
+        writer.write(_chunk(tiny_description.num_classes))
+    proba = qgis_report(paths.probabilities)
+    k = tiny_description.num_classes
+    assert proba["valid"]
+    # QGIS names each band by its class (and adds the nodata mask as one more, alpha, band).
+    assert proba["bands"][:k] == [f"Band {i + 1:02d}: {d}" for i, d in enumerate(_proba_descriptions(paths))]
+    assert proba["bands"][4] == "Band 05: P(water) x 255 (code 5, index 4)"
+    # Its style draws one class's band (not an RGB composite of three classes' probabilities).
+    assert proba["renderer"] == "singlebandpseudocolor" and proba["classes"][-1][3] == "100 %"
+    conf = qgis_report(paths.confidence)  # map_confidence.qml, applied by QGIS by itself
+    assert conf["renderer"] == "singlebandpseudocolor"
+    assert [c[0] for c in conf["classes"]] == [0, 64, 128, 191, 255]
+    assert [c[3] for c in conf["classes"]] == ["0 %", "25 %", "50 %", "75 %", "100 %"]
+    assert conf["classes"][0][1] == "#d7191c" and conf["classes"][-1][1] == "#1a9641"
+    assert "confidence" in conf["bands"][0]
+
+
 def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_path, tiny_description):
     paths = _paths(source, tmp_path)
     stale = [
@@ -270,13 +315,11 @@ def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_p
         "map.tif.msk",
         "map_proba.tif.aux.xml",
         "map_proba.tif.ovr",
-        "map_proba.qml",
         "map_confidence.tif.msk",
-        "map_confidence.qml",
     ]
     for p in paths.all():
         p.write_bytes(b"old map")
-    for name in [*stale, "map.qml", "map.tif.aux.xml"]:
+    for name in [*stale, "map.qml", "map.tif.aux.xml", "map_proba.qml", "map_confidence.qml"]:
         (tmp_path / name).write_text("of the old map")
     with _writer(source, paths, tiny_description) as writer:
         writer.write(_chunk(tiny_description.num_classes))
@@ -284,6 +327,8 @@ def test_overwrite_removes_stale_sidecars_of_every_replaced_output(source, tmp_p
     assert left == sorted([*_finished(paths), "ortho.tif"])
     assert "old map" not in (tmp_path / "map.qml").read_text()
     assert "old map" not in (tmp_path / "map.tif.aux.xml").read_text()
+    for style in ("map_proba.qml", "map_confidence.qml"):
+        assert "old map" not in (tmp_path / style).read_text()
 
 
 def test_an_aborted_overwrite_leaves_the_old_map_and_its_sidecars(source, tmp_path, tiny_description):
