@@ -611,25 +611,37 @@ def describe_weights(path: Path) -> GivenDescription:
     )
 
 
-def weights_config(path: Path | None, *, command: str) -> IgnMapping | None:
+def weights_config(path: Path | None, *, command: str, bands_key: str | None = None) -> IgnMapping | None:
     """Return the values that make IGN's config *path* describe a command's weights, or None.
 
     ``export``, ``evaluate`` and ``benchmark`` take IGN's train or detect config with ``--config``
     to describe IGN-layout weights (``ign_config``); the config's other keys are for IGN's training
     or detection and are reported, not applied. None when *path* is not an IGN config.
 
+    Args:
+        path: The ``--config`` file, or None.
+        command: The command, for the note.
+        bands_key: The command's key of 1-based raster bands to read (``bands``), set from the
+            config's ``channels`` so the bands read are the bands the weights were trained on.
+
     Raises:
         ConfigError: If the file cannot be read as YAML.
     """
     from flair_deploy.config import read_yaml
 
-    if path is None or not is_ign_config(read_yaml(path)):
+    raw = read_yaml(path) if path is not None else {}
+    if path is None or not is_ign_config(raw):
         return None
     note = (
         "IGN config: it describes the weights (channels, normalisation, classes, model_framework); "
         f"its other keys are not used by {command}"
     )
-    return IgnMapping({"ign_config": str(path)}, (note,), {"ign_config": str(path)})
+    values: dict[str, Any] = {"ign_config": str(path)}
+    origins = {"ign_config": str(path)}
+    channels = raw.get("channels", raw.get("bands"))
+    if bands_key is not None and channels is not None:
+        values[bands_key], origins[bands_key] = channels, f"{path}: channels"
+    return IgnMapping(values, (note,), origins)
 
 
 def describer(preset: str | None, ign_config: Path | None) -> Describer | None:

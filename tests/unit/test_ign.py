@@ -216,3 +216,14 @@ def test_a_file_that_is_no_ign_config_cannot_describe_weights(tmp_path):
 
     with pytest.raises(ConfigError, match="is not an IGN config"):
         describe_weights(_yaml(tmp_path, "model: m.onnx\n"))
+
+
+def test_evaluate_reads_the_bands_the_config_trained_on_and_is_described_by_it(tmp_path):
+    from flair_deploy.training.config import load_evaluate_config
+
+    cfg = _yaml(tmp_path, DETECT.replace("[1, 2, 3, 4]", "[4, 1, 2, 3]"))
+    flags = {"checkpoint": "w.ckpt", "csv": "t.csv", "out_dir": "out"}
+    loaded, notes = load_evaluate_config(cfg, (), flags)
+    assert loaded.ign_config == cfg and loaded.bands == (4, 1, 2, 3)
+    assert "not used by evaluate" in notes[0]
+    assert loaded.describer().description.bands == ("NIR", "R", "G", "B")

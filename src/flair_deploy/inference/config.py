@@ -217,7 +217,9 @@ def load_detect_config(
             data, notes, origins = mapping.values, mapping.notes, mapping.origins
             # Its channels, norma_task, n_classes and model_framework describe IGN-layout weights.
             data = {**data, "ign_config": str(path)}
-        elif (ign := weights_config(path, command="detect")) is not None:  # IGN's train config
+        elif (
+            ign := weights_config(path, command="detect", bands_key="bands")
+        ) is not None:  # IGN's train config
             data, notes = ign.values, ign.notes
         else:
             data = resolve_paths(raw, path.resolve().parent, PATH_KEYS)

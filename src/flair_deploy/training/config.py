@@ -624,7 +624,7 @@ def load_evaluate_config(
     Raises:
         ConfigError: For unreadable YAML, unknown keys or invalid values (one line naming the key).
     """
-    ign = weights_config(path, command="evaluate")
+    ign = weights_config(path, command="evaluate", bands_key="bands")
     if ign is not None:
         return Loaded(
             load_config(EvaluateConfig, None, overrides, flags, base=ign.values, flag_names=flag_names),
