@@ -65,8 +65,8 @@ def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
         yaml.safe_dump(
             {
                 "paths": {"train_csv": "missing-train.csv", "val_csv": "missing-val.csv"},
-                "tasks": {"predict": True},
-                "georeferencing_output": True,
+                "tasks": {"metrics": True},  # without predict, as IGN: never reached
+                "progress_rate": 10,
                 "channels": [1, 2, 3, 4, 5],
                 "norm_type": "scaling",
             }
@@ -77,8 +77,8 @@ def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
         ["train", "--config", str(tmp_path / "ign.yaml"), "--out", str(tmp_path / "o")], capsys
     )
     assert code == 1
-    assert "IGN config key not applied: georeferencing_output" in err
-    assert "IGN config key not applied: tasks.predict" in err
+    assert "IGN config key not applied: progress_rate" in err
+    assert "IGN config key not applied: tasks.metrics: ignored without tasks.predict" in err
     assert "missing-train.csv" in _one_error_line(err)
 
 
@@ -135,7 +135,9 @@ def test_interrupt_is_one_line_with_the_resume_command_and_exit_130(tmp_path, ca
     def interrupted(cfg, **kwargs):
         raise run_mod.TrainingInterrupted(message, kept=[last], resume_from=last)
 
-    monkeypatch.setattr(run_mod, "train", interrupted)
+    import flair_deploy.training.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "train", interrupted)  # the command trains through run_tasks
     for name in ("a.csv", "b.csv"):
         (tmp_path / name).write_text("x.tif,y.tif\n", encoding="utf-8")
     code, stdout, err = _run(
