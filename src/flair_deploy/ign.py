@@ -14,6 +14,10 @@ What IGN's code only pretends to honour is honoured here:
 * ``encoder_decoder: resnet34_unet`` is split on the **last** underscore, so encoders such as
   ``efficientnet-b0`` or ``tu-convnext_tiny`` work.
 * ``norm_means``/``norm_stds`` are checked against ``channels`` (IGN fails later with an IndexError).
+* ``tasks``: IGN's whole ``flair --conf`` run (train, predict ``test_csv``, metrics, ``delete_preds``)
+  maps to our ``tasks`` section and runs as IGN's control flow does
+  (:mod:`flair_deploy.training.pipeline`); ``paths.ckpt_model_path`` is the model to predict with when
+  ``tasks.train`` is false, and a checkpoint that cannot be read is an error, not untrained weights.
 * detect: IGN writes 0-based class indices and stitches by cropping a margin, so an IGN detect config
   maps to ``indices=True`` and ``stitching="crop"`` with IGN's margin.
 
