@@ -38,10 +38,12 @@ Deliberate differences from IGN's code, where it is silently wrong (docs/ign-run
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from flair_deploy.errors import CheckpointError, OutputError
+from flair_deploy.errors import CheckpointError, FlairDeployError, OutputError
 from flair_deploy.training.config import TrainConfig
 from flair_deploy.training.evaluate import EvaluationResult, IgnOutputs, check_outputs, evaluate
 from flair_deploy.training.run import TrainResult, train
@@ -135,13 +137,13 @@ def _check_before_training(cfg: TrainConfig, *, overwrite: bool) -> bool:
     check_outputs(
         run_outputs(cfg).evaluation, pairs, score=tasks.metrics, overwrite=overwrite, ign=_ign_outputs(cfg)
     )
-    if tasks.delete_preds and not overwrite:
-        stale = run_outputs(cfg).predictions
-        if stale.is_dir() and any(stale.glob("PRED_*.tif")):
-            raise OutputError(
-                f"{stale} holds predictions of an earlier run and tasks.delete_preds would remove them; "
-                "pass --overwrite, or choose another output folder"
-            )
+    stale = run_outputs(cfg).predictions
+    if not overwrite and stale.is_dir() and any(stale.glob("PRED_*.tif")):
+        # Ours would mix with them (or, with delete_preds, remove them): never silently.
+        raise OutputError(
+            f"{stale} holds predictions of an earlier run; pass --overwrite to replace them, or choose "
+            "another output folder"
+        )
     if tasks.train:
         return False
     assert tasks.checkpoint is not None  # the config requires it without training
@@ -200,36 +202,55 @@ def run_tasks(cfg: TrainConfig, *, progress: bool = True, overwrite: bool = Fals
 
     assert cfg.data.test_csv is not None
     ign = _ign_outputs(cfg)
-    result = evaluate(
-        checkpoint,
-        Path(cfg.data.test_csv),
-        run_outputs(cfg).evaluation,
-        # IGN's weights carry no description: this config's bands, classes and architecture are it.
-        description=None if own else cfg.description(),
-        band_indexes=cfg.data.bands,
-        aerial_json=cfg.data.aerial_json if cfg.model.use_metadata else None,
-        batch_size=cfg.optim.batch_size,
-        num_workers=cfg.num_workers,
-        device=_device(cfg),
-        ignore_unknown=cfg.data.ignore_index is not None,
-        overwrite=overwrite,
-        progress=progress,
-        score=tasks.metrics,
-        ign=ign,
-    )
-    if tasks.delete_preds:
-        _remove_stale_predictions(run_outputs(cfg).predictions)
+    with _after_training(trained, cfg):
+        result = evaluate(
+            checkpoint,
+            Path(cfg.data.test_csv),
+            run_outputs(cfg).evaluation,
+            # IGN's weights carry no description: this config's bands, classes and architecture are it.
+            description=None if own else cfg.description(),
+            band_indexes=cfg.data.bands,
+            aerial_json=cfg.data.aerial_json if cfg.model.use_metadata else None,
+            batch_size=cfg.optim.batch_size,
+            num_workers=cfg.num_workers,
+            device=_device(cfg),
+            ignore_unknown=cfg.data.ignore_index is not None,
+            overwrite=overwrite,
+            progress=progress,
+            score=tasks.metrics,
+            ign=ign,
+        )
+    # An earlier run's predictions (--overwrite) must not pass for this run's: IGN's delete_preds
+    # removes the whole folder, and a new list may not name every earlier patch.
+    _remove_stale_predictions(run_outputs(cfg).predictions, keep=set(result.files))
     return RunResult(trained, result, checkpoint, ign.predictions, result.files)
 
 
-def _remove_stale_predictions(folder: Path) -> None:
-    """IGN's ``delete_preds`` removes the predictions folder: remove an earlier run's predictions there.
+@contextmanager
+def _after_training(trained: TrainResult | None, cfg: TrainConfig) -> Iterator[None]:
+    """Say, on a failure after training, that the checkpoints are kept and how to predict again."""
+    try:
+        yield
+    except FlairDeployError as exc:
+        if trained is None or trained.best_checkpoint is None:
+            raise
+        best = trained.best_checkpoint
+        raise type(exc)(
+            f"{exc} (training finished and kept {best}; predict again without training: "
+            f"flair-deploy train -c {trained.config_path or '<config>'} --set tasks.train=false "
+            f"--set tasks.checkpoint={best})"
+        ) from None
 
-    Only ``PRED_*.tif`` files go (and the folder once empty), never anything else someone put there.
+
+def _remove_stale_predictions(folder: Path, *, keep: set[Path]) -> None:
+    """Remove ``PRED_*.tif`` files in *folder* not in *keep* (and the folder once empty).
+
+    Nothing but predictions goes: files someone else put there stay.
     """
     if not folder.is_dir():
         return
     for path in folder.glob("PRED_*.tif"):
-        path.unlink(missing_ok=True)
+        if path not in keep:
+            path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        folder.rmdir()  # only when empty: files that are not predictions stay
+        folder.rmdir()  # only when empty

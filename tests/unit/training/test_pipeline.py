@@ -329,3 +329,58 @@ def test_our_layout_asks_for_the_same_run(whole_run, tmp_path):
     again, notes = load_train_config(path)
     assert again == cfg and notes == ()
     assert run_outputs(again).predictions.name == "predictions_tiny"
+
+
+def test_predictions_never_inherit_the_patch_nodata(whole_run, sample, tmp_path):
+    _, _, result = whole_run
+    pair = read_patch_csv(sample.test_csv)[0]
+    with rasterio.open(pair.image) as src:
+        profile, data = src.profile, src.read()
+    assert (data != 0).any(axis=0).all()  # no pixel is nodata on every band
+    image = tmp_path / pair.image.name
+    with rasterio.open(image, "w", **{**profile, "nodata": 0}) as dst:  # nodata 0 = IGN's class 0
+        dst.write(data)
+    listed = tmp_path / "one.csv"
+    listed.write_text(f"{image},{pair.mask}\n", encoding="utf-8")
+    raw = ign_config(sample, tmp_path / "runs", train=False, ckpt=result.checkpoint, metrics=False)
+    raw["paths"]["test_csv"] = str(listed)
+    cfg, _ = load(raw, tmp_path / "c.yaml")
+    run_tasks(cfg, progress=False)
+    pred, _, _, _, nodata = _read(cfg.logging.out_dir / "predictions_tiny" / f"PRED_{image.name}")
+    assert nodata == 255
+    np.testing.assert_array_equal(pred, _read(result.predictions / f"PRED_{image.name}")[0])
+
+
+def test_overwrite_replaces_an_earlier_runs_predictions_and_drops_stale_ones(whole_run, sample, tmp_path):
+    _, _, result = whole_run
+    raw = ign_config(sample, tmp_path / "runs", train=False, ckpt=result.checkpoint, metrics=False)
+    cfg, _ = load(raw, tmp_path / "c.yaml")
+    folder = run_outputs(cfg).predictions
+    folder.mkdir(parents=True)
+    (folder / "PRED_IMG_999999.tif").write_bytes(b"an earlier run's")
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    with pytest.raises(OutputError, match="holds predictions of an earlier run; pass --overwrite"):
+        run_tasks(cfg, progress=False)
+    run_tasks(cfg, progress=False, overwrite=True)
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == sorted([f"PRED_{p.image.name}" for p in read_patch_csv(sample.test_csv)] + ["notes.txt"])
+
+
+def test_a_failure_after_training_says_how_to_predict_again(tmp_path):
+    from flair_deploy.training.pipeline import _after_training
+    from flair_deploy.training.run import TrainResult
+
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    trained = TrainResult(
+        out_dir=tmp_path,
+        best_checkpoint=best,
+        last_checkpoint=None,
+        monitor="val_loss",
+        best_score=0.5,
+        config_path=tmp_path / "checkpoints" / "train-config.yaml",
+    )
+    with pytest.raises(InputDataError) as e, _after_training(trained, None):
+        raise InputDataError("cannot read patch IMG_1")
+    text = str(e.value)
+    assert text.startswith("cannot read patch IMG_1 (training finished and kept")
+    assert f"--set tasks.train=false --set tasks.checkpoint={best}" in text and "\n" not in text
