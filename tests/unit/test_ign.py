@@ -153,7 +153,9 @@ def test_ign_predict_without_training_reads_ckpt_model_path():
     assert tasks["checkpoint"] == "w.ckpt" and tasks["train"] is False
     assert "init_weights_from" not in ckpt and "resume_from" not in ckpt  # IGN reads them only to train
     assert "tasks.train_tasks: ignored: tasks.train is false" in notes
-    with pytest.raises(ConfigError, match=r"tasks\.predict without tasks\.train needs paths\.ckpt_model_path"):
+    with pytest.raises(
+        ConfigError, match=r"tasks\.predict without tasks\.train needs paths\.ckpt_model_path"
+    ):
         _tasks(train=False, predict=True)
 
 
