@@ -57,8 +57,8 @@ EXAMPLES = (
     "flair-deploy train --sample-data --out runs/sample",
     "flair-deploy train -c configs/train-sample.yaml --sample-data --epochs 5",
     "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set seed=7",
-    "flair-deploy train -c flair-1-config.yaml          (IGN's file, as it is: its tasks too)",
-    "flair-deploy train -c my-run.yaml --set tasks.predict=true --set tasks.metrics=true",
+    "flair-deploy train -c flair-1-config.yaml          (IGN's file and tasks, as is)",
+    "flair-deploy train -c my-run.yaml --set tasks.predict=true \\\n    --set tasks.metrics=true",
     (
         "flair-deploy train -c runs/a/checkpoints/train-config.yaml \\\n"
         "    --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt"
