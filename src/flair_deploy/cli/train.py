@@ -57,7 +57,7 @@ EXAMPLES = (
     "flair-deploy train --sample-data --out runs/sample",
     "flair-deploy train -c configs/train-sample.yaml --sample-data --epochs 5",
     "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set seed=7",
-    "flair-deploy train -c flair-1-config.yaml    (IGN's file and its tasks, as is)",
+    "flair-deploy train -c flair-1-config.yaml    (IGN's file and tasks, as is)",
     "flair-deploy train -c my-run.yaml --set tasks.predict=true \\\n    --set tasks.metrics=true",
     (
         "flair-deploy train -c runs/a/checkpoints/train-config.yaml \\\n"
