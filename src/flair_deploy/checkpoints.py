@@ -53,6 +53,7 @@ __all__ = [
     "PRESETS",
     "CheckpointLayout",
     "LoadedModel",
+    "describes_itself",
     "load_checkpoint",
     "map_ign_state_dict",
     "preset_description",
@@ -110,6 +111,16 @@ def read_state(path: Path) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
     return obj
+
+
+def describes_itself(state: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint read by :func:`read_state` carries its model description (ours does).
+
+    Callers holding a description from a config pass it to :func:`load_checkpoint` only for files
+    that carry none (IGN's weights): a self-describing file keeps its own.
+    """
+    hp = state.get("hyper_parameters")
+    return isinstance(hp, Mapping) and "description" in hp
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

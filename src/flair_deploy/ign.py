@@ -14,6 +14,10 @@ What IGN's code only pretends to honour is honoured here:
 * ``encoder_decoder: resnet34_unet`` is split on the **last** underscore, so encoders such as
   ``efficientnet-b0`` or ``tu-convnext_tiny`` work.
 * ``norm_means``/``norm_stds`` are checked against ``channels`` (IGN fails later with an IndexError).
+* ``tasks``: IGN's whole ``flair --conf`` run (train, predict ``test_csv``, metrics, ``delete_preds``)
+  maps to our ``tasks`` section and runs as IGN's control flow does
+  (:mod:`flair_deploy.training.pipeline`); ``paths.ckpt_model_path`` is the model to predict with when
+  ``tasks.train`` is false, and a checkpoint that cannot be read is an error, not untrained weights.
 * detect: IGN writes 0-based class indices and stitches by cropping a margin, so an IGN detect config
   maps to ``indices=True`` and ``stitching="crop"`` with IGN's margin.
 
@@ -121,10 +125,10 @@ TRAIN_KEYS: tuple[IgnKey, ...] = (
     ),
     IgnKey(
         "tasks.train",
-        None,
+        "tasks.train",
         bool,
-        "is false, but `flair-deploy train` always trains",
-        report=lambda v: v is False,
+        "false: only predict, with paths.ckpt_model_path (tasks.checkpoint)",
+        rule=True,
     ),
     IgnKey(
         "tasks.train_tasks.init_weights_only_from_ckpt",
@@ -147,9 +151,27 @@ TRAIN_KEYS: tuple[IgnKey, ...] = (
         "older layout of init_weights_only_from_ckpt",
         rule=True,
     ),
-    IgnKey("tasks.predict", None, bool, "not part of training; use `flair-deploy evaluate --predictions`"),
-    IgnKey("tasks.metrics", None, bool, "not part of training; use `flair-deploy evaluate`"),
-    IgnKey("tasks.delete_preds", None, bool, "not part of training; use `flair-deploy evaluate`"),
+    IgnKey(
+        "tasks.predict",
+        "tasks.predict",
+        bool,
+        "predict paths.test_csv into out_dir/predictions_<out_model_name>/PRED_<name>.tif",
+        convert=bool,
+    ),
+    IgnKey(
+        "tasks.metrics",
+        "tasks.metrics",
+        bool,
+        "with tasks.predict: out_dir/metrics/confmat.npy + metrics.json (IGN's) and out_dir/evaluation/",
+        rule=True,
+    ),
+    IgnKey(
+        "tasks.delete_preds",
+        "tasks.delete_preds",
+        bool,
+        "with tasks.metrics: the predictions are not kept once scored",
+        rule=True,
+    ),
     IgnKey("model_framework.model_provider", "model.arch", str, "SegmentationModelsPytorch only", rule=True),
     IgnKey(
         "model_framework.HuggingFace.org_model",
@@ -193,9 +215,10 @@ TRAIN_KEYS: tuple[IgnKey, ...] = (
     IgnKey("classes", "data.classes", dict, "keyed by mask code; weights -> loss.class_weights", rule=True),
     IgnKey(
         "georeferencing_output",
-        None,
+        "tasks.georeferenced",
         bool,
-        "prediction option; `flair-deploy detect/evaluate` write GeoTIFFs",
+        "predictions carry the patch's CRS and transform (never its nodata)",
+        convert=bool,
     ),
     IgnKey("accelerator", "trainer.accelerator", str),
     IgnKey("num_nodes", "trainer.num_nodes", int),
@@ -404,6 +427,68 @@ def split_encoder_decoder(value: Any, *, source: str) -> tuple[str, str]:
     return encoder, arch.lower()
 
 
+def _tasks(flat: Mapping[str, Any], b: _Builder) -> None:
+    """IGN's ``tasks`` block and ``paths.ckpt_model_path``, as IGN's ``main.py`` runs them.
+
+    IGN trains when ``tasks.train`` (starting from ``ckpt_model_path``'s weights with
+    ``init_weights_only_from_ckpt``, or continuing its full training state with
+    ``resume_training_from_ckpt``; with both, Lightning's resume wins), then predicts ``test_csv`` when
+    ``tasks.predict`` (with the best checkpoint after training, else with ``ckpt_model_path``), scores
+    the predictions only inside predict when ``tasks.metrics``, and deletes them after scoring when
+    ``delete_preds``. Options IGN's control flow never reaches are reported, not applied.
+    """
+    ckpt = _path(flat.get("paths.ckpt_model_path"))
+    train = bool(flat.get("tasks.train", True))
+    predict = bool(flat.get("tasks.predict", False))
+    metrics = bool(flat.get("tasks.metrics", False))
+    init = bool(
+        flat.get("tasks.train_tasks.init_weights_only_from_ckpt") or flat.get("tasks.train_load_ckpt")
+    )
+    resume = bool(flat.get("tasks.train_tasks.resume_training_from_ckpt"))
+    b.set("tasks.train", train, "tasks.train")
+    if not train:
+        if init or resume:
+            b.note("tasks.train_tasks", "ignored: tasks.train is false (IGN reads them only when training)")
+        if predict:
+            if ckpt is None:
+                raise ConfigError(
+                    f"{b.source}: tasks.predict without tasks.train needs paths.ckpt_model_path, the "
+                    "model to predict with"
+                )
+            b.set("tasks.checkpoint", ckpt, "paths.ckpt_model_path")
+        elif ckpt is not None:
+            b.note("paths.ckpt_model_path", "not used: tasks.train and tasks.predict are false")
+    else:
+        if (init or resume) and ckpt is None:
+            raise ConfigError(f"{b.source}: a tasks.train_tasks option needs paths.ckpt_model_path")
+        if resume:
+            b.set("checkpoint.resume_from", ckpt, "paths.ckpt_model_path")
+            if init:
+                b.note(
+                    "tasks.train_tasks.init_weights_only_from_ckpt",
+                    "superseded by resume_training_from_ckpt (as in IGN, the full resume wins)",
+                )
+        elif init:
+            b.set("checkpoint.init_weights_from", ckpt, "paths.ckpt_model_path")
+        elif ckpt is not None:
+            b.note(
+                "paths.ckpt_model_path",
+                "not used: with tasks.train, only init_weights_only_from_ckpt / resume_training_from_ckpt "
+                "read it (predictions use the run's best checkpoint)",
+            )
+    # IGN computes metrics only inside predict, and deletes predictions only inside metrics.
+    if metrics:
+        if predict:
+            b.set("tasks.metrics", True, "tasks.metrics")
+        else:
+            b.note("tasks.metrics", "ignored without tasks.predict (IGN scores only inside predict)")
+    if flat.get("tasks.delete_preds"):
+        if predict and metrics:
+            b.set("tasks.delete_preds", True, "tasks.delete_preds")
+        elif predict:
+            b.note("tasks.delete_preds", "ignored without tasks.metrics (IGN deletes only after scoring)")
+
+
 def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> IgnMapping:
     """Map an IGN ``flair-1-config.yaml`` mapping onto :class:`~flair_deploy.training.config.TrainConfig`.
 
@@ -429,21 +514,7 @@ def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> 
     folder, name = _path(flat.get("paths.out_folder")), _path(flat.get("paths.out_model_name"))
     if folder or name:
         b.set("logging.out_dir", str(Path(folder or ".") / (name or "")), "paths.out_folder/out_model_name")
-    ckpt = _path(flat.get("paths.ckpt_model_path"))
-    init = bool(
-        flat.get("tasks.train_tasks.init_weights_only_from_ckpt") or flat.get("tasks.train_load_ckpt")
-    )
-    resume = bool(flat.get("tasks.train_tasks.resume_training_from_ckpt"))
-    if (init or resume) and ckpt is None:
-        raise ConfigError(f"{source}: a tasks.train_tasks option needs paths.ckpt_model_path")
-    if resume:
-        b.set("checkpoint.resume_from", ckpt, "paths.ckpt_model_path")
-    elif init:
-        b.set("checkpoint.init_weights_from", ckpt, "paths.ckpt_model_path")
-    elif ckpt is not None:
-        b.note(
-            "paths.ckpt_model_path", "used only with init_weights_only_from_ckpt / resume_training_from_ckpt"
-        )
+    _tasks(flat, b)
 
     # ---- rules: model
     provider = flat.get("model_framework.model_provider")

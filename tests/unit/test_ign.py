@@ -227,3 +227,59 @@ def test_evaluate_reads_the_bands_the_config_trained_on_and_is_described_by_it(t
     assert loaded.ign_config == cfg and loaded.bands == (4, 1, 2, 3)
     assert "not used by evaluate" in notes[0]
     assert loaded.describer().description.bands == ("NIR", "R", "G", "B")
+
+
+def _tasks(**tasks):
+    """An IGN train mapping with the given `tasks` block (and `paths.ckpt_model_path` as `ckpt`)."""
+    ckpt = tasks.pop("ckpt", "")
+    train_tasks = {
+        "init_weights_only_from_ckpt": tasks.pop("init", False),
+        "resume_training_from_ckpt": tasks.pop("resume", False),
+    }
+    raw = {
+        "paths": {"ckpt_model_path": ckpt},
+        "channels": [1, 2, 3],
+        "tasks": {**tasks, "train_tasks": train_tasks},
+    }
+    m = convert_ign_train(raw)
+    return m.values.get("tasks", {}), m.values.get("checkpoint", {}), "\n".join(m.notes)
+
+
+def test_ign_whole_run_tasks_are_mapped():
+    tasks, ckpt, notes = _tasks(train=True, predict=True, metrics=True, delete_preds=True)
+    assert tasks == {"train": True, "predict": True, "metrics": True, "delete_preds": True}
+    assert ckpt == {} and "tasks." not in notes
+
+
+def test_ign_predict_without_training_reads_ckpt_model_path():
+    tasks, ckpt, notes = _tasks(train=False, predict=True, ckpt="w.ckpt", init=True)
+    assert tasks["checkpoint"] == "w.ckpt" and tasks["train"] is False
+    assert "init_weights_from" not in ckpt and "resume_from" not in ckpt  # IGN reads them only to train
+    assert "tasks.train_tasks: ignored: tasks.train is false" in notes
+    with pytest.raises(
+        ConfigError, match=r"tasks\.predict without tasks\.train needs paths\.ckpt_model_path"
+    ):
+        _tasks(train=False, predict=True)
+
+
+def test_ign_init_and_resume_mean_what_ign_does():
+    _, ckpt, _ = _tasks(train=True, init=True, ckpt="a.ckpt")
+    assert ckpt == {"init_weights_from": "a.ckpt"}  # weights only: fine-tuning
+    _, ckpt, notes = _tasks(train=True, init=True, resume=True, ckpt="a.ckpt")
+    assert ckpt == {"resume_from": "a.ckpt"}  # IGN loads the weights, then Lightning's resume replaces them
+    assert "superseded by resume_training_from_ckpt" in notes
+    _, ckpt, notes = _tasks(train=True, predict=True, ckpt="a.ckpt")
+    assert ckpt == {} and "paths.ckpt_model_path: not used" in notes  # predictions use the best checkpoint
+
+
+def test_ign_options_its_control_flow_never_reaches_are_reported_not_applied():
+    tasks, _, notes = _tasks(train=True, predict=False, metrics=True, delete_preds=True)
+    assert "metrics" not in tasks and "delete_preds" not in tasks
+    assert "tasks.metrics: ignored without tasks.predict" in notes
+    tasks, _, notes = _tasks(train=True, predict=True, metrics=False, delete_preds=True)
+    assert "delete_preds" not in tasks and "tasks.delete_preds: ignored without tasks.metrics" in notes
+
+
+def test_georeferencing_output_is_applied():
+    m = convert_ign_train({"channels": [1], "georeferencing_output": False})
+    assert m.values["tasks"]["georeferenced"] is False

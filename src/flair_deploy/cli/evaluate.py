@@ -193,7 +193,9 @@ def _report(result: EvaluationResult) -> None:
     for conv in convs:
         per_class.add_column(conv, justify="right")
     # Ground-truth pixels per logit from the full matrix, so untrained classes show their pixels too.
-    support = result.confusion_matrix.sum(axis=1)
+    matrix = result.confusion_matrix
+    assert matrix is not None  # the command always scores (evaluate's score=True)
+    support = matrix.sum(axis=1)
     for i, cls in enumerate(result.description.classes):
         label = cls.name if cls.active else f"[dim]{cls.name} (untrained)[/dim]"
         cells = []

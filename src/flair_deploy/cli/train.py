@@ -13,6 +13,8 @@ from flair_deploy.cli._options import VersionOption, given_flags
 from flair_deploy.errors import ConfigError
 
 if TYPE_CHECKING:
+    from flair_deploy.training.config import TrainConfig
+    from flair_deploy.training.pipeline import RunResult
     from flair_deploy.training.run import TrainResult
 
 __all__ = ["command"]
@@ -55,7 +57,8 @@ EXAMPLES = (
     "flair-deploy train --sample-data --out runs/sample",
     "flair-deploy train -c configs/train-sample.yaml --sample-data --epochs 5",
     "flair-deploy train -c my-run.yaml --set optim.lr=0.001 --set seed=7",
-    "flair-deploy train -c flair-1-config.yaml          (IGN's file, as it is)",
+    "flair-deploy train -c flair-1-config.yaml    (IGN's file and tasks, as is)",
+    "flair-deploy train -c my-run.yaml --set tasks.predict=true \\\n    --set tasks.metrics=true",
     (
         "flair-deploy train -c runs/a/checkpoints/train-config.yaml \\\n"
         "    --set checkpoint.resume_from=runs/a/checkpoints/last.ckpt"
@@ -122,10 +125,19 @@ def command(
     resolved config), OUT/logs/ (CSV and TensorBoard) and
     OUT/learning-curve.png. An earlier run in OUT needs --overwrite, or
     checkpoint.resume_from to continue it.
+
+    Then, as the config's tasks say (IGN's tasks.predict/metrics/delete_preds,
+    or ours: tasks.predict, tasks.metrics, tasks.delete_preds), the best
+    checkpoint predicts data.test_csv into OUT/predictions_<OUT name>/
+    PRED_<name>.tif (IGN's 0-based class indices) and scores it into
+    OUT/metrics/ (IGN's confmat.npy, metrics.json) and OUT/evaluation/ (ours).
+    tasks.train=false only predicts, with tasks.checkpoint (IGN:
+    paths.ckpt_model_path).
     """
     require_extra("train", purpose="flair-deploy train")
     from flair_deploy.training.config import load_train_config, sample_config_base
-    from flair_deploy.training.run import TrainingInterrupted, is_global_zero_process, train
+    from flair_deploy.training.pipeline import run_tasks
+    from flair_deploy.training.run import TrainingInterrupted, is_global_zero_process
 
     if config is None and not sample_data and not set_ and (train_csv is None or val_csv is None):
         raise ConfigError(
@@ -150,30 +162,65 @@ def command(
     cfg, notes = load_train_config(config, set_ or (), flags, base=base, flag_names=names)
     for line in notes:
         typer.echo(f"IGN config key not applied: {line}", err=True)
-    desc = cfg.description()
-    active = sum(desc.active_mask)
     if is_global_zero_process():  # once, not once per process Lightning re-launches
-        typer.echo(
-            f"training {desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands "
-            f"({','.join(desc.bands)}), {desc.num_classes} logits ({active} active), up to "
-            f"{cfg.optim.epochs} epochs -> {cfg.logging.out_dir}"
-        )
+        _announce(cfg)
     try:
-        result = train(cfg, progress=progress, overwrite=overwrite)
+        result = run_tasks(cfg, progress=progress, overwrite=overwrite)
     except TrainingInterrupted as exc:
         # Ctrl+C: one line saying what was kept and how to resume; 130 is the shell's SIGINT status.
         if is_global_zero_process():  # Ctrl+C reaches every rank; rank 0 knows what was kept
             typer.echo(f"interrupted: {exc}", err=True)
         raise typer.Exit(130) from None
     if result.global_rank == 0:
-        _report(result)
+        if result.train is not None:
+            _report(result.train, hint=result.evaluation is None)
+        _report_tasks(result)
+
+
+def _announce(cfg: TrainConfig) -> None:
+    desc = cfg.description()
+    active = sum(desc.active_mask)
+    what = f"{desc.architecture.arch}/{desc.architecture.encoder} on {len(desc.bands)} bands ({','.join(desc.bands)}), {desc.num_classes} logits ({active} active)"
+    tasks = cfg.tasks
+    then = [t for t, on in (("predict", tasks.predict), ("metrics", tasks.metrics)) if on]
+    after = f", then {' + '.join(then)} on {cfg.data.test_csv}" if then and tasks.train else ""
+    if tasks.train:
+        typer.echo(f"training {what}, up to {cfg.optim.epochs} epochs{after} -> {cfg.logging.out_dir}")
+    else:
+        typer.echo(
+            f"predicting {cfg.data.test_csv} with {tasks.checkpoint} ({' + '.join(then)}, no training) "
+            f"-> {cfg.logging.out_dir}"
+        )
+
+
+def _report_tasks(result: RunResult) -> None:
+    ev = result.evaluation
+    if ev is None:
+        return
+    typer.echo("")
+    typer.echo(f"predicted {ev.patches} test patches with {result.checkpoint} in {ev.seconds:.1f} s")
+    ign = ev.metrics.get("ign")
+    if ign is not None:
+        present = ev.metrics["present"]
+        typer.echo(
+            f"test mIoU {_fmt(present.miou)} (ours, classes present), {_fmt(ign.miou)} (IGN's convention); "
+            f"overall accuracy {_fmt(present.overall_accuracy)}"
+        )
+    preds = [p for p in ev.files if p.name.startswith("PRED_")]
+    reports = [p for p in ev.files if not p.name.startswith("PRED_")]
+    for path in reports:
+        typer.echo(f"  {path.parent.name + '/' + path.name:<32s} {path}")
+    if preds and result.predictions is not None:
+        typer.echo(f"  {len(preds)} predictions (PRED_*.tif) in {result.predictions}")
+    elif ev.metrics:
+        typer.echo("  predictions not kept (tasks.delete_preds)")
 
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None or math.isnan(x) else f"{x:.4f}"
 
 
-def _report(result: TrainResult) -> None:
+def _report(result: TrainResult, *, hint: bool = True) -> None:
     final = result.final_metrics
     typer.echo("")
     typer.echo(
@@ -191,5 +238,5 @@ def _report(result: TrainResult) -> None:
         typer.echo(f"  config:         {result.config_path}")
     if result.learning_curve is not None:
         typer.echo(f"  learning curve: {result.learning_curve}")
-    if result.best_checkpoint is not None:
+    if result.best_checkpoint is not None and hint:
         typer.echo(f"next: flair-deploy evaluate {result.best_checkpoint} --csv <test.csv> --out <folder>")

@@ -13,6 +13,7 @@ Sections (every key is documented in ``configs/README.md``)::
     trainer     Lightning passthrough: accelerator, devices, num_nodes, strategy, precision, limits
     checkpoint  monitor, mode, last/weights-only, early stopping, resume, weight initialisation
     logging     output folder, TensorBoard, CSV
+    tasks       what the run does: train, then predict the test list, score it, keep the predictions
     seed, num_workers
 
 Relative paths in a YAML file are relative to **that file's folder** (so a config and its CSVs travel
@@ -64,6 +65,7 @@ __all__ = [
     "ModelSection",
     "NormalizationSection",
     "OptimSection",
+    "TasksSection",
     "TrainConfig",
     "TrainerSection",
     "load_evaluate_config",
@@ -83,6 +85,7 @@ PATH_KEYS: tuple[str, ...] = (
     "checkpoint.resume_from",
     "checkpoint.init_weights_from",
     "logging.out_dir",
+    "tasks.checkpoint",
 )
 
 _GPU_ACCELERATORS = frozenset({"gpu", "cuda"})
@@ -126,9 +129,12 @@ class DataSection(FrozenConfig):
     """Training data.
 
     Attributes:
-        train_csv: FLAIR CSV (image path, mask path; no header) of training patches.
-        val_csv: CSV of validation patches (held out; the best checkpoint is chosen on it).
-        test_csv: Optional CSV of test patches (not used by training; recorded for ``evaluate``).
+        train_csv: FLAIR CSV (image path, mask path; no header) of training patches (required when
+            ``tasks.train``).
+        val_csv: CSV of validation patches (held out; the best checkpoint is chosen on it; required
+            when ``tasks.train``).
+        test_csv: CSV of test patches: predicted (and scored) by ``tasks.predict``/``tasks.metrics``;
+            otherwise only recorded for ``evaluate``.
         bands: 1-based band numbers read from every patch, in network order.
         band_names: Names of those bands; default R, G, B, NIR, E for FLAIR bands 1-5.
         input_dtype: Data type of the patches (decides ``scale`` normalisation's default divisor).
@@ -143,8 +149,8 @@ class DataSection(FrozenConfig):
         radiometric_jitter: Strength of random per-band gain/offset on training patches (0 = off).
     """
 
-    train_csv: Path
-    val_csv: Path
+    train_csv: Path | None = None
+    val_csv: Path | None = None
     test_csv: Path | None = None
     bands: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (1, 2, 3, 4, 5)
     band_names: tuple[str, ...] | None = None
@@ -318,6 +324,60 @@ class LoggingSection(FrozenConfig):
     csv: bool = True
 
 
+class TasksSection(FrozenConfig):
+    """What one ``flair-deploy train`` run does, in order (IGN's ``tasks`` block).
+
+    Training writes the run folder (see :mod:`flair_deploy.training.run`); then, with ``predict``, the
+    patches of ``data.test_csv`` are predicted with the best checkpoint (or ``checkpoint`` without
+    training) into ``<out_dir>/predictions_<out_dir name>/PRED_<image stem>.tif`` (IGN's names and
+    values: uint8 0-based class indices); with ``metrics`` they are scored into ``<out_dir>/metrics/``
+    (IGN's ``confmat.npy`` and ``metrics.json``) and ``<out_dir>/evaluation/`` (ours, as
+    ``flair-deploy evaluate``). See :mod:`flair_deploy.training.pipeline`.
+
+    Attributes:
+        train: Train (False: only predict, from ``checkpoint``).
+        predict: Predict every patch of ``data.test_csv`` after training.
+        metrics: Score the predictions against the test masks (needs ``predict``).
+        delete_preds: Do not keep the predictions once scored (needs ``metrics``); only the metrics
+            remain, as IGN's ``delete_preds``.
+        georeferenced: Predictions carry the test patch's CRS and transform (IGN's
+            ``georeferencing_output``); False writes plain TIFFs.
+        checkpoint: Checkpoint to predict with when ``train`` is false (ours, or IGN weights matching
+            this config's bands, classes and architecture); after training the best checkpoint is used.
+    """
+
+    train: bool = True
+    predict: bool = False
+    metrics: bool = False
+    delete_preds: bool = False
+    georeferenced: bool = True
+    checkpoint: Path | None = None
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Self:
+        if not (self.train or self.predict):
+            raise ValueError("tasks.train and tasks.predict are both false: nothing to do; set one to true")
+        if self.metrics and not self.predict:
+            raise ValueError("tasks.metrics scores the predictions: it needs tasks.predict=true")
+        if self.delete_preds and not self.metrics:
+            raise ValueError(
+                "tasks.delete_preds drops the predictions once scored: it needs tasks.metrics=true "
+                "(without metrics the predictions are the only output)"
+            )
+        if self.train and self.checkpoint is not None:
+            raise ValueError(
+                "tasks.checkpoint is the model to predict with when tasks.train is false; after training "
+                "the run's best checkpoint is used (to start training from weights use "
+                "checkpoint.init_weights_from)"
+            )
+        if self.predict and not self.train and self.checkpoint is None:
+            raise ValueError(
+                "tasks.predict without tasks.train needs tasks.checkpoint (IGN: paths.ckpt_model_path), "
+                "the model to predict with"
+            )
+        return self
+
+
 class TrainConfig(FrozenConfig):
     """Everything a training run needs; :meth:`description` builds the model's self-description.
 
@@ -329,6 +389,7 @@ class TrainConfig(FrozenConfig):
         trainer: Lightning ``Trainer`` passthrough.
         checkpoint: Checkpointing and early stopping.
         logging: Outputs and logs.
+        tasks: What the run does: train, predict the test list, score it.
         seed: Seed for torch, numpy, Python and DataLoader workers.
         num_workers: DataLoader worker processes (0 = load in the main process).
     """
@@ -340,6 +401,7 @@ class TrainConfig(FrozenConfig):
     trainer: TrainerSection = TrainerSection()
     checkpoint: CheckpointSection = CheckpointSection()
     logging: LoggingSection = LoggingSection()
+    tasks: TasksSection = TasksSection()
     seed: int = 2022
     num_workers: Annotated[int, Field(ge=0)] = 0
 
@@ -355,6 +417,7 @@ class TrainConfig(FrozenConfig):
             )
         self._check_normalization()
         self._check_classes()
+        self._check_tasks()
         if self.model.use_metadata and self.data.aerial_json is None:
             raise ValueError(
                 "model.use_metadata is true but data.aerial_json is not set; give the FLAIR aerial "
@@ -367,6 +430,23 @@ class TrainConfig(FrozenConfig):
                 f"of {n_classes}; use a value >= {n_classes}, e.g. 255"
             )
         return self
+
+    def _check_tasks(self) -> None:
+        tasks, data = self.tasks, self.data
+        if tasks.train:
+            missing = [k for k in ("train_csv", "val_csv") if getattr(data, k) is None]
+            if missing:
+                raise ValueError(
+                    f"training needs data.{' and data.'.join(missing)}; give the patch lists, or set "
+                    "tasks.train=false to only predict"
+                )
+        elif self.checkpoint.resume_from is not None or self.checkpoint.init_weights_from is not None:
+            raise ValueError(
+                "checkpoint.resume_from/init_weights_from start a training, but tasks.train is false; "
+                "predict from a checkpoint with tasks.checkpoint"
+            )
+        if tasks.predict and data.test_csv is None:
+            raise ValueError("tasks.predict needs data.test_csv, the patches to predict")
 
     def _check_normalization(self) -> None:
         norm, bands = self.data.normalization, self.data.bands

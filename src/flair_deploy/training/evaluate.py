@@ -14,6 +14,12 @@ and scores it under every named convention of :mod:`flair_deploy.training.metric
   patch holding FLAIR class codes, nodata 255, a colour table and class-name tags, plus
   ``predictions/classes.qml`` (a QGIS style with class names).
 
+With *ign* (:class:`IgnOutputs`, used by ``flair-deploy train`` for IGN's ``tasks.predict`` and
+``tasks.metrics``) it also writes IGN's ``flair`` outputs: ``PRED_<stem>.tif`` holding 0-based class
+**indices** (IGN's values) into one folder, and ``confmat.npy`` plus IGN's ``metrics.json`` into another
+(:func:`ign_metrics_report`). With ``score=False`` the masks are not read and only predictions are
+written.
+
 Every file is written under a temporary name and renamed when complete; predictions are gathered in a
 temporary folder and moved in only after the whole list was evaluated, so a failure leaves nothing
 half-written. Existing outputs are refused unless ``overwrite=True``.
@@ -26,8 +32,9 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ from flair_deploy.atomic import OutputSet, atomic_path, check_destination, outpu
 from flair_deploy.checkpoints import load_checkpoint
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.flair_format import PatchPair
 from flair_deploy.maps import write_class_map_tags, write_qgis_style
 from flair_deploy.training.metrics import (
     CONVENTIONS,
@@ -55,8 +63,13 @@ from flair_deploy.training.metrics import (
 
 __all__ = [
     "CONVENTION_NOTES",
+    "IGN_CONFMAT",
+    "IGN_METRICS",
     "EvaluationResult",
+    "IgnOutputs",
+    "check_outputs",
     "evaluate",
+    "ign_metrics_report",
     "write_confusion_matrix_csv",
     "write_confusion_matrix_png",
 ]
@@ -65,6 +78,11 @@ METRICS_FILE = "metrics.json"
 MATRIX_CSV = "confusion_matrix.csv"
 MATRIX_PNG = "confusion_matrix.png"
 PREDICTIONS_DIR = "predictions"
+#: IGN's names in its metrics folder: the uncleaned confusion matrix and the scores.
+IGN_CONFMAT = "confmat.npy"
+IGN_METRICS = "metrics.json"
+#: IGN's average metrics, in the order of its ``Avg_metrics_name``.
+IGN_AVERAGES = ("mIoU", "Overall Accuracy", "Fscore", "Precision", "Recall")
 # Mask value for codes outside the class table when they are ignored; never a logit index (K <= 254).
 _IGNORE = 255
 
@@ -86,12 +104,39 @@ CONVENTION_NOTES: dict[Convention, str] = {
 
 
 @dataclass(frozen=True)
+class IgnOutputs:
+    """IGN ``flair`` outputs :func:`evaluate` writes beside its own.
+
+    Attributes:
+        predictions: Folder for ``PRED_<stem>.tif`` holding uint8 0-based class indices (IGN's
+            values), or None for none.
+        metrics: Folder for ``confmat.npy`` (the full ``K×K`` int64 matrix, rows = ground truth) and
+            IGN's ``metrics.json`` (see :func:`ign_metrics_report`), or None for none.
+        georeferenced: Predictions carry the patch's CRS and transform (IGN's
+            ``georeferencing_output``); False writes TIFFs without georeferencing.
+    """
+
+    predictions: Path | None = None
+    metrics: Path | None = None
+    georeferenced: bool = True
+
+    def files(self, pairs: Sequence[PatchPair]) -> list[Path]:
+        """The files these outputs would be for the patches *pairs* (metrics first)."""
+        out = [self.metrics / IGN_CONFMAT, self.metrics / IGN_METRICS] if self.metrics is not None else []
+        if self.predictions is not None:
+            out += [self.predictions / f"PRED_{p.image.stem}.tif" for p in pairs]
+        return out
+
+
+@dataclass(frozen=True)
 class EvaluationResult:
     """What :func:`evaluate` computed and wrote.
 
     Attributes:
-        metrics: Scores per convention; ``"challenge"`` is absent for non-FLAIR class tables.
-        confusion_matrix: ``K×K`` int64 pixel counts in logit order, rows = ground truth.
+        metrics: Scores per convention; ``"challenge"`` is absent for non-FLAIR class tables; empty
+            when not scored (``score=False``).
+        confusion_matrix: ``K×K`` int64 pixel counts in logit order, rows = ground truth; None when
+            not scored.
         description: The evaluated model's description.
         patches: Number of patches evaluated.
         seconds: Wall time of the prediction loop.
@@ -99,7 +144,7 @@ class EvaluationResult:
     """
 
     metrics: Mapping[Convention, FlairMetrics]
-    confusion_matrix: NDArray[np.int64]
+    confusion_matrix: NDArray[np.int64] | None
     description: ModelDescription
     patches: int
     seconds: float
@@ -127,6 +172,8 @@ def evaluate(
     save_predictions: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    score: bool = True,
+    ign: IgnOutputs | None = None,
 ) -> EvaluationResult:
     """Evaluate a checkpoint on the patches listed in a FLAIR CSV and write the reports.
 
@@ -145,6 +192,9 @@ def evaluate(
         save_predictions: Also write ``predictions/PRED_<stem>.tif`` for every patch.
         overwrite: Replace existing outputs.
         progress: Show a progress bar.
+        score: Read the masks and write the reports; False only predicts (masks may be absent from
+            the CSV; nothing is written into *out_dir* but predictions).
+        ign: IGN's outputs to write too (0-based predictions, ``confmat.npy``, IGN's metrics.json).
 
     Returns:
         The metrics, the confusion matrix and the written files.
@@ -164,9 +214,14 @@ def evaluate(
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     out_dir = Path(out_dir)
-    _check_outputs(out_dir, save_predictions=save_predictions, overwrite=overwrite)
-
-    pairs = read_patch_csv(Path(csv_path), require_masks=True)
+    if ign is not None and ign.metrics is not None and not score:
+        raise ConfigError("IGN's metrics need the masks: evaluate with score=True")
+    pairs = read_patch_csv(Path(csv_path), require_masks=score)
+    if not score:
+        pairs = [replace(p, mask=None) for p in pairs]
+    check_outputs(
+        out_dir, pairs, score=score, overwrite=overwrite, save_predictions=save_predictions, ign=ign
+    )
     loaded = load_checkpoint(Path(checkpoint), description=description, preset=preset)
     desc = loaded.description
     bands = tuple(band_indexes) if band_indexes is not None else tuple(range(1, desc.in_channels + 1))
@@ -180,7 +235,7 @@ def evaluate(
         from flair_deploy.aerial import load_aerial_json
 
         aerial = load_aerial_json(Path(aerial_json))
-    if save_predictions:
+    if save_predictions or (ign is not None and ign.predictions is not None):
         stems = [p.image.stem for p in pairs]
         if len(set(stems)) != len(stems):
             dupes = sorted({s for s in stems if stems.count(s) > 1})[:3]
@@ -220,35 +275,59 @@ def evaluate(
             with torch.inference_mode():
                 logits = _predict(model, image, metadata, stride)
                 pred = masked_argmax(logits, active)
-            cm.update(pred, batch["mask"].to(dev))
-            if save_predictions:
+            if score:
+                cm.update(pred, batch["mask"].to(dev))
+            ign_dir = ign.predictions if ign is not None else None
+            if save_predictions or ign_dir is not None:
                 for pred_i in pred.cpu().numpy():
                     pair = pairs[index]
                     index += 1
-                    final = out_dir / PREDICTIONS_DIR / f"PRED_{pair.image.stem}.tif"
-                    _write_prediction(final, outputs.path(final), codes[pred_i], pair.image, desc)
-                    written.append(final)
+                    name = f"PRED_{pair.image.stem}.tif"
+                    if save_predictions:
+                        final = out_dir / PREDICTIONS_DIR / name
+                        _write_prediction(final, outputs.path(final), codes[pred_i], pair.image, desc)
+                        written.append(final)
+                    if ign_dir is not None:
+                        assert ign is not None
+                        final = ign_dir / name
+                        indices = pred_i.astype(np.uint8)
+                        _write_prediction(
+                            final,
+                            outputs.path(final),
+                            indices,
+                            pair.image,
+                            desc,
+                            indices=True,
+                            georeferenced=ign.georeferenced,
+                        )
+                        written.append(final)
             else:
                 index += image.shape[0]
         seconds = time.perf_counter() - start
 
-        matrix = cm.matrix
-        names = [c.name for c in desc.classes]
+        matrix: NDArray[np.int64] | None = None
         metrics: dict[Convention, FlairMetrics] = {}
-        for conv in CONVENTIONS:
-            if conv == "challenge" and not challenge_applicable(codes.tolist()):
-                continue
-            metrics[conv] = compute_metrics(
-                matrix, class_names=names, active=desc.active_mask, convention=conv
+        reports: list[Path] = []
+        if score:
+            matrix = cm.matrix
+            metrics = _score(matrix, desc, codes.tolist())
+            report = _metrics_report(
+                metrics, desc, csv_path=Path(csv_path), patches=len(pairs), seconds=seconds
             )
-
-        report = _metrics_report(metrics, desc, csv_path=Path(csv_path), patches=len(pairs), seconds=seconds)
-        path = out_dir / METRICS_FILE
-        text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-        outputs.path(path).write_text(text, encoding="utf-8")
-        write_confusion_matrix_csv(outputs.path(out_dir / MATRIX_CSV), matrix, names)
-        write_confusion_matrix_png(outputs.path(out_dir / MATRIX_PNG), matrix, names, desc.active_mask)
-        reports = [path, out_dir / MATRIX_CSV, out_dir / MATRIX_PNG]
+            path = out_dir / METRICS_FILE
+            text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
+            outputs.path(path).write_text(text, encoding="utf-8")
+            names = [c.name for c in desc.classes]
+            write_confusion_matrix_csv(outputs.path(out_dir / MATRIX_CSV), matrix, names)
+            write_confusion_matrix_png(outputs.path(out_dir / MATRIX_PNG), matrix, names, desc.active_mask)
+            reports = [path, out_dir / MATRIX_CSV, out_dir / MATRIX_PNG]
+            if ign is not None and ign.metrics is not None:
+                ign_json, confmat = ign.metrics / IGN_METRICS, ign.metrics / IGN_CONFMAT
+                text = json.dumps(ign_metrics_report(matrix, desc)) + "\n"
+                outputs.path(ign_json).write_text(text, encoding="utf-8")
+                with outputs.path(confmat).open("wb") as f:
+                    np.save(f, matrix)  # through a handle: np.save would append .npy to the temporary name
+                reports += [ign_json, confmat]
         if save_predictions:
             style = out_dir / PREDICTIONS_DIR / "classes.qml"
             write_qgis_style(outputs.path(style), desc, overwrite=True)
@@ -264,13 +343,83 @@ def evaluate(
     )
 
 
-def _check_outputs(out_dir: Path, *, save_predictions: bool, overwrite: bool) -> None:
+def _score(
+    matrix: NDArray[np.int64], desc: ModelDescription, codes: Sequence[int]
+) -> dict[Convention, FlairMetrics]:
+    names = [c.name for c in desc.classes]
+    metrics: dict[Convention, FlairMetrics] = {}
+    for conv in CONVENTIONS:
+        if conv == "challenge" and not challenge_applicable(codes):
+            continue
+        metrics[conv] = compute_metrics(matrix, class_names=names, active=desc.active_mask, convention=conv)
+    return metrics
+
+
+def ign_metrics_report(matrix: NDArray[np.integer[Any]], desc: ModelDescription) -> dict[str, Any]:
+    """IGN's ``metrics.json`` for a confusion matrix: the ``"ign"`` convention in IGN's keys and units.
+
+    Keys as IGN's ``src/flair/metrics.py`` writes them: ``Avg_metrics_name`` (mIoU, Overall Accuracy,
+    Fscore, Precision, Recall), ``Avg_metrics``, ``classes`` (the active classes' names) and
+    ``per_class_iou``/``fscore``/``precision``/``recall`` as lists in that order. Values are percent;
+    rows and columns of inactive (weight-0) classes are removed before scoring and NaN counts as 0
+    (see :func:`~flair_deploy.training.metrics.compute_metrics`).
+
+    Args:
+        matrix: ``K×K`` counts in logit order, rows = ground truth.
+        desc: The model description (class names and active flags).
+    """
+    names = [c.name for c in desc.classes]
+    m = compute_metrics(matrix, class_names=names, active=desc.active_mask, convention="ign")
+
+    def pct(values: Iterable[float]) -> list[float]:
+        return [100.0 * float(v) for v in values]
+
+    return {
+        "Avg_metrics_name": list(IGN_AVERAGES),
+        "Avg_metrics": pct((m.miou, m.overall_accuracy, m.fscore, m.precision, m.recall)),
+        "classes": list(m.classes),
+        "per_class_iou": pct(m.per_class_iou[n] for n in m.classes),
+        "per_class_fscore": pct(m.per_class_fscore[n] for n in m.classes),
+        "per_class_precision": pct(m.per_class_precision[n] for n in m.classes),
+        "per_class_recall": pct(m.per_class_recall[n] for n in m.classes),
+    }
+
+
+def check_outputs(
+    out_dir: Path,
+    pairs: Sequence[PatchPair],
+    *,
+    score: bool = True,
+    overwrite: bool = False,
+    save_predictions: bool = False,
+    ign: IgnOutputs | None = None,
+) -> None:
+    """Refuse up front what :func:`evaluate` would not write: existing outputs without *overwrite*.
+
+    Args:
+        out_dir: :func:`evaluate`'s output folder.
+        pairs: The patches to evaluate (predictions are named after them).
+        score: Whether the reports would be written.
+        overwrite: Replace existing outputs.
+        save_predictions: Whether our predictions would be written.
+        ign: IGN's outputs that would be written too.
+
+    Raises:
+        OutputError: If an output exists without *overwrite*, or a folder cannot be written.
+    """
+    _check_outputs(out_dir, save_predictions=save_predictions, overwrite=overwrite, score=score)
+    if ign is not None:
+        for path in ign.files(pairs):
+            check_destination(path, overwrite=overwrite)
+
+
+def _check_outputs(out_dir: Path, *, save_predictions: bool, overwrite: bool, score: bool = True) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output folder {out_dir} is an existing file; choose a folder path")
     check_destination(out_dir / METRICS_FILE, overwrite=True)  # a writable folder, found up front
     if overwrite:
         return
-    names = [METRICS_FILE, MATRIX_CSV, MATRIX_PNG]
+    names = [METRICS_FILE, MATRIX_CSV, MATRIX_PNG] if score else []
     clash = [n for n in names if (out_dir / n).exists()]
     pred_dir = out_dir / PREDICTIONS_DIR
     if save_predictions and pred_dir.is_dir() and any(pred_dir.glob("PRED_*.tif")):
@@ -309,9 +458,22 @@ def _progress(loader: Iterable[Any], *, enabled: bool, total: int) -> Iterable[A
 
 
 def _write_prediction(
-    final: Path, path: Path, codes: NDArray[np.uint8], image_path: Path, desc: ModelDescription
+    final: Path,
+    path: Path,
+    codes: NDArray[np.uint8],
+    image_path: Path,
+    desc: ModelDescription,
+    *,
+    indices: bool = False,
+    georeferenced: bool = True,
 ) -> None:
-    """Write the prediction map *final* to *path* (its temporary name)."""
+    """Write the prediction map *final* to *path* (its temporary name).
+
+    *codes* are FLAIR class codes, or logit indices with *indices*. The map declares the description's
+    nodata (255, never a class) and holds it where every band of the patch is the patch's nodata; the
+    patch's own nodata value is never inherited (IGN copies it, so a patch with nodata 0 declared
+    class 0 as no data).
+    """
     import rasterio
     from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
     from rasterio.errors import RasterioError
@@ -332,14 +494,17 @@ def _write_prediction(
         "count": 1,
         "dtype": "uint8",
         "nodata": desc.nodata,
-        "crs": crs,
-        "transform": transform,
         "compress": "lzw",
     }
+    if georeferenced:
+        profile.update(crs=crs, transform=transform)
     try:
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(codes, 1)
-            write_class_map_tags(dst, desc)
+        with warnings.catch_warnings():
+            # Without georeferencing (IGN's georeferencing_output: false) that is what was asked for.
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path, "w", **profile) as dst:
+                dst.write(codes, 1)
+                write_class_map_tags(dst, desc, indices=indices)
     except (RasterioError, CPLE_BaseError, OSError) as exc:
         # A full disk reaches us as a failed TIFF write: one line naming the map.
         raise output_error(final, exc) from None

@@ -227,13 +227,14 @@ def _check_inputs(cfg: TrainConfig, stride: int) -> None:
     """Fail before any work on missing files and patches the network cannot take."""
     import rasterio
 
-    for key in ("train_csv", "val_csv"):
-        pairs = read_patch_csv(getattr(cfg.data, key))
-        if key == "train_csv" and len(pairs) < 2:
-            raise InputDataError(
-                f"{cfg.data.train_csv} lists {len(pairs)} patch; training needs at least 2 (batch norm)"
-            )
-    first = read_patch_csv(cfg.data.train_csv)[0].image
+    train_csv, val_csv = cfg.data.train_csv, cfg.data.val_csv
+    if train_csv is None or val_csv is None:  # the config requires them when tasks.train is on
+        raise ConfigError("training needs data.train_csv and data.val_csv; give both patch lists")
+    pairs = read_patch_csv(train_csv)
+    if len(pairs) < 2:
+        raise InputDataError(f"{train_csv} lists {len(pairs)} patch; training needs at least 2 (batch norm)")
+    read_patch_csv(val_csv)
+    first = pairs[0].image
     try:
         with rasterio.open(first) as src:
             height, width, count = src.height, src.width, src.count
@@ -390,11 +391,9 @@ def _write_config(cfg: TrainConfig, path: Path) -> None:
 
 
 def _init_weights(task: SegmentationTask, path: Path) -> None:
-    from flair_deploy.checkpoints import load_checkpoint, read_state
+    from flair_deploy.checkpoints import describes_itself, load_checkpoint, read_state
 
-    state = read_state(path)
-    hp = state.get("hyper_parameters")
-    own = isinstance(hp, Mapping) and "description" in hp
+    own = describes_itself(read_state(path))
     loaded = load_checkpoint(path) if own else load_checkpoint(path, description=task.description)
     try:
         task.model.load_state_dict(loaded.model.state_dict(), strict=True)

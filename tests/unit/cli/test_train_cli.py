@@ -65,8 +65,8 @@ def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
         yaml.safe_dump(
             {
                 "paths": {"train_csv": "missing-train.csv", "val_csv": "missing-val.csv"},
-                "tasks": {"predict": True},
-                "georeferencing_output": True,
+                "tasks": {"metrics": True},  # without predict, as IGN: never reached
+                "progress_rate": 10,
                 "channels": [1, 2, 3, 4, 5],
                 "norm_type": "scaling",
             }
@@ -77,8 +77,8 @@ def test_ign_config_keys_that_do_not_apply_are_printed(tmp_path, capsys):
         ["train", "--config", str(tmp_path / "ign.yaml"), "--out", str(tmp_path / "o")], capsys
     )
     assert code == 1
-    assert "IGN config key not applied: georeferencing_output" in err
-    assert "IGN config key not applied: tasks.predict" in err
+    assert "IGN config key not applied: progress_rate" in err
+    assert "IGN config key not applied: tasks.metrics: ignored without tasks.predict" in err
     assert "missing-train.csv" in _one_error_line(err)
 
 
@@ -135,7 +135,9 @@ def test_interrupt_is_one_line_with_the_resume_command_and_exit_130(tmp_path, ca
     def interrupted(cfg, **kwargs):
         raise run_mod.TrainingInterrupted(message, kept=[last], resume_from=last)
 
-    monkeypatch.setattr(run_mod, "train", interrupted)
+    import flair_deploy.training.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "train", interrupted)  # the command trains through run_tasks
     for name in ("a.csv", "b.csv"):
         (tmp_path / name).write_text("x.tif,y.tif\n", encoding="utf-8")
     code, stdout, err = _run(
@@ -155,3 +157,43 @@ def test_interrupt_is_one_line_with_the_resume_command_and_exit_130(tmp_path, ca
     assert lines == [f"interrupted: {message}"]
     assert f"--set checkpoint.resume_from={last}" in lines[0]
     assert "Traceback" not in err and "done in" not in stdout
+
+
+def test_ign_config_runs_train_predict_and_metrics_and_lists_the_outputs(tmp_path, capsys):
+    """IGN's `flair --conf` run from one IGN file: the bundled example, pointed at tiny data."""
+    import json
+
+    from flair_deploy.sample import make_sample_dataset
+
+    sample = make_sample_dataset(tmp_path / "data", n_train=4, n_val=2, n_test=2, size=32, with_aerial=False)
+    repo = Path(__file__).resolve().parents[3]
+    raw = yaml.safe_load((repo / "configs" / "ign" / "flair-1-config.yaml").read_text(encoding="utf-8"))
+    raw["paths"].update(
+        out_folder=str(tmp_path / "runs"),
+        train_csv=str(sample.train_csv),
+        val_csv=str(sample.val_csv),
+        test_csv=str(sample.test_csv),
+    )
+    raw["tasks"]["delete_preds"] = False
+    raw["model_framework"]["SegmentationModelsPytorch"]["encoder_decoder"] = "resnet18_unet"
+    raw.update(num_epochs=1, batch_size=2, num_workers=0)
+    config = tmp_path / "flair-1-config.yaml"
+    config.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    argv = ["train", "--config", str(config), "--no-progress"]
+    for item in ("model.encoder_depth=3", "trainer.limit_train_batches=2", "logging.tensorboard=false"):
+        argv += ["--set", item]
+    code, stdout, err = _run(argv, capsys)
+    assert code in (0, None), err
+    run = tmp_path / "runs" / "ign-example"
+    assert "then predict + metrics" in stdout and "predicted 2 test patches" in stdout
+    assert "IGN config key not applied: tasks" not in err
+    for path in (
+        run / "metrics" / "metrics.json",
+        run / "metrics" / "confmat.npy",
+        run / "evaluation" / "metrics.json",
+    ):
+        assert path.is_file() and str(path) in stdout
+    preds = sorted((run / "predictions_ign-example").glob("PRED_*.tif"))
+    assert len(preds) == 2 and f"2 predictions (PRED_*.tif) in {run / 'predictions_ign-example'}" in stdout
+    report = json.loads((run / "metrics" / "metrics.json").read_text(encoding="utf-8"))
+    assert len(report["classes"]) == 15 and len(report["per_class_iou"]) == 15  # 19 less the 4 weight-0

@@ -153,7 +153,7 @@ paths:
     out_model_name: 'my_model'
     train_csv: 'csv/train.csv'
     val_csv: 'csv/val.csv'
-    test_csv: ''
+    test_csv: 'csv/test.csv'
     ckpt_model_path: ""
     path_metadata_aerial: '../flair_aerial_metadata.json'
 tasks:
@@ -213,7 +213,9 @@ def _ign(tmp_path, text=IGN_YAML):
 def test_ign_config_is_mapped(tmp_path):
     cfg, _notes = _ign(tmp_path)
     assert cfg.data.train_csv == (tmp_path / "csv/train.csv").resolve()
-    assert cfg.data.test_csv is None
+    assert cfg.data.test_csv == (tmp_path / "csv/test.csv").resolve()
+    assert (cfg.tasks.train, cfg.tasks.predict, cfg.tasks.metrics, cfg.tasks.delete_preds) == (True,) * 4
+    assert cfg.tasks.georeferenced and cfg.tasks.checkpoint is None
     assert cfg.data.bands == (1, 2, 3)
     assert (cfg.model.arch, cfg.model.encoder) == ("unet", "tu-convnext_tiny")  # split on the LAST "_"
     assert (cfg.optim.optimizer, cfg.optim.lr, cfg.optim.momentum, cfg.optim.epochs) == ("sgd", 0.02, 0.0, 3)
@@ -242,9 +244,6 @@ def test_ign_unsupported_keys_are_reported(tmp_path):
     _, notes = _ign(tmp_path)
     text = "\n".join(notes)
     for key in (
-        "tasks.predict",
-        "tasks.metrics",
-        "georeferencing_output",
         "progress_rate",
         "model_framework.HuggingFace.org_model",
     ):
