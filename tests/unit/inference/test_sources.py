@@ -124,7 +124,9 @@ def test_another_crs_is_refused_unless_reproject_then_warped(products, tmp_path)
     dem = np.random.default_rng(1).uniform(0, 40, (60, 60)).astype(np.float32)
     utm = _write(tmp_path / "utm.tif", dem, origin=(min(xs), max(ys)), res=1.0, crs="EPSG:32631")
     sources = [BandSource(products["rvb"], 1), BandSource.elevation(utm)]
-    with pytest.raises(InputDataError, match=r"EPSG:32631.*EPSG:2154; pass reproject=True") as err:
+    with pytest.raises(
+        InputDataError, match=r"EPSG:32631.*EPSG:2154; pass --reproject \(reproject=True\)"
+    ) as err:
         assemble_bands(sources, tmp_path / "u.vrt")
     assert "\n" not in str(err.value)
     vrt = assemble_bands(sources, tmp_path / "u.vrt", reproject=True)
