@@ -23,12 +23,15 @@ from flair_deploy.errors import ConfigError
 
 __all__ = [
     "BAND_SOURCE_FLAGS",
+    "PATCH_SOURCE_FLAGS",
     "BandOption",
     "ConfigOption",
     "ElevationOffsetOption",
     "ElevationOption",
     "ElevationScaleOption",
     "IrcOption",
+    "PatchElevationOption",
+    "PatchIrcOption",
     "ReprojectOption",
     "ResamplingOption",
     "RvbOption",
@@ -370,3 +373,25 @@ def band_source_values(
         "reproject": True if reproject else None,
         "resampling": resampling,
     }
+
+
+#: ``evaluate``'s band-source options → EvaluateConfig key: the patch list's images are the RVB rasters.
+PATCH_SOURCE_FLAGS = {k: v for k, v in BAND_SOURCE_FLAGS.items() if k not in ("rvb", "band")}
+PatchIrcOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--irc",
+        metavar="PATH",
+        help="BD ORTHO patches: the CSV's images are RVB rasters and this folder holds their IRC rasters "
+        "(NIR, R, G), matched by IGN tile corner or by name (RVB -> IRC). See docs/bd-ortho.md.",
+    ),
+]
+PatchElevationOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--elevation",
+        metavar="PATH",
+        help="With --irc: height above ground in metres, any grid, as E: one file (a mosaic) or a folder "
+        "matched like --irc.",
+    ),
+]

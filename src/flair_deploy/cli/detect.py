@@ -85,7 +85,7 @@ EXAMPLES = (
         "    --preset flair-inc-rgbie-15cl-resnet34-unet --stitching crop --indices"
     ),
     "flair-deploy detect -c flair-1-config-detect.yaml \\\n    --preset flair-inc-rgbie-15cl-resnet34-unet",
-    "flair-deploy detect --rvb RVB/ --irc IRC/ --elevation height.vrt -m model.onnx -o maps/",
+    "flair-deploy detect --rvb RVB/ --irc IRC/ --elevation height.vrt \\\n    -m model.onnx -o maps/",
 )
 
 

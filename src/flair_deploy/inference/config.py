@@ -32,6 +32,7 @@ __all__ = [
     "BandSourcesConfig",
     "Compression",
     "DetectConfig",
+    "PatchSourcesConfig",
     "Stitching",
     "default_batch_size",
     "load_detect_config",
@@ -69,6 +70,31 @@ class BandSourcesConfig(FrozenConfig):
     elevation_scale: float = FLAIR_ELEVATION_SCALE
     elevation_offset: float = 0.0
     band: tuple[str, ...] = ()
+    reproject: bool = False
+    resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
+
+
+class PatchSourcesConfig(FrozenConfig):
+    """``evaluate`` on BD ORTHO patches: the patch list's images are RVB rasters, completed per row.
+
+    Each row's IRC raster and elevation are found by
+    :func:`~flair_deploy.inference.sources.find_partner` (same IGN tile corner, else same name with RVB
+    → IRC) and the row is read as a VRT of R, G, B, NIR (, E). See docs/bd-ortho.md.
+
+    Attributes:
+        irc: Folder of IRC rasters (NIR, R, G), or one file.
+        elevation: Height above ground in metres: one file (a mosaic) or a folder; None for 4 bands.
+        elevation_scale: Units of E per metre of height (FLAIR: 5, one unit = 0.2 m).
+        elevation_offset: Added to E after scaling.
+        reproject: Warp sources in another CRS onto each RVB image's grid (else they are refused).
+        resampling: Kernel for sources on another grid; None: bilinear for floating-point sources,
+            nearest for integer ones.
+    """
+
+    irc: Path
+    elevation: Path | None = None
+    elevation_scale: float = FLAIR_ELEVATION_SCALE
+    elevation_offset: float = 0.0
     reproject: bool = False
     resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
 

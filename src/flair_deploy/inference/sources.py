@@ -45,7 +45,7 @@ import numpy as np
 
 from flair_deploy.atomic import check_destination, temporary_path, write_text
 from flair_deploy.errors import ConfigError, InputDataError
-from flair_deploy.flair_format import RASTER_SUFFIXES
+from flair_deploy.flair_format import RASTER_SUFFIXES, PatchPair
 
 if TYPE_CHECKING:
     from flair_deploy.description import ModelDescription
@@ -59,7 +59,9 @@ __all__ = [
     "MatchedTile",
     "assemble_bands",
     "assembled_inputs",
+    "assembled_patches",
     "bd_ortho_sources",
+    "find_partner",
     "match_tiles",
     "parse_band_spec",
     "plan_band_inputs",
@@ -718,3 +720,125 @@ def assembled_inputs(
         for made in created:  # innermost first; only those still empty
             with contextlib.suppress(OSError):
                 made.rmdir()
+
+
+def _keyed(folder: Path) -> dict[tuple[int, int], Path]:
+    """The files of *folder* whose names carry an IGN tile corner, by corner (others are ignored)."""
+    tiles: dict[tuple[int, int], Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in _TILE_SUFFIXES or p.name.startswith("."):
+            continue
+        key = tile_key(p.name)
+        if key is not None:
+            if key in tiles:
+                raise InputDataError(
+                    f"folder {folder} holds two tiles at {key[0]:04d}-{key[1]:04d}: {tiles[key].name} and "
+                    f"{p.name}; keep one product per folder"
+                )
+            tiles[key] = p
+    return tiles
+
+
+def find_partner(image: Path, where: Path, what: str, *, cache: dict[Path, Any] | None = None) -> Path:
+    """The *what* product (IRC, elevation) of the RVB raster *image*: *where* itself, or found in it.
+
+    *where* a file: that file (e.g. an elevation mosaic for every patch). *where* a folder: the file with
+    the same IGN tile corner as *image* (:func:`tile_key`) when *image*'s name carries one; otherwise the
+    file of the same name, or of the same name with ``RVB`` replaced by ``IRC``, in any raster suffix.
+
+    Args:
+        image: The RVB raster.
+        where: A file, or a folder of products.
+        what: The product, for messages (``"IRC"``, ``"elevation"``).
+        cache: Reused across calls: folder listings.
+
+    Raises:
+        InputDataError: *where* is missing, or the folder holds no product for *image*.
+    """
+    where = Path(where)
+    if where.is_file():
+        return where
+    if not where.is_dir():
+        raise InputDataError(
+            f"{what} source {where} does not exist; give a file or a folder of {what} rasters"
+        )
+    cache = {} if cache is None else cache
+    key = tile_key(image.name)
+    if key is not None:
+        tiles = cache.setdefault(where, _keyed(where))
+        if key in tiles:
+            return Path(tiles[key])
+        raise InputDataError(
+            f"{what} folder {where} has no tile at {key[0]:04d}-{key[1]:04d} for {image.name}; give every "
+            "product for each tile"
+        )
+    stems = {image.stem, image.stem.replace("RVB", "IRC")} if what == "IRC" else {image.stem}
+    found = sorted(
+        p for p in where.iterdir() if p.is_file() and p.stem in stems and p.suffix.lower() in _TILE_SUFFIXES
+    )
+    if len(found) != 1:
+        problem = "no raster" if not found else f"{len(found)} rasters ({_few([p.name for p in found])})"
+        raise InputDataError(
+            f"{what} folder {where} holds {problem} named like {image.name}; expected one {what} raster "
+            "with the same IGN tile corner or the same name (RVB → IRC)"
+        )
+    return found[0]
+
+
+@contextlib.contextmanager
+def assembled_patches(
+    pairs: Sequence[PatchPair],
+    *,
+    irc: Path,
+    elevation: Path | None,
+    beside: Path,
+    elevation_scale: float = FLAIR_ELEVATION_SCALE,
+    elevation_offset: float = 0.0,
+    reproject: bool = False,
+    resampling: str | None = None,
+) -> Iterator[list[PatchPair]]:
+    """*pairs* (FLAIR patch rows whose image is the RVB raster) with each image replaced by its VRT.
+
+    Each RVB image gets its IRC product and elevation (:func:`find_partner`) and becomes a VRT of R, G,
+    B, NIR (, E) named after it, in a temporary folder beside *beside* (:func:`assembled_inputs`).
+
+    Args:
+        pairs: :class:`~flair_deploy.flair_format.PatchPair` rows.
+        irc: Folder of IRC rasters (or one file).
+        elevation: Height-above-ground file (mosaic) or folder, in metres; None for four bands.
+        beside: An output the temporary folder goes next to.
+        elevation_scale: Units of E per metre of height.
+        elevation_offset: Added after scaling.
+        reproject: Warp sources in another CRS onto the RVB grid.
+        resampling: Kernel for sources on another grid.
+
+    Yields:
+        The rows, images replaced by VRTs (masks unchanged).
+
+    Raises:
+        InputDataError: Two RVB images of the same name, a missing product, or any refusal of
+            :func:`assemble_bands`.
+    """
+    stems = [p.image.stem for p in pairs]
+    if len(set(stems)) != len(stems):
+        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        raise InputDataError(
+            f"the patch list names several RVB images called {_few(dupes)}; each becomes NAME.vrt, so give "
+            "images with distinct names"
+        )
+    cache: dict[Path, Any] = {}
+    inputs = []
+    for pair in pairs:
+        image = pair.image
+        sources = bd_ortho_sources(
+            image,
+            find_partner(image, irc, "IRC", cache=cache),
+            None if elevation is None else find_partner(image, elevation, "elevation", cache=cache),
+            elevation_scale=elevation_scale,
+            elevation_offset=elevation_offset,
+        )
+        if resampling is not None:
+            sources = tuple(dataclasses.replace(s, resampling=resampling) for s in sources)
+        inputs.append(BandInput(image.stem, sources))
+    with assembled_inputs(inputs, beside, reproject=reproject) as vrts:
+        yield [dataclasses.replace(p, image=v) for p, v in zip(pairs, vrts, strict=True)]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from flair_deploy.atomic import OutputSet, atomic_path, check_destination, outpu
 from flair_deploy.checkpoints import load_checkpoint
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
+from flair_deploy.flair_format import PatchPair
 from flair_deploy.maps import write_class_map_tags, write_qgis_style
 from flair_deploy.training.metrics import (
     CONVENTIONS,
@@ -59,6 +60,9 @@ __all__ = [
     "write_confusion_matrix_csv",
     "write_confusion_matrix_png",
 ]
+
+if TYPE_CHECKING:
+    from flair_deploy.inference.config import PatchSourcesConfig
 
 METRICS_FILE = "metrics.json"
 MATRIX_CSV = "confusion_matrix.csv"
@@ -126,6 +130,8 @@ def evaluate(
     save_predictions: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    sources: PatchSourcesConfig | None = None,
+    patches: Sequence[PatchPair] | None = None,
 ) -> EvaluationResult:
     """Evaluate a checkpoint on the patches listed in a FLAIR CSV and write the reports.
 
@@ -144,6 +150,10 @@ def evaluate(
         save_predictions: Also write ``predictions/PRED_<stem>.tif`` for every patch.
         overwrite: Replace existing outputs.
         progress: Show a progress bar.
+        sources: BD ORTHO patches: the list's images are RVB rasters; each is completed with its IRC
+            raster and elevation into a temporary VRT of R, G, B, NIR (, E)
+            (:func:`~flair_deploy.inference.sources.assembled_patches`).
+        patches: The rows to evaluate, already read (*csv_path* still names the data in the report).
 
     Returns:
         The metrics, the confusion matrix and the written files.
@@ -165,7 +175,37 @@ def evaluate(
     out_dir = Path(out_dir)
     _check_outputs(out_dir, save_predictions=save_predictions, overwrite=overwrite)
 
-    pairs = read_patch_csv(Path(csv_path), require_masks=True)
+    pairs = list(patches) if patches is not None else read_patch_csv(Path(csv_path), require_masks=True)
+    if sources is not None:  # BD ORTHO patches: the same evaluation on VRTs that exist while it lasts
+        from flair_deploy.inference.sources import assembled_patches
+
+        with assembled_patches(
+            pairs,
+            irc=sources.irc,
+            elevation=sources.elevation,
+            beside=out_dir / METRICS_FILE,
+            elevation_scale=sources.elevation_scale,
+            elevation_offset=sources.elevation_offset,
+            reproject=sources.reproject,
+            resampling=sources.resampling,
+        ) as assembled:
+            return evaluate(
+                checkpoint,
+                csv_path,
+                out_dir,
+                preset=preset,
+                description=description,
+                band_indexes=band_indexes,
+                aerial_json=aerial_json,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+                ignore_unknown=ignore_unknown,
+                save_predictions=save_predictions,
+                overwrite=overwrite,
+                progress=progress,
+                patches=assembled,
+            )
     loaded = load_checkpoint(Path(checkpoint), description=description, preset=preset)
     desc = loaded.description
     bands = tuple(band_indexes) if band_indexes is not None else tuple(range(1, desc.in_channels + 1))

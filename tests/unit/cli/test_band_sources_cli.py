@@ -16,10 +16,9 @@ from tests.fakes import EchoBackend
 
 # 160 x 128 px at 0.2 m: several 64-px tiles of the tiny model, two tile rows and columns of overlap.
 X0, Y0, RES, W, H = 650000.0, 6865000.0, 0.2, 160, 128
-RVB_NAME = "D075-2021-0650-6865-LA93-0M20-RVB-E080"
-IRC_NAME = "D075-2021-0650-6865-LA93-0M20-IRC-E080"
+_JP2 = raster_driver_extensions().get("jp2") == "JP2OpenJPEG"
 needs_jp2 = pytest.mark.skipif(
-    raster_driver_extensions().get("jp2") != "JP2OpenJPEG",
+    not _JP2,
     reason="this GDAL has no JP2OpenJPEG driver to write and read BD ORTHO .jp2 tiles",
 )
 
@@ -345,3 +344,74 @@ def test_another_crs_is_warped_with_reproject(tmp_path, fake_backend, model_file
     )
     with rasterio.open(out) as ds:
         assert (ds.width, ds.height, ds.crs.to_epsg()) == (W, H, 2154)
+
+
+def _patch_list(folder: Path, rows: list[tuple[Path, Path]]) -> Path:
+    csv = folder / "patches.csv"
+    csv.write_text("".join(f"{image},{mask}\n" for image, mask in rows))
+    return csv
+
+
+def test_evaluate_on_rvb_patches_with_irc_and_elevation_equals_prestacked(tmp_path, tiny_ckpt, capsys):
+    # Two 5 km "tiles" cut to patches: RVB JP2 in the CSV, IRC JP2 matched by corner, one height mosaic.
+    rows_bd, rows_stacked = [], []
+    for n, x_km in enumerate((650, 655)):
+        tile = _tile(tmp_path / "in", x_km, 6865, seed=10 + n, jp2=_JP2)
+        mask = _write(
+            tmp_path / "in" / f"MSK_{n}.tif",
+            np.random.default_rng(n).integers(1, 16, (H, W), dtype=np.uint8),
+            origin=tile["origin"],
+        )
+        rows_bd.append((tile["rvb"], mask))
+        rows_stacked.append((_prestacked(tile, tmp_path / "stacked" / f"IMG_{n}.tif"), mask))
+    common = ["--out", "OUT", "--device", "cpu", "--batch-size", "2"]
+
+    def run(csv, out, *extra):
+        _ok(
+            [
+                "evaluate",
+                str(tiny_ckpt),
+                "--csv",
+                str(csv),
+                *extra,
+                *(str(out) if c == "OUT" else c for c in common),
+            ],
+            capsys,
+        )
+        return (out / "confusion_matrix.csv").read_text()
+
+    ref = run(_patch_list(tmp_path / "stacked", rows_stacked), tmp_path / "ref")
+    # Each tile's own height model as a folder matched by corner.
+    got = run(
+        _patch_list(tmp_path / "in", rows_bd),
+        tmp_path / "bd",
+        "--irc",
+        str(tmp_path / "in" / "irc"),
+        "--elevation",
+        str(tmp_path / "in" / "dem"),
+    )
+    assert got == ref
+    assert _hidden(tmp_path / "bd") == []
+
+
+def test_evaluate_refuses_a_patch_without_its_irc_in_one_line(tmp_path, capsys):
+    tile = _tile(tmp_path / "in", jp2=False)
+    mask = _write(tmp_path / "in" / "MSK.tif", np.ones((H, W), np.uint8))
+    (tmp_path / "empty").mkdir()
+    ckpt = tmp_path / "never_loaded.ckpt"
+    ckpt.write_bytes(b"not read: the IRC is missing first")
+    line = _fails(
+        [
+            "evaluate",
+            str(ckpt),
+            "--csv",
+            str(_patch_list(tmp_path / "in", [(tile["rvb"], mask)])),
+            "--out",
+            str(tmp_path / "out"),
+            "--irc",
+            str(tmp_path / "empty"),
+        ],
+        capsys,
+    )
+    assert "has no tile at 0650-6865" in line, line
+    assert _hidden(tmp_path / "out") == []
