@@ -415,3 +415,26 @@ def test_evaluate_refuses_a_patch_without_its_irc_in_one_line(tmp_path, capsys):
     )
     assert "has no tile at 0650-6865" in line, line
     assert _hidden(tmp_path / "out") == []
+
+
+def test_a_failure_after_assembly_leaves_nothing(tmp_path, fake_backend, model_file, capsys):
+    # Four bands (no --elevation) for a 5-band model: refused once the model is known, VRTs removed.
+    tile = _tile(tmp_path / "in", jp2=False)
+    out = tmp_path / "out" / "maps"
+    line = _fails(
+        [
+            "detect",
+            "--rvb",
+            str(tile["rvb"]),
+            "--irc",
+            str(tile["irc"]),
+            "-m",
+            str(model_file),
+            "-o",
+            str(out),
+            "-q",
+        ],
+        capsys,
+    )
+    assert "has 4 band(s) but model 'tiny' needs 5" in line, line
+    assert fake_backend.get("loaded") and not (tmp_path / "out").exists()
