@@ -44,7 +44,17 @@ def default_batch_size(device: str) -> int:
     return 1 if device.startswith("cpu") else 16
 
 
-class BandSourcesConfig(FrozenConfig):
+class _ProductOptions(FrozenConfig):
+    """What band-source configs share: the elevation, its encoding, reprojection and resampling."""
+
+    elevation: Path | None = None
+    elevation_scale: float = FLAIR_ELEVATION_SCALE
+    elevation_offset: float = 0.0
+    reproject: bool = False
+    resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
+
+
+class BandSourcesConfig(_ProductOptions):
     """The model's bands assembled from separate rasters (BD ORTHO products), instead of ``inputs``.
 
     Either ``rvb`` and ``irc`` (optionally ``elevation``), giving R, G, B, NIR (, E), or ``band``: one
@@ -54,11 +64,11 @@ class BandSourcesConfig(FrozenConfig):
     Attributes:
         rvb: BD ORTHO RVB ortho (R, G, B): one tile, or a folder of tiles matched by IGN names.
         irc: BD ORTHO IRC ortho (NIR, R, G) of the same tile(s).
+        band: Explicit sources, one per model band in its order, instead of rvb/irc/elevation.
         elevation: Height above ground in metres: one file for every tile (a VRT mosaic), or a folder
             of tiles matched by name.
         elevation_scale: Units of E per metre of height (FLAIR: 5, one unit = 0.2 m).
         elevation_offset: Added to E after scaling.
-        band: Explicit sources, one per model band in its order, instead of rvb/irc/elevation.
         reproject: Warp sources in another CRS onto the RVB ortho's grid (else they are refused).
         resampling: Kernel for sources on another grid; None: bilinear for floating-point sources
             (elevation), nearest for integer ones.
@@ -66,15 +76,10 @@ class BandSourcesConfig(FrozenConfig):
 
     rvb: Path | None = None
     irc: Path | None = None
-    elevation: Path | None = None
-    elevation_scale: float = FLAIR_ELEVATION_SCALE
-    elevation_offset: float = 0.0
     band: tuple[str, ...] = ()
-    reproject: bool = False
-    resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
 
 
-class PatchSourcesConfig(FrozenConfig):
+class PatchSourcesConfig(_ProductOptions):
     """``evaluate`` on BD ORTHO patches: the patch list's images are RVB rasters, completed per row.
 
     Each row's IRC raster and elevation are found by
@@ -92,11 +97,6 @@ class PatchSourcesConfig(FrozenConfig):
     """
 
     irc: Path
-    elevation: Path | None = None
-    elevation_scale: float = FLAIR_ELEVATION_SCALE
-    elevation_offset: float = 0.0
-    reproject: bool = False
-    resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
 
 
 class DetectConfig(FrozenConfig):
