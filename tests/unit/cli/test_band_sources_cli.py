@@ -438,3 +438,26 @@ def test_a_failure_after_assembly_leaves_nothing(tmp_path, fake_backend, model_f
     )
     assert "has 4 band(s) but model 'tiny' needs 5" in line, line
     assert fake_backend.get("loaded") and not (tmp_path / "out").exists()
+
+
+def test_resume_skips_tiles_mapped_from_the_same_sources(tmp_path, fake_backend, model_file, capsys):
+    _tile(tmp_path / "in", 650, 6865, seed=1, jp2=False)
+    _tile(tmp_path / "in", 655, 6865, seed=2, jp2=False)
+    argv = [
+        "detect",
+        "--rvb",
+        str(tmp_path / "in" / "rvb"),
+        "--irc",
+        str(tmp_path / "in" / "irc"),
+        "-m",
+        str(model_file),
+        "-o",
+        str(tmp_path / "maps"),
+        "-q",
+        "--no-overviews",
+        "--bands",
+        "1,2,3,4,4",  # the tiny model takes five bands: NIR twice stands in for E
+    ]
+    _ok(argv, capsys)
+    cap = _ok([*argv, "--resume"], capsys)
+    assert "resumed: 2 raster(s) already finished" in cap.out
