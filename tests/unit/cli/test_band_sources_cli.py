@@ -14,8 +14,8 @@ from flair_deploy.cli import main
 from flair_deploy.inference import backends
 from tests.fakes import EchoBackend
 
-# 160 x 128 px at 0.2 m: several 64-px tiles of the tiny model, two tile rows and columns of overlap.
-X0, Y0, RES, W, H = 650000.0, 6865000.0, 0.2, 160, 128
+# 112 x 96 px at 0.2 m: 2 x 2 overlapping 64-px tiles of the tiny model (stitching is exercised, cheaply).
+X0, Y0, RES, W, H = 650000.0, 6865000.0, 0.2, 112, 96
 _JP2 = raster_driver_extensions().get("jp2") == "JP2OpenJPEG"
 needs_jp2 = pytest.mark.skipif(
     not _JP2,
