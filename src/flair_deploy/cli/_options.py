@@ -22,9 +22,22 @@ from flair_deploy.config import parse_override
 from flair_deploy.errors import ConfigError
 
 __all__ = [
+    "BAND_SOURCE_FLAGS",
+    "PATCH_SOURCE_FLAGS",
+    "BandOption",
     "ConfigOption",
+    "ElevationOffsetOption",
+    "ElevationOption",
+    "ElevationScaleOption",
+    "IrcOption",
+    "PatchElevationOption",
+    "PatchIrcOption",
+    "ReprojectOption",
+    "ResamplingOption",
+    "RvbOption",
     "SetOption",
     "VersionOption",
+    "band_source_values",
     "choices",
     "command_class",
     "given_flags",
@@ -273,3 +286,121 @@ def parse_key_values(items: Sequence[str] | None, flag: str) -> dict[str, Any] |
             ) from None
         out[key] = value
     return out
+
+
+# Band sources (BD ORTHO products assembled on the fly): shared by the commands that read orthophotos.
+#: Band-source option → DetectConfig key (merged into a command's flag table).
+BAND_SOURCE_FLAGS = {
+    "rvb": "sources.rvb",
+    "irc": "sources.irc",
+    "elevation": "sources.elevation",
+    "elevation_scale": "sources.elevation_scale",
+    "elevation_offset": "sources.elevation_offset",
+    "band": "sources.band",
+    "reproject": "sources.reproject",
+    "resampling": "sources.resampling",
+}
+RvbOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--rvb",
+        metavar="PATH",
+        help="BD ORTHO RVB ortho (R, G, B), instead of RASTER...: one tile, or a folder of tiles "
+        "matched to --irc by the km corner in IGN's names. See docs/bd-ortho.md.",
+    ),
+]
+IrcOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--irc", metavar="PATH", help="BD ORTHO IRC ortho (NIR, R, G) of the same tile(s): its band 1 is NIR."
+    ),
+]
+ElevationOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--elevation",
+        metavar="PATH",
+        help="Height above ground in metres (DSM - DTM), any grid: becomes E, warped onto the RVB grid. "
+        "A file for every tile (e.g. a VRT mosaic) or a folder of tiles matched by name.",
+    ),
+]
+ElevationScaleOption = Annotated[
+    float | None,
+    typer.Option(
+        "--elevation-scale", metavar="X", help="E = height x X + offset (FLAIR: 5, 1 unit = 0.2 m)."
+    ),
+]
+ElevationOffsetOption = Annotated[
+    float | None, typer.Option("--elevation-offset", metavar="X", help="Added to E after scaling.")
+]
+BandOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--band",
+        metavar="PATH[:N][*SCALE][+OFFSET]",
+        help="One model band from any raster, repeated once per model band in its order, instead of "
+        "--rvb/--irc, e.g. --band rvb.jp2:1 --band rvb.jp2:2 --band rvb.jp2:3 --band irc.jp2:1 "
+        "--band height.tif*5.",
+    ),
+]
+ReprojectOption = Annotated[
+    bool,
+    typer.Option(
+        "--reproject", help="Warp band sources in another CRS onto the RVB grid (refused without it)."
+    ),
+]
+ResamplingOption = Annotated[
+    str | None,
+    typer.Option(
+        "--resampling",
+        metavar="NAME",
+        help="Kernel for band sources on another grid: nearest, bilinear, cubic, average, ... "
+        "(default: bilinear for float sources such as elevation, nearest for imagery).",
+    ),
+]
+
+
+def band_source_values(
+    *,
+    rvb: Path | None,
+    irc: Path | None,
+    elevation: Path | None,
+    elevation_scale: float | None,
+    elevation_offset: float | None,
+    band: Sequence[str] | None,
+    reproject: bool,
+    resampling: str | None,
+) -> dict[str, Any]:
+    """The band-source options as :func:`given_flags` values (None: not given)."""
+    return {
+        "rvb": rvb,
+        "irc": irc,
+        "elevation": elevation,
+        "elevation_scale": elevation_scale,
+        "elevation_offset": elevation_offset,
+        "band": list(band) if band else None,
+        "reproject": True if reproject else None,
+        "resampling": resampling,
+    }
+
+
+#: ``evaluate``'s band-source options → EvaluateConfig key: the patch list's images are the RVB rasters.
+PATCH_SOURCE_FLAGS = {k: v for k, v in BAND_SOURCE_FLAGS.items() if k not in ("rvb", "band")}
+PatchIrcOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--irc",
+        metavar="PATH",
+        help="BD ORTHO patches: the CSV's images are RVB rasters and this folder holds their IRC rasters "
+        "(NIR, R, G), matched by IGN tile corner or by name (RVB -> IRC). See docs/bd-ortho.md.",
+    ),
+]
+PatchElevationOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--elevation",
+        metavar="PATH",
+        help="With --irc: height above ground in metres, any grid, as E: one file (a mosaic) or a folder "
+        "matched like --irc.",
+    ),
+]

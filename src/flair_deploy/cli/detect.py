@@ -9,8 +9,18 @@ import typer
 
 from flair_deploy.choices import Compression, Stitching
 from flair_deploy.cli._options import (
+    BAND_SOURCE_FLAGS,
+    BandOption,
+    ElevationOffsetOption,
+    ElevationOption,
+    ElevationScaleOption,
+    IrcOption,
+    ReprojectOption,
+    ResamplingOption,
+    RvbOption,
     SetOption,
     VersionOption,
+    band_source_values,
     choices,
     echo_notes,
     given_flags,
@@ -64,6 +74,7 @@ FLAGS = {
     "camera": "camera",
     "altitude": "altitude",
     "metadata_json": "metadata_json",
+    **BAND_SOURCE_FLAGS,
 }
 
 
@@ -75,6 +86,7 @@ EXAMPLES = (
         "    --preset flair-inc-rgbie-15cl-resnet34-unet --stitching crop --indices"
     ),
     "flair-deploy detect -c flair-1-config-detect.yaml \\\n    --preset flair-inc-rgbie-15cl-resnet34-unet",
+    "flair-deploy detect --rvb RVB/ --irc IRC/ --elevation height.vrt \\\n    -m model.onnx -o maps/",
 )
 
 
@@ -242,6 +254,15 @@ def command(
             help="JSON with date, time, camera, altitude (or a FLAIR aerial record), for metadata models.",
         ),
     ] = None,
+    # Band sources (BD ORTHO RVB + IRC + elevation assembled on the fly), instead of RASTER...
+    rvb: RvbOption = None,
+    irc: IrcOption = None,
+    elevation: ElevationOption = None,
+    elevation_scale: ElevationScaleOption = None,
+    elevation_offset: ElevationOffsetOption = None,
+    band: BandOption = None,
+    reproject: ReprojectOption = False,
+    resampling: ResamplingOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     version: VersionOption = False,
 ) -> None:
@@ -298,6 +319,16 @@ def command(
         camera=camera,
         altitude=altitude,
         metadata_json=metadata_json,
+        **band_source_values(
+            rvb=rvb,
+            irc=irc,
+            elevation=elevation,
+            elevation_scale=elevation_scale,
+            elevation_offset=elevation_offset,
+            band=band,
+            reproject=reproject,
+            resampling=resampling,
+        ),
     )
     names["inputs"] = "RASTER..."
     cfg, notes = load_detect_config(config, set_ or (), flags, flag_names=names)

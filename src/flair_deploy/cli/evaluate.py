@@ -10,9 +10,17 @@ import typer
 
 from flair_deploy._optional import require_extra
 from flair_deploy.cli._options import (
+    PATCH_SOURCE_FLAGS,
     ConfigOption,
+    ElevationOffsetOption,
+    ElevationScaleOption,
+    PatchElevationOption,
+    PatchIrcOption,
+    ReprojectOption,
+    ResamplingOption,
     SetOption,
     VersionOption,
+    band_source_values,
     echo_notes,
     given_flags,
     parse_bands,
@@ -40,6 +48,7 @@ FLAGS = {
     "predictions": "predictions",
     "ignore_unknown": "ignore_unknown",
     "overwrite": "overwrite",
+    **PATCH_SOURCE_FLAGS,
 }
 
 EXAMPLES = (
@@ -49,6 +58,10 @@ EXAMPLES = (
         "    --csv test.csv --out eval/ --predictions"
     ),
     "flair-deploy evaluate model.ckpt --csv test.csv --out eval/ --bands 1,2,3",
+    (
+        "flair-deploy evaluate model.ckpt --csv rvb_patches.csv --out eval/ \\\n"
+        "    --irc IRC/ --elevation heights.vrt"
+    ),
 )
 
 
@@ -119,6 +132,13 @@ def command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing outputs in --out.")
     ] = False,
+    # Band sources (BD ORTHO patches: the CSV's images are RVB, completed with IRC and elevation)
+    irc: PatchIrcOption = None,
+    elevation: PatchElevationOption = None,
+    elevation_scale: ElevationScaleOption = None,
+    elevation_offset: ElevationOffsetOption = None,
+    reproject: ReprojectOption = False,
+    resampling: ResamplingOption = None,
     version: VersionOption = False,
 ) -> None:
     """Score a checkpoint on labelled patches: mIoU, IoU, confusion.
@@ -155,6 +175,16 @@ def command(
         predictions=predictions or None,
         ignore_unknown=ignore_unknown or None,
         overwrite=overwrite or None,
+        **band_source_values(
+            rvb=None,
+            irc=irc,
+            elevation=elevation,
+            elevation_scale=elevation_scale,
+            elevation_offset=elevation_offset,
+            band=None,
+            reproject=reproject,
+            resampling=resampling,
+        ),
     )
     names["checkpoint"] = "CHECKPOINT"
     cfg, notes = load_evaluate_config(config, set_ or (), flags, flag_names=names)
@@ -172,6 +202,7 @@ def command(
         ignore_unknown=cfg.ignore_unknown,
         save_predictions=cfg.predictions,
         overwrite=cfg.overwrite,
+        sources=cfg.sources,
     )
     _report(result)
 

@@ -5,10 +5,12 @@ Tiles are **raw band values** as float32 ``(N, C, T, T)`` (the graph normalises)
 * a FLAIR CSV, read by :func:`~flair_deploy.flair_format.read_patch_csv` (the rule of ``train`` and
   ``evaluate``; here the mask column is optional), or
 * rasters (:data:`~flair_deploy.flair_format.RASTER_SUFFIXES`), or folders of them searched
-  recursively, from integer windows spread over each raster.
+  recursively, from integer windows at any position of each raster (they may overlap) whose pixels are
+  all valid data (GDAL's dataset mask: no nodata).
 
 Tiles are drawn round-robin across every input so that one large raster cannot dominate, with a
-seeded generator so the same sources always give the same set. :attr:`TileSet.sha256` hashes the
+seeded generator so the same sources always give the same set; a large orthophoto gives as many
+windows as asked, not only its non-overlapping ones. :attr:`TileSet.sha256` hashes the
 tiles actually used; it is stored in the model description as the calibration-set hash.
 
 Band handling: a raster must have exactly the model's band count, except that the first bands of a
@@ -22,6 +24,7 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -104,11 +107,67 @@ def _band_indexes(path: Path, count: int, description: ModelDescription) -> list
     )
 
 
-def _windows(height: int, width: int, tile: int) -> list[tuple[int, int]]:
-    """Return the (row, col) offsets of a grid of whole tiles covering the raster, edges pulled in."""
-    rows = sorted({*range(0, height - tile + 1, tile), height - tile})
-    cols = sorted({*range(0, width - tile + 1, tile), width - tile})
-    return [(r, c) for r in rows for c in cols]
+#: The longest side of a raster's valid-data grid: windows start on a lattice of
+#: ``ceil(max(height, width) / _GRID)`` px (1 px up to rasters of that size), so the grid stays small.
+_GRID = 4096
+#: Rows of grid cells read per mask strip (bounds memory on wide rasters).
+_STRIP_CELLS = 256
+
+
+def _nodata_cells(ds: Any, step: int) -> NDArray[np.bool_]:
+    """Cells of *step* x *step* px holding at least one nodata pixel (GDAL's dataset mask), by strips."""
+    from rasterio.enums import MaskFlags
+    from rasterio.windows import Window
+
+    height, width = ds.height, ds.width
+    rows, cols = -(-height // step), -(-width // step)
+    if all(flags == [MaskFlags.all_valid] for flags in ds.mask_flag_enums):
+        return np.zeros((rows, cols), dtype=bool)  # no nodata, no mask: nothing to read
+    cells = np.empty((rows, cols), dtype=bool)
+    for r0 in range(0, rows, _STRIP_CELLS):
+        r1 = min(rows, r0 + _STRIP_CELLS)
+        y0, y1 = r0 * step, min(height, r1 * step)
+        mask = ds.dataset_mask(window=Window(0, y0, width, y1 - y0)) == 0
+        padded = np.zeros(((r1 - r0) * step, cols * step), dtype=bool)
+        padded[: mask.shape[0], :width] = mask
+        cells[r0:r1] = padded.reshape(r1 - r0, step, cols, step).any(axis=(1, 3))
+    return cells
+
+
+def _positions(
+    path: Path, height: int, width: int, tile: int, rng: np.random.Generator, limit: int
+) -> Iterator[tuple[int, int]]:
+    """Yield up to *limit* distinct ``(row, col)`` offsets of *tile*-px windows free of nodata, seeded.
+
+    Any offset may come up (windows may overlap): a 2048-px ortho gives as many 512-px windows as
+    asked, not only its 16 non-overlapping ones. Offsets lie on a lattice of ``step`` px (1 px for
+    rasters up to :data:`_GRID` px; coarser beyond, so the grid stays small), and a window is taken only
+    when every ``step``-px cell it touches is free of nodata in GDAL's dataset mask (what ``detect``
+    reads as data): exact for ``step = 1``, never accepting a nodata pixel otherwise. The mask is read
+    once per raster, in strips; a raster without nodata or mask is not read at all.
+    """
+    import rasterio
+
+    step = max(1, -(-max(height, width) // _GRID))
+    with rasterio.open(path) as ds:
+        bad = _nodata_cells(ds, step)
+    span = -(-tile // step)  # cells a window starting on a cell corner touches
+    # Summed-area table of nodata cells: a window is valid when its span x span block sums to 0.
+    table = np.zeros((bad.shape[0] + 1, bad.shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = bad.cumsum(0).cumsum(1)
+    n_rows, n_cols = (height - tile) // step + 1, (width - tile) // step + 1
+    block = (
+        table[span : span + n_rows, span : span + n_cols]
+        - table[:n_rows, span : span + n_cols]
+        - table[span : span + n_rows, :n_cols]
+        + table[:n_rows, :n_cols]
+    )
+    valid = np.flatnonzero(block == 0)
+    if valid.size == 0:
+        return
+    for i in rng.choice(valid, size=min(limit, valid.size), replace=False):
+        row, col = divmod(int(i), n_cols)
+        yield row * step, col * step
 
 
 def read_tiles(
@@ -121,7 +180,11 @@ def read_tiles(
     with_masks: bool = False,
     purpose: str = "calibration",
 ) -> TileSet:
-    """Read *count* tiles spread across every source.
+    """Read *count* tiles spread across every source: seeded windows at any position, valid data only.
+
+    Sources are visited round-robin in a seeded order, each giving its next window (see
+    :func:`_positions`) until *count* are drawn, so one large raster cannot dominate and a long CSV
+    gives a random subset of its patches. The same sources and seed always give the same tiles.
 
     Args:
         sources: FLAIR CSVs, rasters, or folders of rasters.
@@ -137,7 +200,7 @@ def read_tiles(
 
     Raises:
         InputDataError: If a source is unreadable, has the wrong bands, is smaller than a tile, or
-            all sources together hold fewer than *count* tiles.
+            all sources together hold fewer than *count* distinct windows free of nodata.
     """
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -146,9 +209,8 @@ def read_tiles(
     tile = tile_size or description.tile_size
     items = _expand(sources)
     rng = np.random.default_rng(seed)
-    # Every item's window grid, shuffled, then drawn round-robin across items.
-    grids: list[list[tuple[int, int]]] = []
-    for item in items:
+    sizes: list[tuple[int, int]] = []
+    for item in items:  # every source checked before any window is drawn
         try:
             with rasterio.open(item.image) as ds:
                 _band_indexes(item.image, ds.count, description)
@@ -157,24 +219,33 @@ def read_tiles(
                         f"raster {item.image} is {ds.width}×{ds.height} px, smaller than one {tile}-px tile; "
                         "give larger rasters or a smaller --tile"
                     )
-                grid = _windows(ds.height, ds.width, tile)
+                sizes.append((ds.height, ds.width))
         except RasterioIOError as exc:
             raise InputDataError(f"cannot read {purpose} raster {item.image}: {exc}") from None
-        order = rng.permutation(len(grid))
-        grids.append([grid[i] for i in order])
-    available = sum(len(g) for g in grids)
-    if available < count:
-        raise InputDataError(
-            f"{purpose} sources give only {available} tiles of {tile} px ({len(items)} rasters), "
-            f"{count} needed; add rasters or lower the tile count"
-        )
+    # Position generators start lazily: a long CSV opens only the patches it draws from.
+    order = [int(i) for i in rng.permutation(len(items))]
+    streams: dict[int, Iterator[tuple[int, int]]] = {}
     picks: list[tuple[int, tuple[int, int]]] = []
-    depth = 0
-    while len(picks) < count:
-        for i, grid in enumerate(grids):
-            if depth < len(grid) and len(picks) < count:
-                picks.append((i, grid[depth]))
-        depth += 1
+    active = list(order)
+    try:
+        while active and len(picks) < count:
+            for i in list(active):
+                if len(picks) >= count:
+                    break
+                if i not in streams:
+                    streams[i] = _positions(items[i].image, *sizes[i], tile, rng, count)
+                position = next(streams[i], None)
+                if position is None:
+                    active.remove(i)
+                else:
+                    picks.append((i, position))
+    except RasterioIOError as exc:
+        raise InputDataError(f"cannot read {purpose} raster masks: {exc}") from None
+    if len(picks) < count:
+        raise InputDataError(
+            f"{purpose} sources give only {len(picks)} distinct {tile}-px windows free of nodata "
+            f"({len(items)} rasters), {count} needed; add rasters or lower the tile count"
+        )
     images = np.empty((count, description.in_channels, tile, tile), dtype=np.float32)
     masks = np.full((count, tile, tile), -1, dtype=np.int16) if with_masks else None
     lut = np.asarray(description.code_lut(), dtype=np.int16)

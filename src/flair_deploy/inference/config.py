@@ -21,15 +21,18 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from flair_deploy.choices import Compression, Stitching
-from flair_deploy.config import DescribesWeights, Loaded, build_config, read_yaml, resolve_paths
+from flair_deploy.config import DescribesWeights, FrozenConfig, Loaded, build_config, read_yaml, resolve_paths
 from flair_deploy.description import ModelDescription, Precision
 from flair_deploy.errors import ConfigError
 from flair_deploy.ign import convert_ign_detect, is_ign_detect_config, weights_config
+from flair_deploy.inference.sources import FLAIR_ELEVATION_SCALE, RESAMPLINGS
 from flair_deploy.inference.tiling import TilingPlan, check_tiling, plan_tiling
 
 __all__ = [
+    "BandSourcesConfig",
     "Compression",
     "DetectConfig",
+    "PatchSourcesConfig",
     "Stitching",
     "default_batch_size",
     "load_detect_config",
@@ -41,11 +44,68 @@ def default_batch_size(device: str) -> int:
     return 1 if device.startswith("cpu") else 16
 
 
+class _ProductOptions(FrozenConfig):
+    """What band-source configs share: the elevation, its encoding, reprojection and resampling."""
+
+    elevation: Path | None = None
+    elevation_scale: float = FLAIR_ELEVATION_SCALE
+    elevation_offset: float = 0.0
+    reproject: bool = False
+    resampling: Literal[RESAMPLINGS] | None = None  # type: ignore[valid-type]
+
+
+class BandSourcesConfig(_ProductOptions):
+    """The model's bands assembled from separate rasters (BD ORTHO products), instead of ``inputs``.
+
+    Either ``rvb`` and ``irc`` (optionally ``elevation``), giving R, G, B, NIR (, E), or ``band``: one
+    ``PATH[:BAND][*SCALE][+OFFSET]`` per model band. See :mod:`flair_deploy.inference.sources` and
+    docs/bd-ortho.md.
+
+    Attributes:
+        rvb: BD ORTHO RVB ortho (R, G, B): one tile, or a folder of tiles matched by IGN names.
+        irc: BD ORTHO IRC ortho (NIR, R, G) of the same tile(s).
+        band: Explicit sources, one per model band in its order, instead of rvb/irc/elevation.
+        elevation: Height above ground in metres: one file for every tile (a VRT mosaic), or a folder
+            of tiles matched by name.
+        elevation_scale: Units of E per metre of height (FLAIR: 5, one unit = 0.2 m).
+        elevation_offset: Added to E after scaling.
+        reproject: Warp sources in another CRS onto the RVB ortho's grid (else they are refused).
+        resampling: Kernel for sources on another grid; None: bilinear for floating-point sources
+            (elevation), nearest for integer ones.
+    """
+
+    rvb: Path | None = None
+    irc: Path | None = None
+    band: tuple[str, ...] = ()
+
+
+class PatchSourcesConfig(_ProductOptions):
+    """``evaluate`` on BD ORTHO patches: the patch list's images are RVB rasters, completed per row.
+
+    Each row's IRC raster and elevation are found by
+    :func:`~flair_deploy.inference.sources.find_partner` (same IGN tile corner, else same name with RVB
+    → IRC) and the row is read as a VRT of R, G, B, NIR (, E). See docs/bd-ortho.md.
+
+    Attributes:
+        irc: Folder of IRC rasters (NIR, R, G), or one file.
+        elevation: Height above ground in metres: one file (a mosaic) or a folder; None for 4 bands.
+        elevation_scale: Units of E per metre of height (FLAIR: 5, one unit = 0.2 m).
+        elevation_offset: Added to E after scaling.
+        reproject: Warp sources in another CRS onto each RVB image's grid (else they are refused).
+        resampling: Kernel for sources on another grid; None: bilinear for floating-point sources,
+            nearest for integer ones.
+    """
+
+    irc: Path
+
+
 class DetectConfig(DescribesWeights):
     """Everything one ``detect`` run needs.
 
     Attributes:
         inputs: Input rasters (GeoTIFF, VRT, any GDAL raster); one output set per input.
+        sources: Assemble the inputs from separate band rasters instead (BD ORTHO RVB, IRC and an
+            elevation model); exclusive with ``inputs``.
         output: Output ``.tif`` (one input) or folder.
         model: Model file (``.onnx``, ``.ckpt``/``.pth``/``.safetensors``, ``.engine``).
         backend: ``torch``, ``onnxruntime`` or ``tensorrt``; None chooses from the model file.
@@ -98,7 +158,8 @@ class DetectConfig(DescribesWeights):
             written then) into one Cloud-Optimised GeoTIFF, ``mosaic.tif``.
     """
 
-    inputs: Annotated[tuple[Path, ...], Field(min_length=1)]
+    inputs: tuple[Path, ...] = ()
+    sources: BandSourcesConfig | None = None
     output: Path
     model: Path | None = None
     backend: Literal["torch", "onnxruntime", "tensorrt"] | None = None
@@ -151,6 +212,17 @@ class DetectConfig(DescribesWeights):
             )
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        if not self.inputs and self.sources is None:
+            raise ValueError("no input given; give RASTER... (or inputs: in --config), or --rvb and --irc")
+        if self.inputs and self.sources is not None:
+            raise ValueError(
+                "both RASTER... and band sources (--rvb/--irc/--band) were given; give one of them"
+            )
+        if self.sources is not None and self.workers is not None:
+            raise ValueError(
+                "--workers does not take band sources (--rvb/--irc/--band) yet; map them without --workers, "
+                "or write the VRTs with flair_deploy.inference.sources.assemble_bands and give those"
+            )
         if self.merge and self.workers is None:
             raise ValueError("merge applies to --workers jobs; add --workers N (1 is fine) or drop --merge")
         return self
@@ -184,7 +256,15 @@ class DetectConfig(DescribesWeights):
 
 
 #: Dotted keys of :class:`DetectConfig` holding paths (relative to the YAML file's folder).
-PATH_KEYS = ("inputs", "output", "model", "metadata_json")
+PATH_KEYS = (
+    "inputs",
+    "output",
+    "model",
+    "metadata_json",
+    "sources.rvb",
+    "sources.irc",
+    "sources.elevation",
+)
 
 
 def load_detect_config(

@@ -59,6 +59,7 @@ from flair_deploy.maps import qgis_style_path
 __all__ = [
     "DetectProgress",
     "DetectSummary",
+    "assembled_config",
     "detect",
     "expand_inputs",
     "job_settings",
@@ -207,6 +208,9 @@ def detect(
     """
     if cfg.model is None:
         raise ConfigError("no model given; pass --model MODEL.onnx (or .ckpt, .pth, .engine)")
+    if cfg.sources is not None:  # BD ORTHO products: the same run on VRTs that exist while it lasts
+        with assembled_config(cfg) as assembled:
+            return detect(assembled, progress=progress)
     planned = _plan_run_outputs(cfg)  # cheap checks first: a typo must not wait for a model to load
     from flair_deploy.inference.backends import create_backend
 
@@ -303,7 +307,48 @@ def run_detection(
         FlairDeployError: Any user error, raised before an output is created where possible (see
             :func:`detect`).
     """
+    if cfg.sources is not None:
+        with assembled_config(cfg) as assembled:
+            return run_detection(backend, assembled, progress=progress, model_sha256=model_sha256)
     return _run(backend, cfg, _plan_run_outputs(cfg), progress=progress, model_sha256=model_sha256)
+
+
+@contextlib.contextmanager
+def assembled_config(cfg: DetectConfig) -> Iterator[DetectConfig]:
+    """*cfg* with its band sources assembled into VRTs as ``inputs``, for the duration of the block.
+
+    One VRT per BD ORTHO tile (:func:`~flair_deploy.inference.sources.plan_band_inputs`), named after the
+    RVB tile so the maps are too, in a hidden folder beside the first map that is removed when the block
+    ends (:func:`~flair_deploy.inference.sources.assembled_inputs`). A *cfg* without sources is yielded
+    as it is.
+
+    Raises:
+        FlairDeployError: Inconsistent sources, unmatched tiles, a source that is missing, lacks the band
+            asked for, is in another CRS without ``reproject`` or does not cover its tile (one line).
+    """
+    s = cfg.sources
+    if s is None:
+        yield cfg
+        return
+    from flair_deploy.inference.sources import assembled_inputs, plan_band_inputs
+
+    inputs = plan_band_inputs(
+        rvb=s.rvb,
+        irc=s.irc,
+        elevation=s.elevation,
+        bands=s.band,
+        elevation_scale=s.elevation_scale,
+        elevation_offset=s.elevation_offset,
+        resampling=s.resampling,
+    )
+    first = plan_outputs(
+        [Path(f"{i.name}.vrt") for i in inputs],
+        cfg.output,
+        probabilities=cfg.probabilities,
+        confidence=cfg.confidence,
+    )[0].classes
+    with assembled_inputs(inputs, first, reproject=s.reproject) as vrts:
+        yield cfg.model_copy(update={"inputs": vrts, "sources": None})
 
 
 def _run(

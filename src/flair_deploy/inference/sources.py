@@ -30,19 +30,22 @@ in every tile name (``D075-2021-0650-6865-LA93-0M20-RVB-E080.jp2``; RGE ALTI: ``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import re
+import shutil
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from flair_deploy.atomic import check_destination, write_text
+from flair_deploy.atomic import check_destination, temporary_path, write_text
 from flair_deploy.errors import ConfigError, InputDataError
-from flair_deploy.flair_format import RASTER_SUFFIXES
+from flair_deploy.flair_format import RASTER_SUFFIXES, PatchPair
 
 if TYPE_CHECKING:
     from flair_deploy.description import ModelDescription
@@ -51,11 +54,17 @@ __all__ = [
     "FLAIR_ELEVATION_SCALE",
     "FLAIR_ELEVATION_UNIT_M",
     "RESAMPLINGS",
+    "BandInput",
     "BandSource",
     "MatchedTile",
     "assemble_bands",
+    "assembled_inputs",
+    "assembled_patches",
     "bd_ortho_sources",
+    "find_partner",
     "match_tiles",
+    "parse_band_spec",
+    "plan_band_inputs",
     "tile_key",
 ]
 
@@ -253,7 +262,7 @@ def _check_covers(src: _Grid, ref: _Grid, *, reproject: bool) -> None:
         if not reproject:
             raise InputDataError(
                 f"band source {src.path.name} is in {_crs_name(src.crs)} but the reference {ref.path.name} is in "
-                f"{_crs_name(ref.crs)}; pass reproject=True to warp it onto the reference grid, or give a source "
+                f"{_crs_name(ref.crs)}; pass --reproject (reproject=True) to warp it onto the reference grid, or give a source "
                 f"in {_crs_name(ref.crs)}"
             )
         from rasterio.warp import transform_bounds
@@ -544,3 +553,292 @@ def match_tiles(rvb_dir: Path, irc_dir: Path, dem_dir: Path | None = None) -> li
         )
     dem = found.get("elevation", {})
     return [MatchedTile(key, found["RVB"][key], found["IRC"][key], dem.get(key)) for key in sorted(every)]
+
+
+# ``PATH[:BAND][*SCALE][+OFFSET]``: the tail is optional and read from the right, so a path may hold
+# colons or signs as long as it does not end like a band or a scaling.
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SPEC = re.compile(
+    rf"^(?P<path>.+?)(?::(?P<band>\d+))?(?:\*(?P<scale>-?{_NUMBER}))?(?P<offset>[-+]{_NUMBER})?$"
+)
+
+
+def parse_band_spec(spec: str, *, resampling: str | None = None) -> BandSource:
+    """A :class:`BandSource` from ``PATH[:BAND][*SCALE][+OFFSET]`` (``--band`` on the command line).
+
+    ``rvb.jp2:3`` is band 3 of ``rvb.jp2``; ``height.tif*5`` is band 1 scaled by 5 (FLAIR's E from metres);
+    ``height.tif:1*5-10`` also subtracts 10 after scaling. The band defaults to 1, the scale to 1 and the
+    offset to 0.
+
+    Args:
+        spec: The text.
+        resampling: Kernel for a source on another grid (None: by data type, see :class:`BandSource`).
+
+    Raises:
+        ConfigError: An empty spec, or a band number below 1.
+    """
+    match = _SPEC.match(spec.strip())
+    if match is None:
+        raise ConfigError(
+            f"--band {spec!r} is not PATH[:BAND][*SCALE][+OFFSET]; e.g. rvb.jp2:1 or height.tif*5"
+        )
+    return BandSource(
+        Path(match["path"]),
+        int(match["band"]) if match["band"] else 1,
+        float(match["scale"]) if match["scale"] else 1.0,
+        float(match["offset"]) if match["offset"] else 0.0,
+        resampling,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BandInput:
+    """One raster ``detect`` maps, assembled from band sources.
+
+    Attributes:
+        name: File stem of its VRT, which names its outputs (``NAME_classes.tif`` in an output folder):
+            the RVB tile's stem, or the first ``--band`` source's.
+        sources: Its bands, in the model's order.
+    """
+
+    name: str
+    sources: tuple[BandSource, ...]
+
+
+def plan_band_inputs(
+    *,
+    rvb: Path | None = None,
+    irc: Path | None = None,
+    elevation: Path | None = None,
+    bands: Sequence[str] = (),
+    elevation_scale: float = FLAIR_ELEVATION_SCALE,
+    elevation_offset: float = 0.0,
+    resampling: str | None = None,
+) -> list[BandInput]:
+    """The rasters to assemble: one per BD ORTHO tile (folders matched by :func:`match_tiles`) or one.
+
+    Either *rvb* and *irc* (files of one tile, or folders of tiles matched by name) with an optional
+    *elevation* (a file used for every tile, e.g. a VRT mosaic of RGE ALTI tiles, or a folder matched by
+    name), or *bands*: ``PATH[:BAND][*SCALE][+OFFSET]`` texts, one per model band (:func:`parse_band_spec`).
+
+    Args:
+        rvb: RVB ortho file or folder.
+        irc: IRC ortho file or folder (the same kind as *rvb*).
+        elevation: Height-above-ground file or folder, in metres.
+        bands: Explicit band sources, instead of *rvb*/*irc*/*elevation*.
+        elevation_scale: Units of E per metre of height.
+        elevation_offset: Added after scaling.
+        resampling: Kernel for sources on another grid (None: bilinear for floats, nearest otherwise).
+
+    Raises:
+        ConfigError: An inconsistent choice (RVB without IRC, bands with products, file and folder mixed).
+        InputDataError: Missing paths, unmatched or unnamed tiles.
+    """
+    if bands:
+        if rvb is not None or irc is not None or elevation is not None:
+            raise ConfigError(
+                "--band was given with --rvb/--irc/--elevation; give either --band for every model band, "
+                "or the products"
+            )
+        parsed = tuple(parse_band_spec(b, resampling=resampling) for b in bands)
+        return [BandInput(parsed[0].path.stem, parsed)]
+    if rvb is None or irc is None:
+        given, lacking = ("--rvb", "--irc") if irc is None else ("--irc", "--rvb")
+        if rvb is None and irc is None:
+            raise ConfigError("no band source given; give --rvb and --irc (and --elevation), or --band")
+        raise ConfigError(
+            f"{given} was given without {lacking}; BD ORTHO inputs need both the RVB and the IRC ortho"
+        )
+    rvb, irc = Path(rvb), Path(irc)
+    for what, path in (("--rvb", rvb), ("--irc", irc), ("--elevation", elevation)):
+        if path is not None and not Path(path).exists():
+            raise InputDataError(f"{what} {path} does not exist; give an existing file or folder of tiles")
+    if rvb.is_dir() != irc.is_dir():
+        raise ConfigError(
+            f"--rvb {rvb} and --irc {irc} are not both folders or both files; give two files of one tile "
+            "or two folders of tiles"
+        )
+
+    def one(r: Path, i: Path, e: Path | None) -> BandInput:
+        sources = bd_ortho_sources(
+            r, i, e, elevation_scale=elevation_scale, elevation_offset=elevation_offset
+        )
+        if resampling is not None:
+            sources = tuple(dataclasses.replace(s, resampling=resampling) for s in sources)
+        return BandInput(r.stem, sources)
+
+    if not rvb.is_dir():
+        if elevation is not None and Path(elevation).is_dir():
+            raise ConfigError(
+                f"--elevation {elevation} is a folder but --rvb {rvb} is one tile; give the tile's elevation file"
+            )
+        return [one(rvb, irc, None if elevation is None else Path(elevation))]
+    elevation_dir = Path(elevation) if elevation is not None and Path(elevation).is_dir() else None
+    tiles = match_tiles(rvb, irc, elevation_dir)
+    shared = Path(elevation) if elevation is not None and elevation_dir is None else None
+    return [one(t.rvb, t.irc, t.dem if elevation_dir is not None else shared) for t in tiles]
+
+
+@contextlib.contextmanager
+def assembled_inputs(
+    inputs: Sequence[BandInput], beside: Path, *, reproject: bool = False
+) -> Iterator[tuple[Path, ...]]:
+    """Write each input's VRT (and warp files) in a hidden folder beside *beside*; remove it after.
+
+    The folder is ``.NAME.bands.<pid>.part`` next to *beside* (the first output map): on the output's
+    file system, so GDAL reads the sources by absolute paths wherever the maps are written, and named
+    as the temporaries of that map, so a run that was killed is cleaned up by the next run's stale
+    temporary removal. It holds only small XML files: GDAL composes and warps the bands while reading.
+    It is removed when the block ends, successfully or not, with the folders it had to create.
+
+    Args:
+        inputs: From :func:`plan_band_inputs`.
+        beside: The first output map (its folder need not exist yet).
+        reproject: Warp sources in another CRS onto the RVB ortho's.
+
+    Yields:
+        One VRT per input, named ``<input name>.vrt``, in input order.
+
+    Raises:
+        InputDataError: A source that is missing, unreadable, lacks the band asked for, is in another
+            CRS without *reproject*, or does not cover its tile (see :func:`assemble_bands`).
+    """
+    beside = Path(beside)
+    created: list[Path] = []
+    folder = beside.parent
+    while not folder.is_dir():
+        created.append(folder)
+        folder = folder.parent
+    tmp = temporary_path(beside.with_name(f"{beside.name}.bands"))
+    try:
+        for made in reversed(created):
+            made.mkdir()
+        tmp.mkdir()
+        yield tuple(assemble_bands(i.sources, tmp / f"{i.name}.vrt", reproject=reproject) for i in inputs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for made in created:  # innermost first; only those still empty
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
+def _keyed(folder: Path) -> dict[tuple[int, int], Path]:
+    """The files of *folder* whose names carry an IGN tile corner, by corner (others are ignored)."""
+    tiles: dict[tuple[int, int], Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.suffix.lower() not in _TILE_SUFFIXES or p.name.startswith("."):
+            continue
+        key = tile_key(p.name)
+        if key is not None:
+            if key in tiles:
+                raise InputDataError(
+                    f"folder {folder} holds two tiles at {key[0]:04d}-{key[1]:04d}: {tiles[key].name} and "
+                    f"{p.name}; keep one product per folder"
+                )
+            tiles[key] = p
+    return tiles
+
+
+def find_partner(image: Path, where: Path, what: str, *, cache: dict[Path, Any] | None = None) -> Path:
+    """The *what* product (IRC, elevation) of the RVB raster *image*: *where* itself, or found in it.
+
+    *where* a file: that file (e.g. an elevation mosaic for every patch). *where* a folder: the file with
+    the same IGN tile corner as *image* (:func:`tile_key`) when *image*'s name carries one; otherwise the
+    file of the same name, or of the same name with ``RVB`` replaced by ``IRC``, in any raster suffix.
+
+    Args:
+        image: The RVB raster.
+        where: A file, or a folder of products.
+        what: The product, for messages (``"IRC"``, ``"elevation"``).
+        cache: Reused across calls: folder listings.
+
+    Raises:
+        InputDataError: *where* is missing, or the folder holds no product for *image*.
+    """
+    where = Path(where)
+    if where.is_file():
+        return where
+    if not where.is_dir():
+        raise InputDataError(
+            f"{what} source {where} does not exist; give a file or a folder of {what} rasters"
+        )
+    cache = {} if cache is None else cache
+    key = tile_key(image.name)
+    if key is not None:
+        tiles = cache.setdefault(where, _keyed(where))
+        if key in tiles:
+            return Path(tiles[key])
+        raise InputDataError(
+            f"{what} folder {where} has no tile at {key[0]:04d}-{key[1]:04d} for {image.name}; give every "
+            "product for each tile"
+        )
+    stems = {image.stem, image.stem.replace("RVB", "IRC")} if what == "IRC" else {image.stem}
+    found = sorted(
+        p for p in where.iterdir() if p.is_file() and p.stem in stems and p.suffix.lower() in _TILE_SUFFIXES
+    )
+    if len(found) != 1:
+        problem = "no raster" if not found else f"{len(found)} rasters ({_few([p.name for p in found])})"
+        raise InputDataError(
+            f"{what} folder {where} holds {problem} named like {image.name}; expected one {what} raster "
+            "with the same IGN tile corner or the same name (RVB → IRC)"
+        )
+    return found[0]
+
+
+@contextlib.contextmanager
+def assembled_patches(
+    pairs: Sequence[PatchPair],
+    *,
+    irc: Path,
+    elevation: Path | None,
+    beside: Path,
+    elevation_scale: float = FLAIR_ELEVATION_SCALE,
+    elevation_offset: float = 0.0,
+    reproject: bool = False,
+    resampling: str | None = None,
+) -> Iterator[list[PatchPair]]:
+    """*pairs* (FLAIR patch rows whose image is the RVB raster) with each image replaced by its VRT.
+
+    Each RVB image gets its IRC product and elevation (:func:`find_partner`) and becomes a VRT of R, G,
+    B, NIR (, E) named after it, in a temporary folder beside *beside* (:func:`assembled_inputs`).
+
+    Args:
+        pairs: :class:`~flair_deploy.flair_format.PatchPair` rows.
+        irc: Folder of IRC rasters (or one file).
+        elevation: Height-above-ground file (mosaic) or folder, in metres; None for four bands.
+        beside: An output the temporary folder goes next to.
+        elevation_scale: Units of E per metre of height.
+        elevation_offset: Added after scaling.
+        reproject: Warp sources in another CRS onto the RVB grid.
+        resampling: Kernel for sources on another grid.
+
+    Yields:
+        The rows, images replaced by VRTs (masks unchanged).
+
+    Raises:
+        InputDataError: Two RVB images of the same name, a missing product, or any refusal of
+            :func:`assemble_bands`.
+    """
+    stems = [p.image.stem for p in pairs]
+    if len(set(stems)) != len(stems):
+        dupes = sorted({s for s in stems if stems.count(s) > 1})
+        raise InputDataError(
+            f"the patch list names several RVB images called {_few(dupes)}; each becomes NAME.vrt, so give "
+            "images with distinct names"
+        )
+    cache: dict[Path, Any] = {}
+    inputs = []
+    for pair in pairs:
+        image = pair.image
+        sources = bd_ortho_sources(
+            image,
+            find_partner(image, irc, "IRC", cache=cache),
+            None if elevation is None else find_partner(image, elevation, "elevation", cache=cache),
+            elevation_scale=elevation_scale,
+            elevation_offset=elevation_offset,
+        )
+        if resampling is not None:
+            sources = tuple(dataclasses.replace(s, resampling=resampling) for s in sources)
+        inputs.append(BandInput(image.stem, sources))
+    with assembled_inputs(inputs, beside, reproject=reproject) as vrts:
+        yield [dataclasses.replace(p, image=v) for p, v in zip(pairs, vrts, strict=True)]

@@ -54,6 +54,7 @@ from flair_deploy.description import (
 from flair_deploy.errors import ConfigError, ModelDescriptionError
 from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 from flair_deploy.ign import convert_ign_train, is_ign_train_config, weights_config
+from flair_deploy.inference.config import PatchSourcesConfig
 
 __all__ = [
     "CheckpointSection",
@@ -675,6 +676,8 @@ class EvaluateConfig(DescribesWeights):
         predictions: Also write ``predictions/PRED_<name>.tif`` for every patch.
         ignore_unknown: Skip mask codes outside the class table instead of failing.
         overwrite: Replace existing outputs.
+        sources: BD ORTHO patches: the list's images are RVB rasters, completed with IRC and elevation
+            rasters (``--irc``, ``--elevation``) into VRTs of R, G, B, NIR (, E).
     """
 
     checkpoint: Path
@@ -688,6 +691,7 @@ class EvaluateConfig(DescribesWeights):
     predictions: bool = False
     ignore_unknown: bool = False
     overwrite: bool = False
+    sources: PatchSourcesConfig | None = None
 
 
 def load_evaluate_config(
@@ -710,6 +714,6 @@ def load_evaluate_config(
             load_config(EvaluateConfig, None, overrides, flags, base=ign.values, flag_names=flag_names),
             ign.notes,
         )
-    keys = ("checkpoint", "csv", "out_dir", "aerial_json")
+    keys = ("checkpoint", "csv", "out_dir", "aerial_json", "sources.irc", "sources.elevation")
     cfg = load_config(EvaluateConfig, path, overrides, flags, flag_names=flag_names, path_keys=keys)
     return Loaded(cfg)

@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -73,6 +73,9 @@ __all__ = [
     "write_confusion_matrix_csv",
     "write_confusion_matrix_png",
 ]
+
+if TYPE_CHECKING:
+    from flair_deploy.inference.config import PatchSourcesConfig
 
 METRICS_FILE = "metrics.json"
 MATRIX_CSV = "confusion_matrix.csv"
@@ -174,6 +177,8 @@ def evaluate(
     progress: bool = True,
     score: bool = True,
     ign: IgnOutputs | None = None,
+    sources: PatchSourcesConfig | None = None,
+    patches: Sequence[PatchPair] | None = None,
 ) -> EvaluationResult:
     """Evaluate a checkpoint on the patches listed in a FLAIR CSV and write the reports.
 
@@ -195,6 +200,10 @@ def evaluate(
         score: Read the masks and write the reports; False only predicts (masks may be absent from
             the CSV; nothing is written into *out_dir* but predictions).
         ign: IGN's outputs to write too (0-based predictions, ``confmat.npy``, IGN's metrics.json).
+        sources: BD ORTHO patches: the list's images are RVB rasters; each is completed with its IRC
+            raster and elevation into a temporary VRT of R, G, B, NIR (, E)
+            (:func:`~flair_deploy.inference.sources.assembled_patches`).
+        patches: The rows to evaluate, already read (*csv_path* still names the data in the report).
 
     Returns:
         The metrics, the confusion matrix and the written files.
@@ -216,9 +225,41 @@ def evaluate(
     out_dir = Path(out_dir)
     if ign is not None and ign.metrics is not None and not score:
         raise ConfigError("IGN's metrics need the masks: evaluate with score=True")
-    pairs = read_patch_csv(Path(csv_path), require_masks=score)
+    pairs = list(patches) if patches is not None else read_patch_csv(Path(csv_path), require_masks=score)
     if not score:
         pairs = [replace(p, mask=None) for p in pairs]
+    if sources is not None:  # BD ORTHO patches: the same evaluation on VRTs that exist while it lasts
+        from flair_deploy.inference.sources import assembled_patches
+
+        with assembled_patches(
+            pairs,
+            irc=sources.irc,
+            elevation=sources.elevation,
+            beside=out_dir / METRICS_FILE,
+            elevation_scale=sources.elevation_scale,
+            elevation_offset=sources.elevation_offset,
+            reproject=sources.reproject,
+            resampling=sources.resampling,
+        ) as assembled:
+            return evaluate(
+                checkpoint,
+                csv_path,
+                out_dir,
+                preset=preset,
+                description=description,
+                band_indexes=band_indexes,
+                aerial_json=aerial_json,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                device=device,
+                ignore_unknown=ignore_unknown,
+                save_predictions=save_predictions,
+                overwrite=overwrite,
+                progress=progress,
+                score=score,
+                ign=ign,
+                patches=assembled,
+            )
     check_outputs(
         out_dir, pairs, score=score, overwrite=overwrite, save_predictions=save_predictions, ign=ign
     )

@@ -41,10 +41,66 @@ def _contains(path, tile):
 
 
 def test_too_few_tiles_is_one_line(tiny_description, write_geotiff):
-    path = write_geotiff(_img(np.random.default_rng(0)))
-    with pytest.raises(InputDataError, match=r"give only 4 tiles of 64 px \(1 rasters\), 100 needed") as info:
-        read_tiles([path], tiny_description, count=100)
+    # Two patches of exactly one tile each: two windows, whatever the seed.
+    rng = np.random.default_rng(0)
+    paths = [write_geotiff(_img(rng, size=64), f"p{i}.tif") for i in range(2)]
+    with pytest.raises(
+        InputDataError, match=r"give only 2 distinct 64-px windows free of nodata \(2 rasters\), 3 needed"
+    ) as info:
+        read_tiles(paths, tiny_description, count=3)
     assert "\n" not in str(info.value)
+
+
+@pytest.fixture
+def ortho_2048(write_geotiff):
+    """A 2048² 5-band ortho whose west 900 columns are nodata (0 in every band)."""
+    data = np.random.default_rng(7).integers(1, 256, (5, 2048, 2048), dtype=np.uint8)
+    data[:, :, :900] = 0
+    return write_geotiff(data, "ortho2048.tif", nodata=0)
+
+
+def test_a_2048_ortho_gives_as_many_512_windows_as_asked_seeded_and_off_nodata(ortho_2048):
+    from flair_deploy.exports.calibration import _positions
+
+    def hundred(seed):
+        return list(_positions(ortho_2048, 2048, 2048, 512, np.random.default_rng(seed), 100))
+
+    windows = hundred(0)
+    assert len(set(windows)) == 100  # not the 16 (here 6 valid) non-overlapping tiles
+    assert all(col >= 900 and row + 512 <= 2048 and col + 512 <= 2048 for row, col in windows)
+    assert hundred(0) == windows and hundred(1) != windows
+
+
+def test_windows_of_a_wide_raster_lie_on_a_lattice_and_never_touch_nodata(write_geotiff):
+    from flair_deploy.exports.calibration import _positions
+
+    data = np.full((5, 64, 8200), 7, np.uint8)
+    data[:, 30, 4000] = 0  # one nodata pixel
+    path = write_geotiff(data, "wide.tif", nodata=0)
+    windows = list(_positions(path, 64, 8200, 64, np.random.default_rng(0), 10_000))
+    assert {row for row, _ in windows} == {0}
+    assert all(col % 3 == 0 for _, col in windows)  # ceil(8200 / 4096) = 3 px lattice
+    assert all(not col <= 4000 < col + 64 for _, col in windows)
+    assert len(windows) > 2500
+
+
+def test_calibration_windows_of_a_2048_ortho_avoid_nodata_and_are_reproducible(tiny_description, ortho_2048):
+    # End to end with 128-px windows (the 512-px case above differs only in memory).
+    a = read_tiles([ortho_2048], tiny_description, count=100, tile_size=128, seed=3)
+    assert a.images.shape == (100, 5, 128, 128)
+    assert np.all(a.images.max(axis=1) > 0), "a window covers nodata"
+    assert read_tiles([ortho_2048], tiny_description, count=100, tile_size=128, seed=3).sha256 == a.sha256
+    assert read_tiles([ortho_2048], tiny_description, count=100, tile_size=128, seed=4).sha256 != a.sha256
+
+
+def test_a_mostly_nodata_raster_runs_short_in_one_line(tiny_description, write_geotiff):
+    data = np.zeros((5, 200, 200), np.uint8)
+    data[:, :70, :70] = 9  # room for 7 x 7 = 49 windows of 64 px
+    path = write_geotiff(data, "hole.tif", nodata=0)
+    tiles = read_tiles([path], tiny_description, count=49)
+    assert np.all(tiles.images == 9)
+    with pytest.raises(InputDataError, match=r"give only 49 distinct 64-px windows free of nodata"):
+        read_tiles([path], tiny_description, count=50)
 
 
 def test_wrong_band_count_is_one_line(tiny_description, write_geotiff):

@@ -163,7 +163,8 @@ def _refuse_export(*_a, **_k):
     ("change", "error", "match"),
     [
         ({"calibration": ("missing.csv",)}, InputDataError, "missing.csv"),
-        ({"calibration_tiles": 10_000}, InputDataError, "calibration sources give only"),
+        # 6 patches of 128 px hold 6 x 65² distinct 64-px windows: fewer than asked.
+        ({"calibration_tiles": 100_000}, InputDataError, "calibration sources give only"),
         ({"validation": "missing.csv"}, InputDataError, "missing.csv"),
         ({"validation": "garbage.csv"}, InputDataError, r"garbage\.csv, line 1: .*does not exist"),
         ({"keep_fp32": ("stem, head",)}, ConfigError, "one pattern per item"),

@@ -124,7 +124,9 @@ def test_another_crs_is_refused_unless_reproject_then_warped(products, tmp_path)
     dem = np.random.default_rng(1).uniform(0, 40, (60, 60)).astype(np.float32)
     utm = _write(tmp_path / "utm.tif", dem, origin=(min(xs), max(ys)), res=1.0, crs="EPSG:32631")
     sources = [BandSource(products["rvb"], 1), BandSource.elevation(utm)]
-    with pytest.raises(InputDataError, match=r"EPSG:32631.*EPSG:2154; pass reproject=True") as err:
+    with pytest.raises(
+        InputDataError, match=r"EPSG:32631.*EPSG:2154; pass --reproject \(reproject=True\)"
+    ) as err:
         assemble_bands(sources, tmp_path / "u.vrt")
     assert "\n" not in str(err.value)
     vrt = assemble_bands(sources, tmp_path / "u.vrt", reproject=True)
@@ -311,3 +313,73 @@ def test_detect_maps_the_assembled_vrt(products, tmp_path, tiny_description):
         run_detection(backend, DetectConfig(inputs=(vrt,), output=out, overviews=False, block_size=32))
     with rasterio.open(out) as ds:
         assert (ds.width, ds.height, ds.transform) == (W, H, from_origin(X0, Y0, RES, RES))
+
+
+def test_band_spec_reads_path_band_scale_and_offset():
+    from flair_deploy.inference.sources import parse_band_spec
+
+    assert parse_band_spec("rvb.jp2:3") == BandSource(Path("rvb.jp2"), 3)
+    assert parse_band_spec("h.tif*5") == BandSource(Path("h.tif"), 1, 5.0)
+    assert parse_band_spec("h.tif:1*5-10") == BandSource(Path("h.tif"), 1, 5.0, -10.0)
+    assert parse_band_spec("h.tif*0.05+2.5e1") == BandSource(Path("h.tif"), 1, 0.05, 25.0)
+    assert parse_band_spec("C:/data/ortho.tif:2") == BandSource(Path("C:/data/ortho.tif"), 2)
+    with pytest.raises(ConfigError, match="1-based band number"):
+        parse_band_spec("rvb.jp2:0")
+
+
+def test_plan_band_inputs_pairs_folders_and_shares_one_elevation_mosaic(tmp_path):
+    from flair_deploy.inference.sources import plan_band_inputs
+
+    corners = [(650, 6865), (655, 6865)]
+    _touch(tmp_path / "rvb", *(f"D075-2021-{x:04d}-{y:04d}-LA93-0M20-RVB-E080.jp2" for x, y in corners))
+    _touch(tmp_path / "irc", *(f"D075-2021-{x:04d}-{y:04d}-LA93-0M20-IRC-E080.jp2" for x, y in corners))
+    _touch(tmp_path, "heights.vrt")
+    plan = plan_band_inputs(
+        rvb=tmp_path / "rvb", irc=tmp_path / "irc", elevation=tmp_path / "heights.vrt", elevation_scale=2.0
+    )
+    assert [p.name for p in plan] == [
+        "D075-2021-0650-6865-LA93-0M20-RVB-E080",
+        "D075-2021-0655-6865-LA93-0M20-RVB-E080",
+    ]
+    first = plan[0].sources
+    assert [(s.path.parent.name, s.band) for s in first[:4]] == [
+        ("rvb", 1),
+        ("rvb", 2),
+        ("rvb", 3),
+        ("irc", 1),
+    ]
+    assert first[4] == BandSource(tmp_path / "heights.vrt", 1, 2.0, 0.0, "bilinear")
+    with pytest.raises(ConfigError, match="either --band"):
+        plan_band_inputs(rvb=tmp_path / "rvb", irc=tmp_path / "irc", bands=["a.tif"])
+
+
+def test_assembled_inputs_leave_nothing_behind_even_on_failure(products, tmp_path):
+    from flair_deploy.inference.sources import BandInput, assembled_inputs
+
+    good = BandInput("t", bd_ortho_sources(products["rvb"], products["irc"], products["dem"]))
+    beside = tmp_path / "new" / "deeper" / "map.tif"
+    with assembled_inputs([good], beside) as vrts:
+        assert vrts[0].name == "t.vrt" and vrts[0].parent.name.startswith(".map.tif.bands.")
+        assert len(list(vrts[0].parent.iterdir())) == 2  # the VRT and the warp of the height model
+    assert not (tmp_path / "new").exists()
+    bad = BandInput("u", (BandSource(products["rvb"], 1), BandSource(products["rvb"], 9)))
+    with pytest.raises(InputDataError, match="band 9"), assembled_inputs([good, bad], beside):
+        pass
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError), assembled_inputs([good], beside):
+        raise RuntimeError("detect failed")
+    assert not (tmp_path / "new").exists()
+
+
+def test_find_partner_by_corner_then_by_name(tmp_path):
+    from flair_deploy.inference.sources import find_partner
+
+    _touch(tmp_path / "irc", "D075-2021-0650-6865-LA93-0M20-IRC-E080.jp2", "IMG_7_IRC.tif", "notes.txt")
+    rvb = tmp_path / "D075-2021-0650-6865-LA93-0M20-RVB-E080.jp2"
+    assert find_partner(rvb, tmp_path / "irc", "IRC").name == "D075-2021-0650-6865-LA93-0M20-IRC-E080.jp2"
+    assert find_partner(tmp_path / "IMG_7_RVB.tif", tmp_path / "irc", "IRC").name == "IMG_7_IRC.tif"
+    assert find_partner(rvb, tmp_path / "irc" / "IMG_7_IRC.tif", "elevation").name == "IMG_7_IRC.tif"
+    with pytest.raises(InputDataError, match="has no tile at 0655-6865"):
+        find_partner(tmp_path / "D075-2021-0655-6865-LA93-0M20-RVB-E080.jp2", tmp_path / "irc", "IRC")
+    with pytest.raises(InputDataError, match=r"holds no raster named like IMG_8_RVB\.tif"):
+        find_partner(tmp_path / "IMG_8_RVB.tif", tmp_path / "irc", "IRC")
