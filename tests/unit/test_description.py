@@ -39,7 +39,7 @@ def test_custom_class_table_keys_are_honoured():
 def test_round_trip_through_json_and_onnx_props(tiny_description):
     props = tiny_description.to_metadata_props()
     assert ModelDescription.from_metadata_props(props) == tiny_description
-    assert json.loads(props["tiles_size"]) == 64
+    assert json.loads(props["tile_size"]) == 64
     assert json.loads(props["model_type"]) == "Segmentor"
 
 

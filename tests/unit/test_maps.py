@@ -241,8 +241,6 @@ def test_qgis_style_makes_nodata_transparent(tiny_description):
     assert "255" not in values
 
 
-_QGIS_PYTHON = "/usr/bin/python3"
-
 _QGIS_CHECK = """
 import json, os, sys
 from qgis.core import QgsApplication, QgsRasterLayer
@@ -265,26 +263,9 @@ os._exit(0)
 
 def qgis_report(path):
     """Load *path* in a headless QGIS (system python's ``qgis.core``) and describe its rendering."""
-    import os
-    import subprocess
+    from tests.unit._qgis import run_qgis_python
 
-    probe = subprocess.run([_QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip(
-            f"QGIS is not installed ({_QGIS_PYTHON} cannot import qgis.core; apt-get install python3-qgis)"
-        )
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
-    env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
-    done = subprocess.run(
-        [_QGIS_PYTHON, "-c", _QGIS_CHECK, str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_qgis_python(_QGIS_CHECK, path)
 
 
 def test_qgis_opens_a_map_with_our_style_as_named_coloured_classes(tiny_description, write_geotiff):

@@ -45,7 +45,7 @@ def test_description_survives_each_transform_with_its_provenance(exported, preci
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert ONNX_KEY in props
     # QGIS Deepness keys for this single-input model.
-    assert json.loads(props["tiles_size"]) == 64
+    assert json.loads(props["tile_size"]) == 64
     assert json.loads(props["model_type"]) == "Segmentor"
 
 
