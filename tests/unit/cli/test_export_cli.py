@@ -31,7 +31,16 @@ def one_line_error(err: str) -> str:
 def test_help_teaches(capsys):
     code, out, _ = run(capsys, "export", "--help")
     assert code == 0
-    for text in ("--calibration", "--preset", "--heads", "--no-verify", "Examples", "parity", "--for", "deepness"):
+    for text in (
+        "--calibration",
+        "--preset",
+        "--heads",
+        "--no-verify",
+        "Examples",
+        "parity",
+        "--for",
+        "deepness",
+    ):
         assert text in out
 
 
