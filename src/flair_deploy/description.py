@@ -394,10 +394,11 @@ class ModelDescription(_Frozen):
         Deepness multiplies every raster value by ``1/255`` whatever the raster's data type (its
         ``normalize_values_to_01``), then applies ``(v - mean) / std`` from these keys. A graph that
         takes ``raw / input_divisor`` therefore needs ``mean = 0`` and ``std = input_divisor / 255``:
-        ``1/255`` for our raw-value graphs (uint8, uint16 and float32 rasters alike), ``1`` for a
-        GeoDeep variant of a uint8 model. ``seg_thresh: 0`` and ``seg_small_segment: 0`` make both
-        tools take the plain argmax of the probabilities, with no threshold to a default class and
-        no median filter or sieve; ``tile_size`` is Deepness's name for the tile edge.
+        ``1/255`` for our raw-value graphs (uint8, uint16 and float32 rasters alike), ``1`` for the
+        QGIS-tool variant of a uint8 model, whose graph takes 0-1 values. ``seg_thresh: 0`` and
+        ``seg_small_segment: 0`` make both tools take the plain argmax of the probabilities, with no
+        threshold to a default class and no median filter or sieve; ``tile_size`` is Deepness's name
+        for the tile edge.
 
         Args:
             input_divisor: What the graph expects raw raster values to be divided by.

@@ -23,10 +23,12 @@ weights are exactly those that passed parity:
 * height and width are fixed at the model tile (the batch stays dynamic);
 * its one output is ``probabilities``: the softmax over the active classes (untrained ones exactly 0),
   whose argmax is our map's class;
-* for GeoDeep, a ``Mul`` by the raster type's range comes first, turning the 0-1 values it feeds back
-  into the raw values our in-graph normalisation expects;
-* its Deepness keys (:meth:`~flair_deploy.description.ModelDescription.deepness_props`) match that
-  input scale, with ``seg_thresh: 0`` and ``seg_small_segment: 0`` (plain argmax, no filter).
+* for uint8 and uint16 models, a ``Mul`` by the raster type's range comes first, turning the 0-1
+  values GeoDeep feeds back into the raw values our in-graph normalisation expects, and the Deepness
+  keys (:meth:`~flair_deploy.description.ModelDescription.deepness_props`) say ``standardization_std
+  = range / 255``, so Deepness feeds the same 0-1 values: one graph maps correctly in both tools, and
+  a file loaded in the other tool is never silently fed the wrong scale;
+* ``seg_thresh: 0`` and ``seg_small_segment: 0``: plain argmax, no median filter, no sieve.
 
 A variant has no ``logits`` output, so flair-deploy's own runtimes refuse it instead of misreading it.
 """
@@ -66,7 +68,7 @@ VARIANT_KEY = "flair_deploy.qgis_variant"
 #: The variant's one output.
 PROBABILITIES = "probabilities"
 # Raster types GeoDeep rescales to 0-1 by a fixed range (``np.iinfo`` of the type; uint8 by 255).
-_GEODEEP_RANGE = {"uint8": 255.0, "uint16": 65535.0}
+_TYPE_RANGE = {"uint8": 255.0, "uint16": 65535.0}
 _GEODEEP_BANDS = ("R", "G", "B")
 
 
@@ -89,7 +91,7 @@ def refusal(description: ModelDescription, tool: QgisTool) -> str | None:
                 f"{description.in_channels} bands {list(description.bands)}; use --for deepness, which "
                 "feeds any bands"
             )
-        if description.input_dtype not in _GEODEEP_RANGE:
+        if description.input_dtype not in _TYPE_RANGE:
             return (
                 f"GeoDeep min-max scales {description.input_dtype} rasters tile by tile, which no graph "
                 "can undo; use --for deepness"
@@ -109,15 +111,15 @@ def check_supported(description: ModelDescription, tools: Sequence[QgisTool]) ->
             raise ConfigError(f"--for {tool.value} refused for {description.name}: {reason}")
 
 
-def input_divisor(description: ModelDescription, tool: QgisTool) -> float:
-    """Return what the tool has divided raw values by when they reach the variant's graph.
+def input_divisor(description: ModelDescription) -> float:
+    """Return what a variant's graph expects raw values divided by: the raster type's range, else 1.
 
-    Deepness's division by 255 is undone by its own standardisation keys (the graph gets raw values);
-    GeoDeep reads no such keys, so its variant undoes the division in the graph.
+    GeoDeep divides uint8 by 255 and uint16 by 65535 and reads no standardisation, so the graph undoes
+    that division itself; Deepness divides by 255 and then by ``standardization_std`` (written as
+    ``divisor / 255``), which gives the same ``raw / divisor``. One graph thus maps correctly in both
+    tools; float rasters, which only Deepness takes, are fed raw (divisor 1).
     """
-    if tool is QgisTool.DEEPNESS:
-        return 1.0
-    return _GEODEEP_RANGE[description.input_dtype]
+    return _TYPE_RANGE.get(description.input_dtype, 1.0)
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -226,7 +228,7 @@ def write_variant(
                 "Softmax", ["qgis_masked_logits"], [PROBABILITIES], name="qgis_softmax", axis=1
             ),
         ]
-    divisor = input_divisor(description, tool)
+    divisor = input_divisor(description)
     if divisor != 1.0:
         for node in nodes:
             node.input[:] = ["qgis_raw_image" if n == INPUT_IMAGE else n for n in node.input]
@@ -274,7 +276,7 @@ def variant_agreement(
     """Return the fraction of pixels whose variant class equals the reference's (active-class) argmax.
 
     The variant is fed as its tool feeds it: Deepness's ``/255`` and standardisation from the file's
-    own keys, GeoDeep's ``/range``.
+    own keys, GeoDeep's ``/range`` (the same values, by construction; both are checked).
 
     Raises:
         BackendError: If onnxruntime cannot load or run the variant.
@@ -296,7 +298,7 @@ def variant_agreement(
             if tool is QgisTool.DEEPNESS:
                 fed = raw * np.float32(1.0 / DEEPNESS_SCALE) / std
             else:
-                fed = raw / np.float32(input_divisor(description, tool))
+                fed = raw / np.float32(input_divisor(description))
             outs.append(session.run([PROBABILITIES], {INPUT_IMAGE: fed})[0])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidArgument types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

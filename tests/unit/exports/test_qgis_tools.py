@@ -249,6 +249,11 @@ def test_geodeep_variant_maps_like_detect(rgb_export, rgb_data, tmp_path):
     ours = _detect_indices(_fp32(rgb_export), rgb_data["raster"], tmp_path / "map.tif")
     assert mask.shape == ours.shape
     assert (mask == ours).mean() >= 0.99
+    # The Deepness variant of an R,G,B uint8 model is the same graph: GeoDeep maps it alike.
+    same = geodeep.run(
+        str(rgb_data["raster"]), str(variant_path(_fp32(rgb_export), QgisTool.DEEPNESS)), "raw"
+    )
+    assert (same == mask).all()
 
 
 def test_our_runtimes_refuse_a_variant(rgb_export, rgb_data, tmp_path):
