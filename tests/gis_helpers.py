@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import rasterio
 
-__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report", "run_qgis_python"]
+__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report", "run_qgis_python", "run_qgis_script"]
 
 
 def gdal_report(path: Path) -> list[dict[str, Any]]:
@@ -110,7 +110,7 @@ os._exit(0)
 """
 
 
-def run_qgis_python(args: list[str]) -> subprocess.CompletedProcess[str]:
+def run_qgis_python(args: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the system Python that has QGIS, headless; skip the test, saying why, without QGIS."""
     probe = subprocess.run([QGIS_PYTHON, "-c", "import qgis.core"], capture_output=True, check=False)
     if probe.returncode != 0:
@@ -121,7 +121,7 @@ def run_qgis_python(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
     env.pop("PYTHONPATH", None)  # the venv's packages are not QGIS's
     return subprocess.run(
-        [QGIS_PYTHON, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        [QGIS_PYTHON, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
 
 
@@ -137,3 +137,13 @@ def qgis_report(path: Path) -> dict[str, Any]:
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def run_qgis_script(script: Path, *args: object, timeout: float = 300) -> Any:
+    """Run a script file with the QGIS Python headless and return its last stdout line, parsed as JSON.
+
+    Skips (or fails, see :func:`run_qgis_python`) where QGIS is absent.
+    """
+    done = run_qgis_python([str(script), *map(str, args)], timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -97,11 +97,16 @@ DEEPNESS_KEYS: Final[tuple[str, ...]] = (
     "model_type",
     "class_names",
     "resolution",
-    "tiles_size",
+    "tile_size",
     "tiles_overlap",
     "standardization_mean",
     "standardization_std",
+    "seg_thresh",
+    "seg_small_segment",
 )
+#: Deepness keys earlier flair-deploy versions wrote (``tiles_size``: Deepness reads ``tile_size``);
+#: cleared on re-stamp.
+_LEGACY_KEYS: Final[tuple[str, ...]] = ("tiles_size",)
 
 _PREFIX = "flair_deploy."
 
@@ -299,14 +304,17 @@ def resolve_description(
 
 
 # --------------------------------------------------------------------------------------- ONNX
-def stamp_onnx_description(proto: Any, description: ModelDescription) -> None:
+def stamp_onnx_description(
+    proto: Any, description: ModelDescription, *, extra: Mapping[str, str] | None = None
+) -> None:
     """Replace the flair-deploy (and Deepness) ``metadata_props`` of an ONNX ``ModelProto``.
 
     Other tools' keys are kept; every ``flair_deploy.*`` and Deepness key is rewritten from
-    *description* (metadata models get no Deepness keys, which Deepness cannot feed).
+    *description* (metadata models get no Deepness keys, which Deepness cannot feed), then *extra*
+    keys are written over them (a QGIS-tool variant's own Deepness keys).
     """
-    props = description.to_metadata_props()
-    stale = {*DEEPNESS_KEYS, *props}
+    props = {**description.to_metadata_props(), **(extra or {})}
+    stale = {*DEEPNESS_KEYS, *_LEGACY_KEYS, *props}
     kept = [
         (p.key, p.value) for p in proto.metadata_props if p.key not in stale and not p.key.startswith(_PREFIX)
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CalibrationMethod", "Compression", "Exporter", "Head", "Int8Scheme", "Stitching"]
+__all__ = ["CalibrationMethod", "Compression", "Exporter", "Head", "Int8Scheme", "QgisTool", "Stitching"]
 
 
 class Stitching(StrEnum):
@@ -79,3 +79,14 @@ class Int8Scheme(StrEnum):
 
     S8S8 = "s8s8"
     U8S8 = "u8s8"
+
+
+class QgisTool(StrEnum):
+    """QGIS-side tools ``export --for`` writes a variant for (see :mod:`flair_deploy.exports.qgis_tools`).
+
+    * ``deepness``: the QGIS Deepness plugin (any bands; uint8, uint16 or float32 rasters).
+    * ``geodeep``: the GeoDeep Python package (R,G,B models on uint8 or uint16 rasters only).
+    """
+
+    DEEPNESS = "deepness"
+    GEODEEP = "geodeep"

@@ -86,7 +86,7 @@ def run_demo(
     """
     if ortho_size <= 0 or ortho_size % 256:
         raise ConfigError(f"--ortho-size {ortho_size} must be a positive multiple of 256, e.g. 2048")
-    from flair_deploy.exports.config import ExportConfig
+    from flair_deploy.exports.config import ExportConfig, QgisTool
     from flair_deploy.exports.pipeline import export_model
     from flair_deploy.inference.config import DetectConfig
     from flair_deploy.inference.detect import detect
@@ -129,7 +129,8 @@ def run_demo(
 
     # 3. Export to ONNX with parity against PyTorch on the validation patches. The network is fully
     #    convolutional: export it with dynamic height/width so detect can run 256-px tiles, 16x the
-    #    pixels of its 64-px training patches, which amortises per-tile overheads.
+    #    pixels of its 64-px training patches, which amortises per-tile overheads. That graph is not
+    #    for QGIS Deepness (dynamic H/W, logits): the Deepness variant beside it is.
     export_dir = out_dir / "export"
     _say(log, f"[3/6] exporting {best.name} to ONNX -> {export_dir}")
     exported = export_model(
@@ -139,11 +140,14 @@ def run_demo(
             name="sample-unet",
             dynamic_hw=True,
             validation=sample.val_csv,
+            qgis_tools=(QgisTool.DEEPNESS,),
             overwrite=True,
         ),
         progress=progress,
     )
     onnx_path = next(iter(exported.onnx.values()))
+    for variant in exported.qgis_variants.values():
+        _say(log, f"      for QGIS Deepness: {variant}")
 
     # 4. An orthophoto of ground the model never saw (another part of the synthetic world).
     ortho = out_dir / "ortho.tif"

@@ -35,6 +35,7 @@ from flair_deploy.errors import ModelDescriptionError
 from flair_deploy.flair_format import FLAIR_BANDS, FLAIR_CLASSES, FLAIR_RVBIE_MEAN, FLAIR_RVBIE_STD
 
 __all__ = [
+    "DEEPNESS_SCALE",
     "FLAIR_CLASSES",
     "FLAIR_RVBIE_MEAN",
     "FLAIR_RVBIE_STD",
@@ -54,6 +55,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 ONNX_KEY = "flair_deploy.description"
+#: What QGIS Deepness divides every raster value by before its standardisation, whatever the dtype.
+DEEPNESS_SCALE = 255.0
 
 
 class _Frozen(BaseModel):
@@ -370,9 +373,11 @@ class ModelDescription(_Frozen):
     def to_metadata_props(self) -> dict[str, str]:
         """Return ONNX ``metadata_props``: the full description plus the QGIS Deepness keys.
 
-        The Deepness keys (``model_type``, ``class_names``, ``resolution`` in cm, ``tiles_size``,
-        ``tiles_overlap`` in percent, ``standardization_mean/std`` on the 0-1 scale) let QGIS users load
-        single-input models directly; they are omitted for metadata models, which Deepness cannot feed.
+        The Deepness keys (see :meth:`deepness_props`) describe the model to QGIS Deepness and GeoDeep;
+        they are omitted for metadata models, which Deepness cannot feed. They do not make every
+        artifact usable there: those tools threshold and argmax *every* graph output as probabilities,
+        and take the tile size from a fixed input shape, so only the variants of
+        :mod:`flair_deploy.exports.qgis_tools` (``export --for deepness/geodeep``) map correctly.
         """
         props = {
             ONNX_KEY: self.to_json(),
@@ -383,25 +388,32 @@ class ModelDescription(_Frozen):
             props.update(self.deepness_props())
         return props
 
-    def deepness_props(self) -> dict[str, str]:
-        """Return the metadata keys the QGIS Deepness plugin reads.
+    def deepness_props(self, *, input_divisor: float = 1.0) -> dict[str, str]:
+        """Return the metadata keys QGIS Deepness (and GeoDeep) read, for a graph fed ``raw / input_divisor``.
 
-        Deepness feeds 0-1 scaled RGB(+) values and standardises them itself, so the mean/std are
-        expressed on the 0-1 scale: ``mean / max_value`` and ``std / max_value``. Our graph also
-        normalises internally, so for Deepness we publish the identity-equivalent values of the
-        graph's own input scale: the graph takes raw values, Deepness gives 0-1 values, hence a
-        standardisation of mean 0 and std ``1 / max_value`` turns 0-1 values back into raw values.
+        Deepness multiplies every raster value by ``1/255`` whatever the raster's data type (its
+        ``normalize_values_to_01``), then applies ``(v - mean) / std`` from these keys. A graph that
+        takes ``raw / input_divisor`` therefore needs ``mean = 0`` and ``std = input_divisor / 255``:
+        ``1/255`` for our raw-value graphs (uint8, uint16 and float32 rasters alike), ``1`` for the
+        QGIS-tool variant of a uint8 model, whose graph takes 0-1 values. ``seg_thresh: 0`` and
+        ``seg_small_segment: 0`` make both tools take the plain argmax of the probabilities, with no
+        threshold to a default class and no median filter or sieve; ``tile_size`` is Deepness's name
+        for the tile edge.
+
+        Args:
+            input_divisor: What the graph expects raw raster values to be divided by.
         """
-        max_value = self.normalization.max_value if self.input_dtype != "float32" else 1.0
         n = self.in_channels
         return {
             "model_type": json.dumps("Segmentor"),
             "class_names": json.dumps({str(i): c.name for i, c in enumerate(self.classes)}),
             "resolution": json.dumps(round(self.gsd * 100.0, 6)),
-            "tiles_size": json.dumps(self.tile_size),
+            "tile_size": json.dumps(self.tile_size),
             "tiles_overlap": json.dumps(round(100.0 * self.overlap / self.tile_size, 3)),
             "standardization_mean": json.dumps([0.0] * n),
-            "standardization_std": json.dumps([1.0 / max_value] * n),
+            "standardization_std": json.dumps([input_divisor / DEEPNESS_SCALE] * n),
+            "seg_thresh": json.dumps(0.0),
+            "seg_small_segment": json.dumps(0),
         }
 
     @classmethod

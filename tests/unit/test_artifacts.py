@@ -109,7 +109,7 @@ def test_onnx_round_trip_keeps_foreign_keys_and_replaces_stale_ones(tmp_path, ti
     assert read_description(path) == tiny_description
     props = read_onnx_props(path)
     assert props["producer.note"] == "kept" and "flair_deploy.old" not in props
-    assert json.loads(props["tiles_size"]) == tiny_description.tile_size
+    assert json.loads(props["tile_size"]) == tiny_description.tile_size and "tiles_size" not in props
     assert set(DEEPNESS_KEYS) <= set(props)
 
 

@@ -39,7 +39,7 @@ def test_custom_class_table_keys_are_honoured():
 def test_round_trip_through_json_and_onnx_props(tiny_description):
     props = tiny_description.to_metadata_props()
     assert ModelDescription.from_metadata_props(props) == tiny_description
-    assert json.loads(props["tiles_size"]) == 64
+    assert json.loads(props["tile_size"]) == 64
     assert json.loads(props["model_type"]) == "Segmentor"
 
 
@@ -72,3 +72,17 @@ def test_normalization_affine_matches_definition():
 
 def test_output_stride_follows_depth():
     assert ArchitectureSpec(encoder_depth=4).output_stride == 16
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+def test_deepness_keys_undo_deepness_division_by_255_for_any_raster_type(dtype):
+    # Deepness feeds (raw / 255 - mean) / std whatever the type: std = divisor / 255 gives raw / divisor.
+    props = ModelDescription(input_dtype=dtype).deepness_props()
+    assert json.loads(props["standardization_mean"]) == [0.0] * 5
+    assert json.loads(props["standardization_std"]) == pytest.approx([1 / 255] * 5)
+    assert (
+        json.loads(ModelDescription().deepness_props(input_divisor=65535.0)["standardization_std"])
+        == [257.0] * 5
+    )
+    assert json.loads(props["seg_thresh"]) == 0.0 and json.loads(props["seg_small_segment"]) == 0
+    assert "tiles_size" not in props and json.loads(props["tile_size"]) == 512

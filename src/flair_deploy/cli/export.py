@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flair_deploy._optional import require_extra
-from flair_deploy.choices import CalibrationMethod, Exporter, Head, Int8Scheme
+from flair_deploy.choices import CalibrationMethod, Exporter, Head, Int8Scheme, QgisTool
 from flair_deploy.cli._options import (
     ConfigOption,
     SetOption,
@@ -36,6 +36,7 @@ FLAGS = {
     "int8_scheme": "int8_scheme",
     "keep_fp32": "keep_fp32",
     "tensorrt": "tensorrt",
+    "for_tools": "qgis_tools",
     "min_batch": "trt.min_batch",
     "opt_batch": "trt.opt_batch",
     "max_batch": "trt.max_batch",
@@ -180,6 +181,18 @@ def command(
     dynamic_hw: Annotated[
         bool, typer.Option("--dynamic-hw", help="Dynamic height/width (multiples of the output stride).")
     ] = False,
+    for_tools: Annotated[
+        str | None,
+        typer.Option(
+            "--for",
+            metavar="TOOL,...",
+            help=(
+                f"Also write a variant per precision for QGIS-side tools ({', '.join(t.value for t in QgisTool)}): "
+                "<name>.<precision>.<tool>.onnx with fixed H/W, softmax probabilities as its only output and "
+                "the tool's metadata keys; geodeep takes R,G,B uint8/uint16 models only. See docs/qgis-models.md."
+            ),
+        ),
+    ] = None,
     heads: Annotated[
         str | None,
         typer.Option(
@@ -212,7 +225,10 @@ def command(
     ONNX in FP32, and FP16 and INT8 on request; TensorRT engines per variant.
 
     Writes <name>.fp32.onnx (and .fp16/.int8.onnx), <name>.<precision>.engine
-    + .engine.json with --tensorrt, and <name>.parity.json/.md. Every variant
+    + .engine.json with --tensorrt, <name>.<precision>.deepness.onnx (or
+    .geodeep.onnx) with --for, and <name>.parity.json/.md. Our ONNX files map
+    correctly in QGIS Deepness and GeoDeep only as --for variants (the export
+    says why for the others). Every variant
     is compared with PyTorch; one that misses its gate (FP32 >= 99.99 %, FP16
     >= 99.9 %, INT8 >= 99 % argmax agreement and <= 1 mIoU point) fails the
     export: no model file is kept, only the parity reports that say why, and
@@ -237,6 +253,7 @@ def command(
         int8_scheme=int8_scheme,
         keep_fp32=split_list(keep_fp32, "--keep-fp32"),
         tensorrt=_on(tensorrt),
+        for_tools=split_list(for_tools, "--for"),
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,
@@ -265,6 +282,11 @@ def command(
         typer.echo(
             f"{path}  ({precision.value}, agreement {r.agreement:.5%}, max |Δlogit| {r.max_abs_logit:.2g})"
         )
+    for (precision, tool), path in result.qgis_variants.items():
+        agreement = result.qgis_agreement[(precision, tool)]
+        typer.echo(f"{path}  ({precision.value} for {tool.value}, agreement {agreement:.5%})")
+    for note in result.qgis_notes:
+        typer.echo(f"note: {note}")
     for path in result.engines.values():
         typer.echo(f"{path}  (+ {path.name}.json)")
     typer.echo(f"{result.parity_markdown}")

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import Field, model_validator
 
-from flair_deploy.choices import CalibrationMethod, Exporter, Head, Int8Scheme
+from flair_deploy.choices import CalibrationMethod, Exporter, Head, Int8Scheme, QgisTool
 from flair_deploy.config import DescribesWeights, FrozenConfig, Loaded, load_config
 from flair_deploy.description import Precision
 
@@ -28,6 +28,7 @@ __all__ = [
     "Int8Scheme",
     "ParityGate",
     "ParityGates",
+    "QgisTool",
     "TensorRTOptions",
     "load_export_config",
 ]
@@ -130,6 +131,8 @@ class ExportConfig(DescribesWeights):
             first convolution and the segmentation head.
         quant_preprocess: Run onnxruntime's ``quant_pre_process`` (shape inference, fusions) first.
         tensorrt: Also build TensorRT engines for every exported ONNX variant.
+        qgis_tools: Also write, per precision, a variant for each of these QGIS-side tools
+            (``<name>.<precision>.<tool>.onnx``, see :mod:`flair_deploy.exports.qgis_tools`).
         trt: Engine-build options.
         parity_tiles: Number of tiles the parity report compares on.
         validation: FLAIR CSV of validation tiles (with masks: ΔmIoU is then reported); None uses
@@ -162,6 +165,7 @@ class ExportConfig(DescribesWeights):
     keep_fp32: tuple[str, ...] = ()
     quant_preprocess: bool = True
     tensorrt: bool = False
+    qgis_tools: tuple[QgisTool, ...] = ()
     trt: TensorRTOptions = TensorRTOptions()
     parity_tiles: Annotated[int, Field(ge=1)] = 16
     validation: Path | None = None

@@ -15,7 +15,7 @@ description survived before renaming it into place.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from flair_deploy.exports.config import Exporter, Head
 from flair_deploy.models import FlairSegmenter
 
 __all__ = [
+    "INACTIVE_BIAS",
     "INPUT_IMAGE",
     "INPUT_METADATA",
     "OUTPUT_NAMES",
@@ -55,6 +56,9 @@ OUTPUT_NAMES: dict[Head, tuple[str, ...]] = {
     Head.PROBABILITIES: ("probabilities",),
     Head.CLASSES: ("class_index", "confidence"),
 }
+#: Added to untrained classes' logits before the softmax. A finite -1e4 rather than -inf: exp()
+#: underflows to exactly 0 all the same, and calibrators and FP16 converters choke on infinite ranges.
+INACTIVE_BIAS = -1.0e4
 _ELEMENTWISE = frozenset({"Mul", "Add", "Sub", "Div", "Cast"})
 
 
@@ -76,9 +80,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.model = model
         self.heads = tuple(h for h in Head if h in heads)
-        # A finite -1e4 rather than -inf: exp() underflows to exactly 0 all the same, and calibrators
-        # and FP16 converters choke on infinite ranges.
-        bias = [0.0 if active else -1.0e4 for active in description.active_mask]
+        bias = [0.0 if active else INACTIVE_BIAS for active in description.active_mask]
         self.register_buffer("inactive_bias", torch.tensor(bias, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, image: Tensor, metadata: Tensor | None = None) -> tuple[Tensor, ...]:
@@ -258,7 +260,14 @@ def load_onnx(path: Path) -> Any:
         raise ModelDescriptionError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
 
 
-def save_onnx(proto: Any, path: Path, description: ModelDescription, *, check: bool = True) -> str:
+def save_onnx(
+    proto: Any,
+    path: Path,
+    description: ModelDescription,
+    *,
+    check: bool = True,
+    extra_props: Mapping[str, str] | None = None,
+) -> str:
     """Stamp *description* into *proto*, check it, and write it atomically to *path*.
 
     The file is read back before it is renamed into place: a description that did not survive
@@ -269,6 +278,8 @@ def save_onnx(proto: Any, path: Path, description: ModelDescription, *, check: b
         path: Destination file.
         description: Description to stamp.
         check: Run the full ``onnx.checker`` (with shape inference).
+        extra_props: Further ``metadata_props`` written over the description's (a QGIS-tool
+            variant's Deepness keys).
 
     Returns:
         The SHA-256 of the written file.
@@ -278,7 +289,7 @@ def save_onnx(proto: Any, path: Path, description: ModelDescription, *, check: b
         OutputError: If *path* cannot be written.
     """
     onnx = require("onnx", purpose="writing ONNX models")
-    stamp_description(proto, description)
+    stamp_description(proto, description, extra=extra_props)
     if check:
         try:
             onnx.checker.check_model(proto, full_check=True)

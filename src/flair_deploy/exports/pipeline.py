@@ -9,8 +9,10 @@ Steps, each shown with its duration when ``progress`` is on:
 3. run PyTorch once on the parity tiles;
 4. export FP32 ONNX, then FP16 and/or INT8 from it; after each, check parity against PyTorch and
    stamp the parity summary into the artifact's description;
-5. build a TensorRT engine (and sidecar) for every ONNX variant;
-6. write ``<name>.parity.json`` and ``<name>.parity.md``.
+5. write the QGIS Deepness / GeoDeep variant of every kept ONNX file asked for (``qgis_tools``)
+   and check its argmax agreement against PyTorch under the same gate;
+6. build a TensorRT engine (and sidecar) for every ONNX variant;
+7. write ``<name>.parity.json`` and ``<name>.parity.md``.
 
 Every artifact is written under a hidden temporary name (:class:`~flair_deploy.atomic.OutputSet`)
 and they all appear together when the export succeeds. A failure of any step (a calibration error,
@@ -65,6 +67,14 @@ from flair_deploy.exports.parity import (
     render_reports,
 )
 from flair_deploy.exports.precision import check_node_patterns, convert_fp16, quantize_int8
+from flair_deploy.exports.qgis_tools import (
+    QgisTool,
+    check_supported,
+    qgis_note,
+    variant_agreement,
+    variant_path,
+    write_variant,
+)
 from flair_deploy.exports.tensorrt import EngineFacts, build_engine, gpu_compute_capability, sidecar_path
 from flair_deploy.flair_format import FLAIR_BANDS, flair_statistics
 from flair_deploy.models import FlairSegmenter
@@ -93,6 +103,9 @@ class ExportResult:
         parity_markdown: The Markdown report.
         description: The FP32 artifact's description.
         removed: Artifacts that were not kept (empty: an export that returns kept everything).
+        qgis_variants: QGIS-tool variants by (precision, tool).
+        qgis_agreement: Each variant's argmax agreement with PyTorch on the parity tiles.
+        qgis_notes: Why artifacts without a Deepness variant would not map correctly in Deepness.
     """
 
     out_dir: Path
@@ -105,6 +118,9 @@ class ExportResult:
     parity_markdown: Path
     description: ModelDescription
     removed: tuple[Path, ...] = field(default=())
+    qgis_variants: dict[tuple[Precision, QgisTool], Path] = field(default_factory=dict)
+    qgis_agreement: dict[tuple[Precision, QgisTool], float] = field(default_factory=dict)
+    qgis_notes: tuple[str, ...] = field(default=())
 
     @property
     def passed(self) -> bool:
@@ -186,7 +202,8 @@ def planned_artifacts(cfg: ExportConfig, name: str) -> list[Path]:
 
 def _model_artifacts(cfg: ExportConfig, name: str) -> list[Path]:
     precisions = [Precision.FP32] + [Precision.FP16] * cfg.fp16 + [Precision.INT8] * cfg.int8
-    out = [cfg.out_dir / f"{name}.{p.value}.onnx" for p in precisions]
+    onnx = [cfg.out_dir / f"{name}.{p.value}.onnx" for p in precisions]
+    out = onnx + [variant_path(path, tool) for path in onnx for tool in cfg.qgis_tools]
     if cfg.tensorrt:
         for p in precisions:
             engine = cfg.out_dir / f"{name}.{p.value}.engine"
@@ -207,7 +224,7 @@ def estimated_output_bytes(cfg: ExportConfig, model: FlairSegmenter) -> int:
     """
     weights = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
     fp32 = 4 * weights
-    onnx = fp32 * (1.0 + 0.5 * cfg.fp16 + 0.25 * cfg.int8)
+    onnx = fp32 * (1.0 + 0.5 * cfg.fp16 + 0.25 * cfg.int8) * (1 + len(cfg.qgis_tools))
     engines = onnx if cfg.tensorrt else 0.0
     scratch = 2 * fp32 if cfg.int8 else 0
     return int(onnx + engines + scratch + fp32) + (1 << 20)
@@ -276,6 +293,7 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
     model = loaded.model
     # Every input is checked before the first artifact: a typo must not cost minutes of export work.
     check_node_patterns(cfg.keep_fp32)
+    check_supported(base, cfg.qgis_tools)
     _check_outputs(cfg, name, model)
     if cfg.tensorrt:
         from flair_deploy._optional import require
@@ -373,6 +391,29 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
                         preprocess=cfg.quant_preprocess,
                     )
                 check(Precision.INT8, path, d8)
+        variants: dict[tuple[Precision, QgisTool], Path] = {}
+        agreement: dict[tuple[Precision, QgisTool], float] = {}
+        for precision, path in list(onnx_paths.items()):
+            for tool in cfg.qgis_tools:
+                final = variant_path(path, tool)
+                with steps.step(f"Writing the {tool.value} variant → {final.name}"):
+                    write_variant(outputs.temporary(path), outputs.path(final), descriptions[precision], tool)
+                    agreement[(precision, tool)] = variant_agreement(
+                        outputs.temporary(final), tiles, reference, base, tool
+                    )
+                gate = cfg.gates.for_precision(precision).min_agreement
+                if agreement[(precision, tool)] < gate and cfg.verify:
+                    raise ParityError(
+                        f"the {tool.value} variant of {path.name} agrees with PyTorch on "
+                        f"{agreement[(precision, tool)]:.4%} of pixels, below the {precision.value} gate "
+                        f"{gate:.2%}; nothing was kept; rerun without --for {tool.value}, or with --no-verify"
+                    )
+                variants[(precision, tool)] = final
+        notes = tuple(
+            note
+            for path in onnx_paths.values()
+            if (note := qgis_note(outputs.temporary(path), cfg.qgis_tools, artifact=path)) is not None
+        )
         failed = [r for r in results if not r.passed]
         engines: dict[Precision, Path] = {}
         facts: dict[Precision, EngineFacts] = {}
@@ -415,6 +456,9 @@ def export_model(cfg: ExportConfig, *, progress: bool = True) -> ExportResult:
         parity_markdown=md_path,
         description=descriptions.get(Precision.FP32, d32),
         removed=tuple(rejected),
+        qgis_variants=variants,
+        qgis_agreement=agreement,
+        qgis_notes=notes,
     )
 
 

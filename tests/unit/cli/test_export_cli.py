@@ -31,7 +31,16 @@ def one_line_error(err: str) -> str:
 def test_help_teaches(capsys):
     code, out, _ = run(capsys, "export", "--help")
     assert code == 0
-    for text in ("--calibration", "--preset", "--heads", "--no-verify", "Examples", "parity"):
+    for text in (
+        "--calibration",
+        "--preset",
+        "--heads",
+        "--no-verify",
+        "Examples",
+        "parity",
+        "--for",
+        "deepness",
+    ):
         assert text in out
 
 
@@ -114,6 +123,8 @@ def test_unwritable_out_when_out_is_a_file(capsys, export_data, tmp_path):
         (["--heads", "classes"], "lack 'logits'"),
         (["--calibration-method", "magic"], "'--calibration-method': 'magic' is not one of"),
         (["--preset", "flair-inc-rgb-12cl-resnet34-unet", "--bands", "R,G,B"], "not both"),
+        (["--for", "geodeep"], "GeoDeep feeds 3 bands only"),
+        (["--for", "qfield"], "qfield"),
     ],
 )
 def test_bad_options_are_one_line(capsys, export_data, tmp_path, extra, message):

@@ -62,7 +62,7 @@ def test_metadata_model_keeps_no_deepness_keys_and_survives_fp16(metadata_export
     back = read_onnx_description(path)
     assert back == desc and back.metadata is not None and back.metadata.dim == 8
     keys = {p.key for p in load_onnx(path).metadata_props}
-    assert "tiles_size" not in keys  # Deepness cannot feed a second input
+    assert "tile_size" not in keys  # Deepness cannot feed a second input
     d16 = convert_fp16(path, tmp_path / "m.fp16.onnx", desc)
     assert read_onnx_description(tmp_path / "m.fp16.onnx") == d16
     assert d16.provenance.precision is Precision.FP16

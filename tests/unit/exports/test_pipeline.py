@@ -45,7 +45,7 @@ def test_description_survives_each_transform_with_its_provenance(exported, preci
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     assert ONNX_KEY in props
     # QGIS Deepness keys for this single-input model.
-    assert json.loads(props["tiles_size"]) == 64
+    assert json.loads(props["tile_size"]) == 64
     assert json.loads(props["model_type"]) == "Segmentor"
 
 
@@ -229,3 +229,13 @@ def test_int8_scheme_defaults_to_u8s8_on_cpu_and_s8s8_for_tensorrt(tmp_path):
     assert ExportConfig(**base, int8_scheme="s8s8").resolved_int8_scheme is Int8Scheme.S8S8
     with pytest.raises(ValueError, match="TensorRT accepts only symmetric signed INT8"):
         ExportConfig(**base, tensorrt=True, int8_scheme="u8s8")
+
+
+def test_export_says_why_its_files_are_not_for_deepness_and_names_the_flag(exported):
+    # Fixed H/W but four outputs, logits first: Deepness would fail to load them (one class_names
+    # entry for four outputs); every kept file gets its line, naming the variant --for would write.
+    assert len(exported.qgis_notes) == len(exported.onnx) == 3
+    for note, path in zip(exported.qgis_notes, exported.onnx.values(), strict=True):
+        assert note.startswith(f"{path.name} is not for QGIS Deepness")
+        assert "4 outputs" in note and "--for deepness" in note and f"{path.stem}.deepness.onnx" in note
+    assert not exported.qgis_variants
