@@ -25,6 +25,7 @@ one ``from_pretrained`` applies, so both layouts load strictly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -227,8 +228,9 @@ def import_hf_state_dict(net: nn.Module, sd: Mapping[str, Tensor]) -> tuple[dict
 
     Keys are renamed with transformers' own conversion table for the installed version (what
     ``from_pretrained`` applies to older checkpoints); ``auxiliary_head.*`` keys are dropped (see the
-    module docstring), and so are buffers that transformers 5 no longer saves but recomputes, after
-    checking they equal the recomputed value. Keys already in the current layout are unchanged; any
+    module docstring), and so are buffers that transformers 5 no longer saves but recomputes: checked
+    against the recomputed value where the name still matches, else dropped by transformers' own
+    ``_keys_to_ignore_on_load_unexpected`` list (Swin's ``relative_position_index``). Keys already in the current layout are unchanged; any
     other key is kept, so the caller's strict load reports it.
 
     Args:
@@ -252,6 +254,7 @@ def import_hf_state_dict(net: nn.Module, sd: Mapping[str, Tensor]) -> tuple[dict
 
     expected = net.state_dict()
     derived = {k: b for k, b in net.named_buffers() if k not in expected}
+    ignorable = _ignored_on_load(net)
     out: dict[str, Tensor] = {}
     dropped: list[str] = []
     for key, value in sd.items():
@@ -276,8 +279,21 @@ def import_hf_state_dict(net: nn.Module, sd: Mapping[str, Tensor]) -> tuple[dict
                 )
             dropped.append(key)
             continue
+        if new not in expected and any(p.search(new) for p in ignorable):
+            # Keys transformers itself skips on load for this architecture (same list from_pretrained uses).
+            dropped.append(key)
+            continue
         out[new] = value
     return out, dropped
+
+
+def _ignored_on_load(net: nn.Module) -> list[re.Pattern[str]]:
+    """The ``_keys_to_ignore_on_load_unexpected`` patterns of *net*'s transformers sub-models."""
+    patterns: dict[str, re.Pattern[str]] = {}
+    for module in net.modules():
+        for pattern in getattr(type(module), "_keys_to_ignore_on_load_unexpected", None) or ():
+            patterns.setdefault(pattern, re.compile(pattern))
+    return list(patterns.values())
 
 
 def _conversion_api() -> tuple[Any, type, Any] | None:
