@@ -11,39 +11,14 @@ from flair_deploy import hf_models
 from flair_deploy.aerial import aerial_spec
 from flair_deploy.description import ArchitectureSpec, ModelDescription
 from flair_deploy.errors import ConfigError, ModelDescriptionError
-from flair_deploy.hf_models import HF_MODELS, HFVariant, hf_architecture
+from flair_deploy.hf_models import HF_MODELS, hf_architecture
 from flair_deploy.models import build_model
-
-# Tiny variants (a few thousand weights) so every test builds and runs in well under a second.
-TINY = {
-    "test/mit-tiny": HFVariant(
-        "segformer",
-        "mit-tiny",
-        "mit",
-        {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 24, 32], "num_attention_heads": [1, 1, 1, 1]}
-        | {"decoder_hidden_size": 16},
-    ),
-    "test/upernet-swin-tiny": HFVariant(
-        "upernet",
-        "swin-tiny-test",
-        "swin",
-        {"embed_dim": 8, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "window_size": 4},
-        {"hidden_size": 16},
-    ),
-    "test/upernet-convnext-tiny": HFVariant(
-        "upernet",
-        "convnext-tiny-test",
-        "convnext",
-        {"depths": [1, 1, 1, 1], "hidden_sizes": [8, 16, 24, 32]},
-        {"hidden_size": 16},
-    ),
-}
+from tests.hf_tiny import TINY, register_tiny
 
 
 @pytest.fixture(autouse=True)
 def tiny_models(monkeypatch):
-    for name, variant in TINY.items():
-        monkeypatch.setitem(HF_MODELS, name, variant)
+    register_tiny(monkeypatch)
 
 
 def describe(name: str, *, bands: int = 5, tile: int = 64, metadata: bool = False) -> ModelDescription:
