@@ -26,7 +26,8 @@ one ``from_pretrained`` applies, so both layouts load strictly.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,12 +47,14 @@ __all__ = [
     "HFVariant",
     "build_hf_network",
     "deepest_channels",
+    "has_adaptive_pooling",
     "hf_architecture",
     "hf_logits",
     "hf_variant",
     "import_hf_state_dict",
     "known_hf_models",
     "legacy_state_dict",
+    "onnx_exportable",
 ]
 
 HFFamily = Literal["segformer", "upernet"]
@@ -318,3 +321,49 @@ def legacy_state_dict(net: nn.Module) -> dict[str, Tensor]:
     except ImportError:  # transformers 4: its layout is the current one
         return sd
     return dict(revert_weight_conversion(net, sd))
+
+
+def _exact_adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Adaptive average pooling written as fixed slices: PyTorch's own bins, exportable to ONNX.
+
+    The torchscript ONNX exporter refuses ``adaptive_avg_pool2d`` unless the output divides the
+    input, which UperNet's pyramid pooling (scales 1, 2, 3, 6 of a 1/32 map) rarely satisfies. The
+    bins are those of PyTorch (start ``floor(i*H/n)``, end ``ceil((i+1)*H/n)``), so the values are
+    identical; the slice bounds are fixed when traced, hence static-H/W exports only.
+    """
+    import torch
+
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    rows = []
+    for i in range(size[0]):
+        top, bottom = (i * height) // size[0], -((-(i + 1) * height) // size[0])
+        cols = []
+        for j in range(size[1]):
+            left, right = (j * width) // size[1], -((-(j + 1) * width) // size[1])
+            cols.append(x[..., top:bottom, left:right].mean(dim=(-2, -1), keepdim=True))
+        rows.append(torch.cat(cols, dim=-1))
+    return torch.cat(rows, dim=-2)
+
+
+def has_adaptive_pooling(net: nn.Module) -> bool:
+    """Whether *net* pools adaptively (UperNet's pyramid pooling): its ONNX export needs fixed H/W."""
+    from torch import nn
+
+    return any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.modules())
+
+
+@contextmanager
+def onnx_exportable(net: nn.Module) -> Iterator[None]:
+    """Within the block, *net*'s adaptive average pools run as :func:`_exact_adaptive_avg_pool`."""
+    from torch import nn
+
+    pools = [m for m in net.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    for m in pools:
+        out = m.output_size
+        size = (out, out) if isinstance(out, int) else (int(out[0]), int(out[1]))  # type: ignore[arg-type]
+        m.forward = lambda x, size=size: _exact_adaptive_avg_pool(x, size)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in pools:
+            del m.forward  # the instance attribute goes: the class's forward is back
