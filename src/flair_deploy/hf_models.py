@@ -25,6 +25,7 @@ one ``from_pretrained`` applies, so both layouts load strictly.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -202,10 +203,10 @@ def build_hf_network(org_model: str, *, in_channels: int, num_classes: int) -> n
 
 def deepest_channels(net: nn.Module) -> int:
     """Return the channel count of the deepest feature map of an HF network (metadata fusion width)."""
-    config = net.config
-    if getattr(config, "model_type", "") == "segformer":
-        return int(config.hidden_sizes[-1])
-    return int(net.backbone.channels[-1])  # type: ignore[union-attr, index]
+    hf: Any = net  # transformers modules: their attributes are untyped
+    if hf.config.model_type == "segformer":
+        return int(hf.config.hidden_sizes[-1])
+    return int(hf.backbone.channels[-1])
 
 
 def hf_logits(net: nn.Module, x: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -214,15 +215,16 @@ def hf_logits(net: nn.Module, x: Tensor, bias: Tensor | None = None) -> Tensor:
     The auxiliary head is never run (it is not built); *bias* ``(N, C)``, when given, is added to
     every position of the deepest feature map before the decode head.
     """
-    if net.config.model_type == "segformer":
-        features = list(net.segformer(x, output_hidden_states=True).hidden_states)  # type: ignore[operator]
+    hf: Any = net  # transformers modules: their attributes are untyped
+    if hf.config.model_type == "segformer":
+        features = list(hf.segformer(x, output_hidden_states=True).hidden_states)
     else:
-        features = list(net.backbone(x).feature_maps)  # type: ignore[operator]
+        features = list(hf.backbone(x).feature_maps)
     if bias is not None:
         features[-1] = features[-1] + bias[:, :, None, None]
     from torch.nn.functional import interpolate
 
-    logits: Tensor = net.decode_head(features)  # type: ignore[operator]
+    logits: Tensor = hf.decode_head(features)
     return interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -320,7 +322,8 @@ def legacy_state_dict(net: nn.Module) -> dict[str, Tensor]:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers 4: its layout is the current one
         return sd
-    return dict(revert_weight_conversion(net, sd))
+    hf: Any = net
+    return dict(revert_weight_conversion(hf, sd))
 
 
 def _exact_adaptive_avg_pool(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -359,9 +362,9 @@ def onnx_exportable(net: nn.Module) -> Iterator[None]:
 
     pools = [m for m in net.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
     for m in pools:
-        out = m.output_size
-        size = (out, out) if isinstance(out, int) else (int(out[0]), int(out[1]))  # type: ignore[arg-type]
-        m.forward = lambda x, size=size: _exact_adaptive_avg_pool(x, size)  # type: ignore[method-assign]
+        out: Any = m.output_size  # UperNet's pools are given an int scale; a pair is handled too
+        size = (int(out), int(out)) if isinstance(out, int) else (int(out[0]), int(out[1]))
+        m.forward = functools.partial(_exact_adaptive_avg_pool, size=size)  # type: ignore[method-assign]
     try:
         yield
     finally:

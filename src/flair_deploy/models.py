@@ -73,6 +73,8 @@ class MetadataMLP(nn.Module):
 class FlairSegmenter(nn.Module):
     """SMP or HuggingFace segmentation network with in-graph normalisation and optional metadata fusion."""
 
+    net: Any  # an SMP or transformers module; their submodules are untyped
+
     def __init__(self, description: ModelDescription) -> None:
         super().__init__()
         ensure_torchvision_importable()

@@ -35,7 +35,7 @@ def test_exact_adaptive_pool_equals_torch_even_when_the_output_does_not_divide_t
     torch.testing.assert_close(_exact_adaptive_avg_pool(x, size), expected)
 
 
-@pytest.mark.parametrize("name", ["test/mit-tiny", "test/upernet-convnext-tiny"])
+@pytest.mark.parametrize("name", ["test/mit-tiny", "test/upernet-swin-tiny", "test/upernet-convnext-tiny"])
 def test_fp32_onnx_matches_pytorch_and_keeps_the_description(tmp_path, name):
     model, desc = _model(name)
     path = tmp_path / "m.onnx"
