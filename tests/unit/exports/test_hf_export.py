@@ -72,3 +72,24 @@ def test_upernet_dynamic_height_and_width_is_refused_in_one_line(tmp_path):
         export_onnx(model, desc, tmp_path / "m.onnx", dynamic_hw=True)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_ign_hf_weights_are_described_by_their_org_model(tmp_path):
+    from flair_deploy.exports import ExportConfig
+    from flair_deploy.exports.pipeline import describe_from_flags
+
+    cfg = ExportConfig(checkpoint=tmp_path / "ign.ckpt", out_dir=tmp_path, hf_model="test/mit-tiny")
+    desc = describe_from_flags(cfg)
+    assert desc is not None and desc.architecture.hf_model == "test/mit-tiny"
+    assert desc.architecture.provider == "huggingface"
+    with pytest.raises(ValueError, match=r"drop --arch/--encoder"):
+        ExportConfig(
+            checkpoint=tmp_path / "ign.ckpt", out_dir=tmp_path, hf_model="test/mit-tiny", arch="unet"
+        )
+    with pytest.raises(ValueError, match="either a preset or description flags"):
+        ExportConfig(
+            checkpoint=tmp_path / "ign.ckpt",
+            out_dir=tmp_path,
+            hf_model="test/mit-tiny",
+            preset="flair-inc-rgbie-15cl-resnet34-unet",
+        )
