@@ -26,7 +26,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from flair_deploy.atomic import write_text
 from flair_deploy.errors import ModelDescriptionError
@@ -232,6 +241,16 @@ class ArchitectureSpec(_Frozen):
                 "has a fixed depth: leave encoder_depth at 5 and decoder_channels unset"
             )
         return self
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # SMP architectures serialise exactly as before provider/hf_model existed, so artifacts of SMP
+        # models stay readable by earlier flair-deploy versions (their schema forbids unknown keys).
+        data: dict[str, Any] = handler(self)
+        if self.provider == "smp":
+            data.pop("provider", None)
+            data.pop("hf_model", None)
+        return data
 
     @property
     def output_stride(self) -> int:

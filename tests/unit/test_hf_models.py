@@ -89,9 +89,10 @@ def test_inconsistent_architectures_are_refused(fields, match):
         ModelDescription.from_dict({"architecture": fields})
 
 
-def test_old_descriptions_without_provider_load_as_smp():
+def test_smp_descriptions_serialise_as_before_and_load_as_smp():
+    # No provider/hf_model keys for SMP models: earlier versions (extra keys forbidden) still read them.
     old = ModelDescription().to_dict()
-    del old["architecture"]["provider"], old["architecture"]["hf_model"]
+    assert set(old["architecture"]) == {"arch", "encoder", "encoder_depth", "decoder_channels"}
     arch = ModelDescription.from_dict(old).architecture
     assert (arch.provider, arch.hf_model, arch.output_stride) == ("smp", None, 32)
 
