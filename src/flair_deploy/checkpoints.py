@@ -10,7 +10,9 @@ Supported layouts:
   the description; weights under ``model.*``), or a ``.safetensors``/``.pt`` state dict of
   :class:`~flair_deploy.models.FlairSegmenter` plus a description given by the caller.
 * ``ign-lightning``: IGN's ``.ckpt`` (``state_dict`` with ``model.seg_model.*``, optional ``model.enc.*``
-  and ``criterion.weight``).
+  and ``criterion.weight``). With a ``provider: huggingface`` description the ``model.seg_model.*`` keys
+  are HF keys (written by transformers 4): they are renamed to the installed transformers' names and
+  the never-trained UperNet auxiliary head is dropped (:func:`flair_deploy.hf_models.import_hf_state_dict`).
 * ``ign-state-dict`` / ``smp-state-dict``: IGN's released ``*_weights.pth`` (bare SMP keys, or prefixed
   ``model.seg_model.`` / ``seg_model.``).
 
@@ -227,7 +229,12 @@ def map_ign_state_dict(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], Ten
 
 
 def _logits_in_weights(sd: Mapping[str, Tensor]) -> int | None:
-    for key in ("net.segmentation_head.0.weight", "net.segmentation_head.weight"):
+    # SMP heads, then the HuggingFace decode heads (SegFormer and UperNet both name it classifier).
+    for key in (
+        "net.segmentation_head.0.weight",
+        "net.segmentation_head.weight",
+        "net.decode_head.classifier.weight",
+    ):
         if key in sd:
             return int(sd[key].shape[0])
     return None
@@ -262,6 +269,21 @@ def _check_weights_shape(
             f"band-count mismatch: {path} takes {n_bands} bands but {key} gives "
             f"{description.in_channels} {list(description.bands)}; describe the weights with {n_bands} bands"
         )
+
+
+def _import_hf(model: FlairSegmenter, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map IGN's HF weights (written by transformers 4) onto the installed transformers' key names.
+
+    The UperNet auxiliary head (never trained by IGN) and recomputed buffers are dropped by
+    :func:`flair_deploy.hf_models.import_hf_state_dict`; every other key must match strictly.
+    """
+    from flair_deploy.hf_models import import_hf_state_dict
+
+    inner = {k.removeprefix("net."): v for k, v in sd.items() if k.startswith("net.")}
+    renamed, _dropped = import_hf_state_dict(model.net, inner)
+    out = {k: v for k, v in sd.items() if not k.startswith("net.")}
+    out.update({"net." + k: v for k, v in renamed.items()})
+    return out
 
 
 def _strict_load(model: FlairSegmenter, sd: Mapping[str, Tensor], *, source: str) -> None:
@@ -341,6 +363,8 @@ def load_checkpoint(
         )
         description = description.model_copy(update={"classes": classes})
     model = build_model(description)
+    if layout != "flair-deploy" and description.architecture.provider == "huggingface":
+        sd = _import_hf(model, sd)
     if stored is None:
         _check_weights_shape(sd, model, description, path, given_description(preset))
     _strict_load(model, sd, source=str(path))

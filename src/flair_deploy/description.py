@@ -26,7 +26,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from flair_deploy.atomic import write_text
 from flair_deploy.errors import ModelDescriptionError
@@ -187,16 +196,72 @@ def class_preset(name: str) -> tuple[ClassInfo, ...]:
 
 
 class ArchitectureSpec(_Frozen):
-    """What rebuilds the network: an SMP architecture and encoder (``smp.create_model`` names)."""
+    """What rebuilds the network.
 
+    Attributes:
+        provider: ``smp`` (``smp.create_model`` names) or ``huggingface`` (a transformers
+            ``...ForSemanticSegmentation`` built offline from :data:`flair_deploy.hf_models.HF_MODELS`).
+        arch: SMP architecture, or the HF family (``segformer``, ``upernet``).
+        encoder: SMP encoder, or the HF backbone (``mit-b0``, ``swin-tiny``, ``convnext-tiny``, ...).
+        encoder_depth: SMP encoder stages (HF models always have 4 stages: leave it at 5).
+        decoder_channels: SMP decoder widths (None for HF models).
+        hf_model: The ``org_model`` name as IGN's config writes it (HF only), e.g. ``nvidia/mit-b0``.
+    """
+
+    provider: Literal["smp", "huggingface"] = "smp"
     arch: str = "unet"
     encoder: str = "resnet34"
     encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5
     decoder_channels: tuple[int, ...] | None = None
+    hf_model: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.provider == "smp":
+            if self.hf_model is not None:
+                raise ValueError(
+                    f"hf_model {self.hf_model!r} is set but provider is 'smp'; set provider='huggingface' "
+                    "or remove hf_model"
+                )
+            return self
+        from flair_deploy.errors import ConfigError
+        from flair_deploy.hf_models import hf_variant
+
+        if self.hf_model is None:
+            raise ValueError("provider 'huggingface' needs hf_model, e.g. 'nvidia/mit-b0'")
+        try:
+            v = hf_variant(self.hf_model, source="architecture.hf_model")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        if (self.arch, self.encoder) != (v.family, v.encoder):
+            raise ValueError(
+                f"arch={self.arch!r} encoder={self.encoder!r} do not match hf_model {self.hf_model!r} "
+                f"(arch={v.family!r}, encoder={v.encoder!r}); fix one or the other"
+            )
+        if self.encoder_depth != 5 or self.decoder_channels is not None:
+            raise ValueError(
+                f"encoder_depth/decoder_channels are SMP settings; HuggingFace model {self.hf_model!r} "
+                "has a fixed depth: leave encoder_depth at 5 and decoder_channels unset"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compatible(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # SMP architectures serialise exactly as before provider/hf_model existed, so artifacts of SMP
+        # models stay readable by earlier flair-deploy versions (their schema forbids unknown keys).
+        data: dict[str, Any] = handler(self)
+        if self.provider == "smp":
+            data.pop("provider", None)
+            data.pop("hf_model", None)
+        return data
 
     @property
     def output_stride(self) -> int:
         """Spatial divisor the input height and width must be a multiple of."""
+        if self.provider == "huggingface":
+            from flair_deploy.hf_models import HF_OUTPUT_STRIDE
+
+            return HF_OUTPUT_STRIDE
         return int(2**self.encoder_depth)
 
 

@@ -172,12 +172,19 @@ TRAIN_KEYS: tuple[IgnKey, ...] = (
         "with tasks.metrics: the predictions are not kept once scored",
         rule=True,
     ),
-    IgnKey("model_framework.model_provider", "model.arch", str, "SegmentationModelsPytorch only", rule=True),
+    IgnKey(
+        "model_framework.model_provider",
+        "model.provider",
+        str,
+        "HuggingFace → huggingface (built offline from org_model), SegmentationModelsPytorch → smp",
+        rule=True,
+    ),
     IgnKey(
         "model_framework.HuggingFace.org_model",
-        None,
+        "model.hf_model",
         str,
-        "ignored: flair-deploy trains SegmentationModelsPytorch models",
+        "used with model_provider HuggingFace; any band count (IGN's HF path takes 3)",
+        rule=True,
     ),
     IgnKey(
         "model_framework.SegmentationModelsPytorch.encoder_decoder",
@@ -525,12 +532,26 @@ def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> 
             "or HuggingFace"
         )
     if provider == "HuggingFace":
+        from flair_deploy.hf_models import hf_variant
+
         org = flat.get("model_framework.HuggingFace.org_model")
-        chosen = enc_dec or "resnet34_unet"
+        if not org:
+            raise ConfigError(
+                f"{source}: model_framework.model_provider is HuggingFace but "
+                "model_framework.HuggingFace.org_model is empty; name the model, e.g. nvidia/mit-b0"
+            )
+        hf_variant(str(org), source=f"{source}: model_framework.HuggingFace.org_model")
+        b.set("model.provider", "huggingface", "model_framework.model_provider")
+        b.set("model.hf_model", str(org), "model_framework.HuggingFace.org_model")
+        if enc_dec:
+            b.note(
+                "model_framework.SegmentationModelsPytorch.encoder_decoder",
+                f"ignored: model_provider is HuggingFace ({org})",
+            )
+        enc_dec = None
+    elif flat.get("model_framework.HuggingFace.org_model"):
         b.note(
-            "model_framework.model_provider",
-            f"HuggingFace ({org}) is not supported (IGN's HF path ignores the band count); training the "
-            f"SMP model {chosen!r} instead (set model_framework.SegmentationModelsPytorch.encoder_decoder)",
+            "model_framework.HuggingFace.org_model", "ignored: model_provider is SegmentationModelsPytorch"
         )
     if enc_dec:
         encoder, arch = split_encoder_decoder(enc_dec, source=source)
@@ -859,10 +880,13 @@ def _detect_architecture(flat: Mapping[str, Any], source: str) -> tuple[Architec
         raise ConfigError(f"{source}: model_framework={framework!r} should be a mapping")
     provider = framework.get("model_provider")
     if provider == "HuggingFace":
+        from flair_deploy.hf_models import hf_architecture
+
+        key = "model_framework.HuggingFace.org_model"
         org = (framework.get("HuggingFace") or {}).get("org_model")
-        raise ConfigError(
-            f"{source}: model_framework.model_provider HuggingFace ({org}) cannot describe weights yet"
-        )
+        if not org:
+            raise ConfigError(f"{source}: {key} is empty; name the weights' model, e.g. nvidia/mit-b0")
+        return hf_architecture(str(org), source=f"{source}: {key}"), key
     if provider not in (None, "SegmentationModelsPytorch"):
         raise ConfigError(
             f"{source}: model_framework.model_provider {provider!r} is not SegmentationModelsPytorch "

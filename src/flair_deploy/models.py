@@ -5,11 +5,13 @@ metadata models, the encoded metadata vector; it normalises inside the network, 
 ONNX graph and every runtime are fed the same way. Its state-dict keys are
 
 * ``normalize.scale`` / ``normalize.offset`` (buffers rebuilt from the description),
-* ``net.*`` (the SMP model: ``net.encoder.*``, ``net.decoder.*``, ``net.segmentation_head.*``),
+* ``net.*`` (the SMP model: ``net.encoder.*``, ``net.decoder.*``, ``net.segmentation_head.*``; or the
+  HuggingFace model of :mod:`flair_deploy.hf_models`: ``net.segformer.*`` or ``net.backbone.*``, and
+  ``net.decode_head.*``, so IGN's ``model.seg_model.X`` is ``net.X``),
 * ``metadata_mlp.*`` (metadata models only).
 
 Metadata fusion: the MLP maps the vector to as many values as the deepest encoder feature map has
-channels, and that vector is added to every position of the map. Unlike IGN's
+channels, and that vector is added to every position of the map (for SMP and HuggingFace models alike). Unlike IGN's
 ``repeat(1, 512, 1, 16)``, this works for any tile size that is a multiple of the output stride and
 exports to ONNX with dynamic height and width.
 """
@@ -69,13 +71,37 @@ class MetadataMLP(nn.Module):
 
 
 class FlairSegmenter(nn.Module):
-    """SMP segmentation network with in-graph normalisation and optional metadata fusion."""
+    """SMP or HuggingFace segmentation network with in-graph normalisation and optional metadata fusion."""
+
+    net: Any  # an SMP or transformers module; their submodules are untyped
 
     def __init__(self, description: ModelDescription) -> None:
         super().__init__()
         ensure_torchvision_importable()
-        smp = require("segmentation_models_pytorch", purpose="building the network")
+        arch = description.architecture
+        self.provider = arch.provider
+        if arch.provider == "huggingface":
+            from flair_deploy import hf_models
 
+            assert arch.hf_model is not None  # ArchitectureSpec's validator
+            self.net = hf_models.build_hf_network(
+                arch.hf_model, in_channels=description.in_channels, num_classes=description.num_classes
+            )
+            deepest = hf_models.deepest_channels(self.net)
+        else:
+            self.net = self._build_smp(description)
+            deepest = int(self.net.encoder.out_channels[-1])
+        scale, offset = description.normalization.affine(description.in_channels)
+        self.normalize = BandNormalization(scale, offset)
+        self.metadata_mlp: MetadataMLP | None = None
+        if description.metadata is not None:
+            self.metadata_mlp = MetadataMLP(description.metadata.dim, description.metadata.hidden, deepest)
+        self.in_channels = description.in_channels
+        self.num_classes = description.num_classes
+
+    @staticmethod
+    def _build_smp(description: ModelDescription) -> nn.Module:
+        smp = require("segmentation_models_pytorch", purpose="building the network")
         arch = description.architecture
         kwargs: dict[str, object] = {"encoder_depth": arch.encoder_depth}
         if arch.decoder_channels is not None:
@@ -87,7 +113,7 @@ class FlairSegmenter(nn.Module):
                 # unless given one width per block: keep the default widths of the deepest blocks.
                 kwargs["decoder_channels"] = list(default[: arch.encoder_depth])
         try:
-            self.net = smp.create_model(
+            net: nn.Module = smp.create_model(
                 arch.arch,
                 encoder_name=arch.encoder,
                 encoder_weights=None,  # never download: weights come from checkpoints or local files
@@ -100,14 +126,7 @@ class FlairSegmenter(nn.Module):
                 f"cannot build SMP model arch={arch.arch!r} encoder={arch.encoder!r}: {exc}; "
                 "see segmentation_models_pytorch's list of architectures and encoders"
             ) from None
-        scale, offset = description.normalization.affine(description.in_channels)
-        self.normalize = BandNormalization(scale, offset)
-        self.metadata_mlp: MetadataMLP | None = None
-        if description.metadata is not None:
-            deepest = int(self.net.encoder.out_channels[-1])
-            self.metadata_mlp = MetadataMLP(description.metadata.dim, description.metadata.hidden, deepest)
-        self.in_channels = description.in_channels
-        self.num_classes = description.num_classes
+        return net
 
     @property
     def uses_metadata(self) -> bool:
@@ -122,11 +141,16 @@ class FlairSegmenter(nn.Module):
             metadata: ``(N, D)`` encoded metadata; required exactly when the model uses metadata.
         """
         x = self.normalize(image)
+        if self.metadata_mlp is not None and metadata is None:
+            raise ValueError("this model fuses aerial metadata: pass a (N, D) metadata tensor")
+        if self.provider == "huggingface":
+            from flair_deploy.hf_models import hf_logits
+
+            bias = None if self.metadata_mlp is None else self.metadata_mlp(metadata)
+            return hf_logits(self.net, x, bias)
         if self.metadata_mlp is None:
             logits: Tensor = self.net(x)
             return logits
-        if metadata is None:
-            raise ValueError("this model fuses aerial metadata: pass a (N, D) metadata tensor")
         features = list(self.net.encoder(x))
         bias = self.metadata_mlp(metadata)
         features[-1] = features[-1] + bias[:, :, None, None]

@@ -179,3 +179,79 @@ def test_architecture_with_reduced_output_is_refused(tiny_description):
     )
     with pytest.raises(ConfigError, match="use encoder_depth=5"):
         build_model(desc)
+
+
+# ------------------------------------------------------------------ IGN-trained HuggingFace checkpoints
+
+
+def _ign_hf_checkpoint(tmp_path, monkeypatch, name, *, extra=None, drop=None):
+    """An IGN-layout HF checkpoint: transformers-4 key names under model.seg_model., criterion.weight."""
+    pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+    from flair_deploy.description import ModelDescription
+    from flair_deploy.hf_models import hf_architecture, legacy_state_dict
+    from tests.hf_tiny import register_tiny
+
+    register_tiny(monkeypatch)
+    desc = ModelDescription(architecture=hf_architecture(name, source="test"), tile_size=64, overlap=16)
+    model = build_model(desc).eval()
+    sd = {"model.seg_model." + k: v for k, v in legacy_state_dict(model.net).items()}
+    if "upernet" in name:  # IGN's UperNet carries HF's (never trained) auxiliary head
+        sd["model.seg_model.auxiliary_head.classifier.weight"] = torch.zeros(19, 16, 1, 1)
+    weights = torch.ones(19)
+    weights[[14, 15, 16, 18]] = 0
+    sd["criterion.weight"] = weights
+    sd.update(extra or {})
+    for key in drop or ():
+        sd.pop(key)
+    path = tmp_path / "ign-hf.ckpt"
+    torch.save({"state_dict": sd, "epoch": 3}, path)
+    return path, desc, model
+
+
+@pytest.mark.parametrize("name", ["test/mit-tiny", "test/upernet-swin-tiny", "test/upernet-convnext-tiny"])
+def test_ign_hf_checkpoint_loads_strictly_and_reproduces_logits(tmp_path, monkeypatch, name):
+    path, desc, model = _ign_hf_checkpoint(tmp_path, monkeypatch, name)
+    with torch.no_grad():
+        ref = model(torch.full((1, 5, 64, 64), 100.0))
+    loaded = load_checkpoint(path, description=desc)
+    assert loaded.layout == "ign-lightning"
+    assert [c.code for c in loaded.description.classes if not c.active] == [15, 16, 17, 19]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(torch.full((1, 5, 64, 64), 100.0)), ref)
+
+
+def test_ign_swin_checkpoint_drops_the_position_index_transformers_recomputes(tmp_path, monkeypatch):
+    # transformers 4 saved Swin's relative_position_index; transformers 5 recomputes it and skips it on load.
+    key = "model.seg_model.backbone.encoder.layers.0.blocks.0.attention.self.relative_position_index"
+    path, desc, _ = _ign_hf_checkpoint(
+        tmp_path, monkeypatch, "test/upernet-swin-tiny", extra={key: torch.zeros(49, dtype=torch.long)}
+    )
+    assert load_checkpoint(path, description=desc).layout == "ign-lightning"
+
+
+def test_ign_hf_checkpoint_with_foreign_or_missing_keys_is_refused_naming_them(tmp_path, monkeypatch):
+    extra = {"model.seg_model.decode_head.extra.weight": torch.zeros(1)}
+    path, desc, _ = _ign_hf_checkpoint(tmp_path, monkeypatch, "test/mit-tiny", extra=extra)
+    with pytest.raises(CheckpointError, match=r"unexpected 1 keys \['net.decode_head.extra.weight'\]"):
+        load_checkpoint(path, description=desc)
+    path, desc, _ = _ign_hf_checkpoint(
+        tmp_path, monkeypatch, "test/mit-tiny", drop=["model.seg_model.decode_head.classifier.bias"]
+    )
+    with pytest.raises(CheckpointError, match=r"missing 1 keys \['net.decode_head.classifier.bias'\]"):
+        load_checkpoint(path, description=desc)
+
+
+def test_ign_hf_checkpoint_for_another_architecture_is_refused(tmp_path, monkeypatch):
+    from flair_deploy.hf_models import hf_architecture
+
+    path, desc, _ = _ign_hf_checkpoint(tmp_path, monkeypatch, "test/upernet-convnext-tiny")
+    other = desc.model_copy(update={"architecture": hf_architecture("test/mit-tiny", source="t")})
+    with pytest.raises(CheckpointError, match="do not match the described architecture"):
+        load_checkpoint(path, description=other)
+
+
+def test_hf_logit_count_is_read_from_the_decode_head(tmp_path, monkeypatch):
+    path, desc, _ = _ign_hf_checkpoint(tmp_path, monkeypatch, "test/mit-tiny")
+    fewer = desc.model_copy(update={"classes": class_preset("flair13")})
+    with pytest.raises(CheckpointError, match="has 19 logits but the description gives 13 classes"):
+        load_checkpoint(path, description=fewer)

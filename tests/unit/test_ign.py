@@ -283,3 +283,21 @@ def test_ign_options_its_control_flow_never_reaches_are_reported_not_applied():
 def test_georeferencing_output_is_applied():
     m = convert_ign_train({"channels": [1], "georeferencing_output": False})
     assert m.values["tasks"]["georeferenced"] is False
+
+
+def test_a_detect_config_describes_huggingface_weights(tmp_path):
+    pytest.importorskip("transformers")
+    from flair_deploy.ign import describe_weights
+
+    hf = DETECT.replace("model_provider: SegmentationModelsPytorch", "model_provider: HuggingFace").replace(
+        "    SegmentationModelsPytorch:\n        encoder_decoder: tu-convnext_tiny_unet\n",
+        "    HuggingFace:\n        org_model: openmmlab/upernet-convnext-tiny\n",
+    )
+    arch = describe_weights(_yaml(tmp_path, hf)).description.architecture
+    assert (arch.provider, arch.arch, arch.hf_model) == (
+        "huggingface",
+        "upernet",
+        "openmmlab/upernet-convnext-tiny",
+    )
+    with pytest.raises(ConfigError, match="org_model: HuggingFace model 'acme/net' is not one"):
+        describe_weights(_yaml(tmp_path, hf.replace("openmmlab/upernet-convnext-tiny", "acme/net")))

@@ -46,6 +46,7 @@ FLAGS = {
     "classes_preset": "classes_preset",
     "arch": "arch",
     "encoder": "encoder",
+    "hf_model": "hf_model",
     "tile": "tile_size",
     "dynamic_hw": "dynamic_hw",
     "heads": "heads",
@@ -174,6 +175,14 @@ def command(
         str | None,
         typer.Option(metavar="ENCODER", help="IGN weights without a preset: SMP encoder (resnet34)."),
     ] = None,
+    hf_model: Annotated[
+        str | None,
+        typer.Option(
+            metavar="ORG_MODEL",
+            help="IGN HuggingFace weights (model_provider: HuggingFace): their org_model, e.g. "
+            "openmmlab/upernet-swin-small or nvidia/mit-b0 (built offline; instead of --arch/--encoder).",
+        ),
+    ] = None,
     tile: Annotated[
         int | None,
         typer.Option(metavar="PX", help="Tile edge of the graph (multiple of 32; default: the model's)."),
@@ -263,6 +272,7 @@ def command(
         classes_preset=classes_preset,
         arch=arch,
         encoder=encoder,
+        hf_model=hf_model,
         tile=tile,
         dynamic_hw=_on(dynamic_hw),
         heads=split_list(heads, "--heads"),

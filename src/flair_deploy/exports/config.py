@@ -113,6 +113,8 @@ class ExportConfig(DescribesWeights):
         classes_preset: Nomenclature for IGN weights without a preset (``flair19/15/12/13``).
         arch: SMP architecture for IGN weights without a preset.
         encoder: SMP encoder for IGN weights without a preset.
+        hf_model: HuggingFace ``org_model`` for IGN HF weights without a preset (e.g.
+            ``openmmlab/upernet-swin-small``; replaces ``arch``/``encoder``).
         tile_size: Tile edge of the exported graph (and of the parity tiles); None keeps the
             description's.
         dynamic_hw: Export dynamic height and width (multiples of the output stride).
@@ -150,6 +152,7 @@ class ExportConfig(DescribesWeights):
     classes_preset: str | None = None
     arch: str | None = None
     encoder: str | None = None
+    hf_model: str | None = None
     tile_size: Annotated[int, Field(gt=0)] | None = None
     dynamic_hw: bool = False
     heads: tuple[Head, ...] = (Head.LOGITS,)
@@ -196,6 +199,12 @@ class ExportConfig(DescribesWeights):
             )
         flags = {"bands": self.bands, "classes_preset": self.classes_preset, "arch": self.arch}
         given = [k for k, v in flags.items() if v is not None] + (["encoder"] if self.encoder else [])
+        if self.hf_model is not None:
+            if self.arch is not None or self.encoder is not None:
+                raise ValueError(
+                    f"--hf-model {self.hf_model} names the architecture; drop --arch/--encoder (SMP only)"
+                )
+            given.append("hf_model")
         if (self.preset is not None or self.ign_config is not None) and given:
             raise ValueError(
                 f"give either a preset or IGN config, or description flags ({', '.join(given)}), not both"

@@ -32,11 +32,12 @@ def render_description(description: ModelDescription, *, source: str = "") -> An
     head.add_column(style="bold")
     head.add_column()
     head.add_row("model", f"{d.name}" + (f"  ({source})" if source else ""))
-    head.add_row(
-        "architecture",
-        f"{d.architecture.arch} / {d.architecture.encoder} (depth {d.architecture.encoder_depth}, "
-        f"output stride {d.architecture.output_stride})",
-    )
+    a = d.architecture
+    if a.provider == "huggingface":
+        built = f"HuggingFace {a.hf_model}, output stride {a.output_stride}"
+    else:
+        built = f"depth {a.encoder_depth}, output stride {a.output_stride}"
+    head.add_row("architecture", f"{a.arch} / {a.encoder} ({built})")
     head.add_row("bands", f"{', '.join(d.bands)}  ({d.input_dtype} rasters, raw values fed to the graph)")
     if norm.kind.value == "meanstd":
         pairs = ", ".join(f"{b}: {m:g}±{s:g}" for b, m, s in zip(d.bands, norm.mean, norm.std, strict=False))

@@ -14,6 +14,7 @@ description survived before renaming it into place.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -146,6 +147,7 @@ def export_onnx(
             f"tile size {tile} is not a multiple of the network's output stride {stride}; "
             f"use e.g. {max(stride, tile // stride * stride)}"
         )
+    pools = _fixed_pools(model, description, dynamic_hw)
     graph = ExportGraph(model, description, heads)
     inputs = _example_inputs(description, tile, batch=2)
     in_names = [INPUT_IMAGE] + ([INPUT_METADATA] if description.metadata is not None else [])
@@ -153,7 +155,7 @@ def export_onnx(
     was_training = model.training
     graph.eval()
     try:
-        with warnings.catch_warnings(), scratch_path(path, "raw") as raw:
+        with warnings.catch_warnings(), pools, scratch_path(path, "raw") as raw:
             # The tracer warns about Python control flow that is constant for our graph; users
             # cannot act on these, so they are silenced here only.
             warnings.simplefilter("ignore")
@@ -176,6 +178,27 @@ def export_onnx(
     stamped = description.with_provenance(precision="fp32", opset=opset)
     save_onnx(proto, path, stamped)
     return stamped
+
+
+def _fixed_pools(model: FlairSegmenter, description: ModelDescription, dynamic_hw: bool) -> Any:
+    """The context exporting HF adaptive pooling (UperNet's pyramid) as fixed slices, or a no-op.
+
+    Raises:
+        ExportError: For dynamic H/W with adaptive pooling: its bins depend on the tile size.
+    """
+    if description.architecture.provider != "huggingface":
+        return contextlib.nullcontext()
+    from flair_deploy.hf_models import has_adaptive_pooling, onnx_exportable
+
+    if not has_adaptive_pooling(model.net):
+        return contextlib.nullcontext()
+    if dynamic_hw:
+        raise ExportError(
+            f"{description.architecture.hf_model}: UperNet's pyramid pooling bins depend on the tile size, "
+            "so its ONNX graph has a fixed height and width; export without --dynamic-hw (the tile size "
+            "is the description's, or --tile-size)"
+        )
+    return onnx_exportable(model.net)
 
 
 def _export_torchscript(

@@ -155,7 +155,7 @@ class _Steps:
 
 
 def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
-    """Build a description from ``bands`` / ``classes_preset`` / ``arch`` / ``encoder`` (IGN weights).
+    """Build a description from ``bands`` / ``classes_preset`` / ``arch`` / ``encoder`` / ``hf_model``.
 
     Returns:
         None when no such flag is given.
@@ -163,7 +163,8 @@ def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
     Raises:
         ConfigError: For a band without FLAIR statistics.
     """
-    if cfg.bands is None and cfg.classes_preset is None and cfg.arch is None and cfg.encoder is None:
+    flags = (cfg.bands, cfg.classes_preset, cfg.arch, cfg.encoder, cfg.hf_model)
+    if all(f is None for f in flags):
         return None
     bands = cfg.bands or FLAIR_BANDS
     unknown = [b for b in bands if b not in FLAIR_BANDS]
@@ -173,7 +174,12 @@ def describe_from_flags(cfg: ExportConfig) -> ModelDescription | None:
             "or export from a self-describing checkpoint"
         )
     mean, std = flair_statistics(bands)
-    arch = ArchitectureSpec(arch=cfg.arch or "unet", encoder=cfg.encoder or "resnet34")
+    if cfg.hf_model is not None:
+        from flair_deploy.hf_models import hf_architecture
+
+        arch = hf_architecture(cfg.hf_model, source="--hf-model")
+    else:
+        arch = ArchitectureSpec(arch=cfg.arch or "unet", encoder=cfg.encoder or "resnet34")
     classes = class_preset(cfg.classes_preset or "flair19")
     return ModelDescription(
         name=f"flair-{arch.arch}-{arch.encoder}-{''.join(b.lower()[0] for b in bands)}-{len(classes)}cl",

@@ -7,7 +7,8 @@ detected automatically, by :func:`load_train_config`. :class:`EvaluateConfig` an
 Sections (every key is documented in ``configs/README.md``)::
 
     data        CSV lists, 1-based bands, band names, classes, normalisation, aerial metadata, ignore index
-    model       SMP architecture and encoder, local encoder weights, metadata fusion, tile size, GSD
+    model       SMP architecture and encoder or a HuggingFace model, local encoder weights, metadata
+                fusion, tile size, GSD
     optim       optimizer, learning rate, schedule, epochs, batch size
     loss        class weights by mask code, Dice weight
     trainer     Lightning passthrough: accelerator, devices, num_nodes, strategy, precision, limits
@@ -169,6 +170,11 @@ class ModelSection(FrozenConfig):
 
     Attributes:
         name: Model name recorded in the checkpoint (default ``<arch>-<encoder>``).
+        provider: ``smp`` (``arch`` + ``encoder``) or ``huggingface`` (``hf_model``; IGN's
+            ``model_provider: HuggingFace``).
+        hf_model: HuggingFace ``org_model`` name built offline, e.g. ``nvidia/mit-b0``,
+            ``openmmlab/upernet-convnext-tiny``, ``openmmlab/upernet-swin-tiny`` (see
+            :data:`flair_deploy.hf_models.HF_MODELS`); its family and backbone replace arch/encoder.
         arch: SMP architecture (``unet``, ``unetplusplus``, ``fpn``, ``deeplabv3plus``, ...).
         encoder: SMP encoder (``resnet34``, ``resnet18``, ``efficientnet-b0``, ``tu-convnext_tiny``, ...).
         encoder_depth: Encoder stages (3-5); the tile size must be a multiple of ``2**depth``.
@@ -180,6 +186,8 @@ class ModelSection(FrozenConfig):
     """
 
     name: str | None = None
+    provider: Literal["smp", "huggingface"] = "smp"
+    hf_model: str | None = None
     arch: str = "unet"
     encoder: str = "resnet34"
     encoder_depth: Annotated[int, Field(ge=3, le=5)] = 5
@@ -188,6 +196,45 @@ class ModelSection(FrozenConfig):
     tile_size: Annotated[int, Field(gt=0)] = 512
     overlap: Annotated[int, Field(ge=0)] | None = None
     gsd: Annotated[float, Field(gt=0)] = 0.2
+
+    @model_validator(mode="after")
+    def _provider(self) -> Self:
+        if self.provider == "smp":
+            if self.hf_model is not None:
+                raise ValueError(
+                    f"model.hf_model {self.hf_model!r} needs model.provider=huggingface (it is 'smp')"
+                )
+            return self
+        if self.hf_model is None:
+            raise ValueError("model.provider=huggingface needs model.hf_model, e.g. nvidia/mit-b0")
+        from flair_deploy.hf_models import hf_variant
+
+        try:
+            hf_variant(self.hf_model, source="model.hf_model")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        smp_only = sorted(
+            {"arch", "encoder", "encoder_depth", "encoder_weights_path"} & self.model_fields_set
+        )
+        if smp_only:
+            raise ValueError(
+                f"model.{', model.'.join(smp_only)} are SMP settings; with model.provider=huggingface the "
+                f"architecture comes from model.hf_model ({self.hf_model!r}): remove them"
+            )
+        return self
+
+    def architecture(self) -> ArchitectureSpec:
+        """Return the description's architecture for these settings.
+
+        Raises:
+            ConfigError: For an unknown ``hf_model`` (the message lists the known names).
+        """
+        if self.provider == "huggingface":
+            from flair_deploy.hf_models import hf_architecture
+
+            assert self.hf_model is not None  # the validator
+            return hf_architecture(self.hf_model, source="model.hf_model")
+        return ArchitectureSpec(arch=self.arch, encoder=self.encoder, encoder_depth=self.encoder_depth)
 
 
 class OptimSection(FrozenConfig):
@@ -558,9 +605,10 @@ class TrainConfig(FrozenConfig):
 
             metadata = aerial_spec()
         overlap = m.overlap if m.overlap is not None else m.tile_size // 4
+        arch = m.architecture()
         try:
             return ModelDescription(
-                name=m.name or f"{m.arch}-{m.encoder}",
+                name=m.name or f"{arch.arch}-{arch.encoder}",
                 bands=self.band_names(),
                 normalization=self.normalization(),
                 input_dtype=self.data.input_dtype,
@@ -568,7 +616,7 @@ class TrainConfig(FrozenConfig):
                 tile_size=m.tile_size,
                 overlap=overlap,
                 gsd=m.gsd,
-                architecture=ArchitectureSpec(arch=m.arch, encoder=m.encoder, encoder_depth=m.encoder_depth),
+                architecture=arch,
                 metadata=metadata,
                 provenance=Provenance(source="flair-deploy train"),
             )

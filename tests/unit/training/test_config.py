@@ -250,12 +250,21 @@ def test_ign_unsupported_keys_are_reported(tmp_path):
         assert key in text
 
 
-def test_ign_huggingface_provider_is_reported_not_silently_used(tmp_path):
+def test_ign_huggingface_provider_builds_the_hf_model_asked_for(tmp_path):
     text = IGN_YAML.replace("model_provider: SegmentationModelsPytorch", "model_provider: HuggingFace")
-    text = text.replace("encoder_decoder: tu-convnext_tiny_unet", "encoder_decoder:")
     cfg, notes = _ign(tmp_path, text)
-    assert any("HuggingFace" in n and "not supported" in n for n in notes)
-    assert (cfg.model.arch, cfg.model.encoder) == ("unet", "resnet34")
+    assert (cfg.model.provider, cfg.model.hf_model) == ("huggingface", "openmmlab/upernet-swin-small")
+    assert any("encoder_decoder" in n and "ignored" in n for n in notes)
+    arch = cfg.description().architecture
+    assert (arch.provider, arch.arch, arch.encoder) == ("huggingface", "upernet", "swin-small")
+
+
+def test_ign_unknown_huggingface_model_is_one_line_listing_known_names(tmp_path):
+    text = IGN_YAML.replace("model_provider: SegmentationModelsPytorch", "model_provider: HuggingFace")
+    text = text.replace("openmmlab/upernet-swin-small", "facebook/mask2former-swin-tiny")
+    with pytest.raises(ConfigError, match=r"'facebook/mask2former-swin-tiny'.*known: .*nvidia/mit-b0") as err:
+        _ign(tmp_path, text)
+    assert "\n" not in str(err.value)
 
 
 def test_ign_unknown_key_is_an_error(tmp_path):
