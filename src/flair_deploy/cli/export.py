@@ -36,7 +36,7 @@ FLAGS = {
     "int8_scheme": "int8_scheme",
     "keep_fp32": "keep_fp32",
     "tensorrt": "tensorrt",
-    "for_tools": "qgis_tools",
+    "for_": "qgis_tools",
     "min_batch": "trt.min_batch",
     "opt_batch": "trt.opt_batch",
     "max_batch": "trt.max_batch",
@@ -190,7 +190,7 @@ def command(
     dynamic_hw: Annotated[
         bool, typer.Option("--dynamic-hw", help="Dynamic height/width (multiples of the output stride).")
     ] = False,
-    for_tools: Annotated[
+    for_: Annotated[
         str | None,
         typer.Option(
             "--for",
@@ -262,7 +262,7 @@ def command(
         int8_scheme=int8_scheme,
         keep_fp32=split_list(keep_fp32, "--keep-fp32"),
         tensorrt=_on(tensorrt),
-        for_tools=split_list(for_tools, "--for"),
+        for_=split_list(for_, "--for"),
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,

@@ -86,7 +86,7 @@ def test_ign_hf_weights_are_described_by_their_org_model(tmp_path):
         ExportConfig(
             checkpoint=tmp_path / "ign.ckpt", out_dir=tmp_path, hf_model="test/mit-tiny", arch="unet"
         )
-    with pytest.raises(ValueError, match="either a preset or description flags"):
+    with pytest.raises(ValueError, match="either a preset or IGN config, or description flags"):
         ExportConfig(
             checkpoint=tmp_path / "ign.ckpt",
             out_dir=tmp_path,

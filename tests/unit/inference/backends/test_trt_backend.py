@@ -63,7 +63,8 @@ def test_precision_comes_from_the_sidecar_and_must_match(engine):
 
 
 def test_preset_and_unknown_options_are_refused(engine):
-    with pytest.raises(BackendError, match="described by their sidecar"):
+    # An engine describes itself (its sidecar): a preset that disagrees with it is one line.
+    with pytest.raises(ModelDescriptionError, match="describes itself and disagrees: --preset"):
         create_backend(None, engine, device="cuda", preset="flair-inc-rgbie-15cl-resnet34-unet")
     with pytest.raises(BackendError, match=r"unknown tensorrt backend option\(s\) \['workspace'\]"):
         create_backend(None, engine, device="cuda", options={"workspace": 1})
