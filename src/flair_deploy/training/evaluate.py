@@ -50,7 +50,7 @@ from flair_deploy.checkpoints import load_checkpoint
 from flair_deploy.description import ModelDescription
 from flair_deploy.errors import ConfigError, InputDataError, OutputError
 from flair_deploy.flair_format import PatchPair
-from flair_deploy.maps import write_class_map_tags, write_qgis_style
+from flair_deploy.maps import write_class_map_pam, write_class_map_tags, write_qgis_style
 from flair_deploy.training.metrics import (
     CONVENTIONS,
     ConfusionMatrix,
@@ -340,6 +340,7 @@ def evaluate(
                             desc,
                             indices=True,
                             georeferenced=ign.georeferenced,
+                            sidecar=False,  # IGN's predictions folder holds IGN's files only
                         )
                         written.append(final)
             else:
@@ -507,13 +508,15 @@ def _write_prediction(
     *,
     indices: bool = False,
     georeferenced: bool = True,
+    sidecar: bool = True,
 ) -> None:
     """Write the prediction map *final* to *path* (its temporary name).
 
     *codes* are FLAIR class codes, or logit indices with *indices*. The map declares the description's
     nodata (255, never a class) and holds it where every band of the patch is the patch's nodata; the
     patch's own nodata value is never inherited (IGN copies it, so a patch with nodata 0 declared
-    class 0 as no data).
+    class 0 as no data). With *sidecar*, GDAL's ``.aux.xml`` beside it names the classes (category
+    names and an attribute table, which QGIS shows).
     """
     import rasterio
     from rasterio._err import CPLE_BaseError  # GDAL errors rasterio does not wrap
@@ -546,6 +549,10 @@ def _write_prediction(
             with rasterio.open(path, "w", **profile) as dst:
                 dst.write(codes, 1)
                 write_class_map_tags(dst, desc, indices=indices)
+        if sidecar:
+            # Category names and the attribute table, once GDAL has closed the file (it rewrites the
+            # sidecar on close); the sidecar moves into place with its map.
+            write_class_map_pam(path, desc, indices=indices)
     except (RasterioError, CPLE_BaseError, OSError) as exc:
         # A full disk reaches us as a failed TIFF write: one line naming the map.
         raise output_error(final, exc) from None

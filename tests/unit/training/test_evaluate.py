@@ -102,6 +102,11 @@ def test_evaluate_writes_reports_and_georeferenced_predictions(constant_checkpoi
         assert (ds.read(1) == 1).all()  # FLAIR code, not logit index
     assert (out / "predictions" / "classes.qml").exists()
     assert not list(out.glob(".*part*"))
+    # GDAL (and so QGIS) names the classes of each prediction: category names and an attribute table
+    from tests.gis_helpers import gdal_report
+
+    (band,) = gdal_report(pred)
+    assert band["categories"][1] == "building" and band["rat_rows"][0][1:3] == ["1", "building"]
 
 
 def test_evaluate_refuses_to_overwrite_then_overwrites(constant_checkpoint, patch_csv, tmp_path):
