@@ -334,7 +334,12 @@ def test_a_second_job_writing_the_same_output_is_refused_and_the_first_map_is_in
     try:
         _wait_for_lock(out, first.pid, first)
         part = temporary_path(out, pid=first.pid)
-        assert part.exists()
+        # The lock is taken before the temporary is created: on a busy machine the first job may be
+        # between the two when it is first seen.
+        deadline = time.monotonic() + 60.0
+        while not part.exists() and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert part.exists(), "the first job never created its temporary"
         for kw in ({}, {"overwrite": True}, {"overwrite": True, "resume": True}):
             with EchoBackend(desc) as b, pytest.raises(OutputError) as exc:
                 run_detection(b, _cfg(src, out, batch_size=1, **kw))
