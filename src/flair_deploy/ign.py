@@ -496,6 +496,27 @@ def _tasks(flat: Mapping[str, Any], b: _Builder) -> None:
             b.note("tasks.delete_preds", "ignored without tasks.metrics (IGN deletes only after scoring)")
 
 
+def _hf_org_model(provider: Any, org_model: Any, source: str) -> str | None:
+    """Check IGN's ``model_framework.model_provider``; return ``org_model`` when it is HuggingFace.
+
+    Raises:
+        ConfigError: For another provider, or HuggingFace with an empty ``org_model``.
+    """
+    if provider not in (None, "SegmentationModelsPytorch", "HuggingFace"):
+        raise ConfigError(
+            f"{source}: model_framework.model_provider {provider!r} is not SegmentationModelsPytorch "
+            "or HuggingFace"
+        )
+    if provider != "HuggingFace":
+        return None
+    if not org_model:
+        raise ConfigError(
+            f"{source}: model_framework.model_provider is HuggingFace but "
+            "model_framework.HuggingFace.org_model is empty; name the model, e.g. nvidia/mit-b0"
+        )
+    return str(org_model)
+
+
 def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> IgnMapping:
     """Map an IGN ``flair-1-config.yaml`` mapping onto :class:`~flair_deploy.training.config.TrainConfig`.
 
@@ -524,25 +545,16 @@ def convert_ign_train(raw: Mapping[str, Any], *, source: str = "IGN config") -> 
     _tasks(flat, b)
 
     # ---- rules: model
-    provider = flat.get("model_framework.model_provider")
     enc_dec = flat.get("model_framework.SegmentationModelsPytorch.encoder_decoder")
-    if provider not in (None, "SegmentationModelsPytorch", "HuggingFace"):
-        raise ConfigError(
-            f"{source}: model_framework.model_provider {provider!r} is not SegmentationModelsPytorch "
-            "or HuggingFace"
-        )
-    if provider == "HuggingFace":
+    org = _hf_org_model(
+        flat.get("model_framework.model_provider"), flat.get("model_framework.HuggingFace.org_model"), source
+    )
+    if org is not None:
         from flair_deploy.hf_models import hf_variant
 
-        org = flat.get("model_framework.HuggingFace.org_model")
-        if not org:
-            raise ConfigError(
-                f"{source}: model_framework.model_provider is HuggingFace but "
-                "model_framework.HuggingFace.org_model is empty; name the model, e.g. nvidia/mit-b0"
-            )
-        hf_variant(str(org), source=f"{source}: model_framework.HuggingFace.org_model")
+        hf_variant(org, source=f"{source}: model_framework.HuggingFace.org_model")
         b.set("model.provider", "huggingface", "model_framework.model_provider")
-        b.set("model.hf_model", str(org), "model_framework.HuggingFace.org_model")
+        b.set("model.hf_model", org, "model_framework.HuggingFace.org_model")
         if enc_dec:
             b.note(
                 "model_framework.SegmentationModelsPytorch.encoder_decoder",
@@ -878,20 +890,14 @@ def _detect_architecture(flat: Mapping[str, Any], source: str) -> tuple[Architec
     framework = flat.get("model_framework") or {}
     if not isinstance(framework, Mapping):
         raise ConfigError(f"{source}: model_framework={framework!r} should be a mapping")
-    provider = framework.get("model_provider")
-    if provider == "HuggingFace":
+    org = _hf_org_model(
+        framework.get("model_provider"), (framework.get("HuggingFace") or {}).get("org_model"), source
+    )
+    if org is not None:
         from flair_deploy.hf_models import hf_architecture
 
         key = "model_framework.HuggingFace.org_model"
-        org = (framework.get("HuggingFace") or {}).get("org_model")
-        if not org:
-            raise ConfigError(f"{source}: {key} is empty; name the weights' model, e.g. nvidia/mit-b0")
-        return hf_architecture(str(org), source=f"{source}: {key}"), key
-    if provider not in (None, "SegmentationModelsPytorch"):
-        raise ConfigError(
-            f"{source}: model_framework.model_provider {provider!r} is not SegmentationModelsPytorch "
-            "or HuggingFace"
-        )
+        return hf_architecture(org, source=f"{source}: {key}"), key
     key = "model_framework.SegmentationModelsPytorch.encoder_decoder"
     enc_dec = (framework.get("SegmentationModelsPytorch") or {}).get("encoder_decoder")
     if enc_dec:
