@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import rasterio
 
-__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report", "run_qgis_python", "run_qgis_script"]
+__all__ = ["QGIS_PYTHON", "gdal_report", "qgis_report", "run_qgis_python", "run_qgis_script", "write_raster"]
 
 
 def gdal_report(path: Path) -> list[dict[str, Any]]:
@@ -147,3 +147,37 @@ def run_qgis_script(script: Path, *args: object, timeout: float = 300) -> Any:
     done = run_qgis_python([str(script), *map(str, args)], timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def write_raster(
+    path: Path,
+    data: Any,
+    *,
+    origin: tuple[float, float],
+    res: float,
+    crs: str = "EPSG:2154",
+    nodata: float | None = None,
+    **profile: Any,
+) -> Path:
+    """Write *data* (``(bands, rows, cols)`` or one ``(rows, cols)`` band) as a GeoTIFF on a north-up grid.
+
+    *origin* is the top-left corner, *res* the square pixel size; further creation options in *profile*.
+    """
+    from rasterio.transform import from_origin
+
+    data = data if data.ndim == 3 else data[None]
+    prof = {
+        "driver": "GTiff",
+        "width": data.shape[2],
+        "height": data.shape[1],
+        "count": data.shape[0],
+        "dtype": data.dtype.name,
+        "crs": crs,
+        "transform": from_origin(*origin, res, res),
+        "nodata": nodata,
+        **profile,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(data)
+    return path

@@ -1,5 +1,6 @@
 """``detect --rvb --irc --elevation`` / ``--band``: BD ORTHO products assembled on the fly (docs/bd-ortho.md)."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from rasterio.warp import reproject
 from flair_deploy.cli import main
 from flair_deploy.inference import backends
 from tests.fakes import EchoBackend
+from tests.gis_helpers import write_raster
 
 # 112 x 96 px at 0.2 m: 2 x 2 overlapping 64-px tiles of the tiny model (stitching is exercised, cheaply).
 X0, Y0, RES, W, H = 650000.0, 6865000.0, 0.2, 112, 96
@@ -23,22 +25,7 @@ needs_jp2 = pytest.mark.skipif(
 )
 
 
-def _write(path: Path, data: np.ndarray, *, origin=(X0, Y0), res=RES, crs="EPSG:2154", **profile) -> Path:
-    data = data if data.ndim == 3 else data[None]
-    prof = {
-        "driver": "GTiff",
-        "width": data.shape[2],
-        "height": data.shape[1],
-        "count": data.shape[0],
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": from_origin(*origin, res, res),
-        **profile,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **prof) as dst:
-        dst.write(data)
-    return path
+_write = functools.partial(write_raster, origin=(X0, Y0), res=RES)
 
 
 def _jp2(path: Path, data: np.ndarray, **kw) -> Path:

@@ -1,5 +1,6 @@
 """Assembling a model's bands from BD ORTHO products (RVB, IRC, elevation) as a VRT, and tile matching."""
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from flair_deploy.inference.sources import (
     match_tiles,
     tile_key,
 )
+from tests.gis_helpers import write_raster
 
 ORTHOS = Path(__file__).resolve().parents[4] / "shared" / "data" / "orthos"
 CIR_PATCH = ORTHOS / "Betula_spec._1_15679_WEFL_NLF.tif"
@@ -25,24 +27,7 @@ CIR_PATCH = ORTHOS / "Betula_spec._1_15679_WEFL_NLF.tif"
 X0, Y0, RES, W, H = 650000.0, 6865000.0, 0.2, 64, 48
 
 
-def _write(
-    path: Path, data: np.ndarray, *, origin=(X0, Y0), res=RES, crs="EPSG:2154", nodata=None, **profile
-):
-    data = data if data.ndim == 3 else data[None]
-    prof = {
-        "driver": "GTiff",
-        "width": data.shape[2],
-        "height": data.shape[1],
-        "count": data.shape[0],
-        "dtype": data.dtype.name,
-        "crs": crs,
-        "transform": from_origin(*origin, res, res),
-        "nodata": nodata,
-        **profile,
-    }
-    with rasterio.open(path, "w", **prof) as dst:
-        dst.write(data)
-    return path
+_write = functools.partial(write_raster, origin=(X0, Y0), res=RES)
 
 
 @pytest.fixture
