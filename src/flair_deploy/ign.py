@@ -715,7 +715,13 @@ def describe_weights(path: Path) -> GivenDescription:
     )
 
 
-def weights_config(path: Path | None, *, command: str, bands_key: str | None = None) -> IgnMapping | None:
+def weights_config(
+    path: Path | None,
+    *,
+    command: str,
+    bands_key: str | None = None,
+    raw: Mapping[str, Any] | None = None,
+) -> IgnMapping | None:
     """Return the values that make IGN's config *path* describe a command's weights, or None.
 
     ``export``, ``evaluate`` and ``benchmark`` take IGN's train or detect config with ``--config``
@@ -727,14 +733,18 @@ def weights_config(path: Path | None, *, command: str, bands_key: str | None = N
         command: The command, for the note.
         bands_key: The command's key of 1-based raster bands to read (``bands``), set from the
             config's ``channels`` so the bands read are the bands the weights were trained on.
+        raw: The file's YAML when the caller has already read it.
 
     Raises:
         ConfigError: If the file cannot be read as YAML.
     """
     from flair_deploy.config import read_yaml
 
-    raw = read_yaml(path) if path is not None else {}
-    if path is None or not is_ign_config(raw):
+    if path is None:
+        return None
+    if raw is None:
+        raw = read_yaml(path)
+    if not is_ign_config(raw):
         return None
     note = (
         "IGN config: it describes the weights (channels, normalisation, classes, model_framework); "

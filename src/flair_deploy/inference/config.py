@@ -298,7 +298,7 @@ def load_detect_config(
             # Its channels, norma_task, n_classes and model_framework describe IGN-layout weights.
             data = {**data, "ign_config": str(path)}
         elif (
-            ign := weights_config(path, command="detect", bands_key="bands")
+            ign := weights_config(path, command="detect", bands_key="bands", raw=raw)
         ) is not None:  # IGN's train config
             data, notes = ign.values, ign.notes
         else:
